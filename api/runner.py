@@ -1,0 +1,371 @@
+"""The job runner: runs one claimed job from `queued` (or from a dead worker's `running`) to its end.
+
+It stages the job's data, writes JOB.json (trainer/job_spec.py), launches the trainer, and applies the
+trainer's events.jsonl to the database one event per transaction, recording the last applied `seq` in the
+same transaction, so a worker that dies and the one that takes over neither lose nor repeat an event. It
+watches the job's status for the user's cancel and pause, renews its lease, and ends the job with a state and
+an error a user can act on.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, select
+
+from api.db import session_scope
+from api.errors import APIError
+from api.ids import new_id, now
+from api.services import jobs as svc
+from api.settings import Settings
+from api.staging import StagingError, local_model_path, stage_dataset
+from api.storage import delete_tree, get_tree, put_tree, storage_for
+from api.tables import Checkpoint, File, Job, JobEvent, Project
+from trainer.job_spec import JobSpec
+
+log = logging.getLogger("vrft.runner")
+POLL_SECONDS = 0.5
+
+
+def _set_pdeathsig() -> None:
+    """In the child: die with the worker (Linux), so a SIGKILLed worker leaves no orphan trainer behind."""
+    os.setsid()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class JobRunner:
+    def __init__(self, settings: Settings, worker_id: str, stopping: Any) -> None:
+        self.settings = settings
+        self.worker_id = worker_id
+        self.stopping = stopping
+        self.storage = storage_for(settings.storage_url, settings.s3_endpoint_url)
+
+    # ------------------------------------------------------------ the run
+
+    def run(self, job_id: str) -> None:
+        st = self.settings
+        job_dir = st.jobs_dir / job_id
+        out_dir = job_dir / "output"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with session_scope(st) as s:
+            job = self._job(s, job_id)
+            try:
+                spec = self._prepare(s, job, job_dir)
+            except StagingError as e:
+                self._fail(s, job, e.code, f"Could not prepare the job's data: {e.message}")
+                return
+            if job.status == "queued":
+                try:
+                    svc.transition(s, job, "running", "Fine-tuning job started")
+                except APIError:
+                    svc.release(s, job, worker_id=self.worker_id)
+                    return
+            else:
+                svc.add_event(s, job, f"Worker {self.worker_id} took over the job"
+                              + (f"; resuming from {Path(spec.resume_from).name}" if spec.resume_from else ""), level="warn")
+                s.commit()
+        spec.write(job_dir / "JOB.json")
+        proc = self._launch(job_dir)
+        outcome = self._watch(job_id, proc, out_dir)
+        self._finish(job_id, proc, out_dir, job_dir, outcome)
+
+    def _job(self, s: Session, job_id: str) -> Job:
+        return s.exec(select(Job).where(Job.id == job_id)).one()
+
+    def _prepare(self, s: Session, job: Job, job_dir: Path) -> JobSpec:
+        data = job_dir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+
+        def stage(file_id: str, name: str) -> str:
+            f = s.exec(select(File).where(File.id == file_id)).first()
+            if f is None:
+                raise StagingError("invalid_training_file", f"file {file_id} no longer exists")
+            return str(stage_dataset(self.storage, f, data / name, max_image_bytes=self.settings.max_image_bytes))
+
+        train = stage(job.training_file, "train.jsonl")
+        valid = stage(job.validation_file, "valid.jsonl") if job.validation_file else None
+        model = local_model_path(s, self.settings, self.storage, job.project_id, job.model)
+        kind = job.method["type"]
+        params = job.method.get(kind) or {}
+        return JobSpec(
+            job_id=job.id, method=kind, model_path=str(model), train_file=train, validation_file=valid,
+            output_dir=str(job_dir / "output"), hyperparameters=params.get("hyperparameters", {}),
+            grader=params.get("grader"), response_format=params.get("response_format"), seed=job.seed,
+            resume_from=self._resume_point(s, job, job_dir / "output"), grader_url=self.settings.grader_url,
+            rollout_engine=self.settings.rollout_engine, num_ranks=self.settings.trainer_num_ranks,
+        )
+
+    def _resume_point(self, s: Session, job: Job, out_dir: Path) -> str | None:
+        """The newest recorded checkpoint that still holds its optimizer state (`trainer_state/`), on this
+        disk or fetched from storage. The trainer keeps that state only in its newest checkpoint, so after a
+        crash the newest *recorded* one may have lost it locally while its stored copy still has it."""
+        ckpts = s.exec(select(Checkpoint).where(Checkpoint.job_id == job.id).order_by(Checkpoint.step_number.desc())).all()
+        for ckpt in ckpts:
+            local = out_dir / "checkpoints" / f"step-{ckpt.step_number}"
+            if (local / "trainer_state").is_dir():
+                return str(local)
+            if ckpt.storage_key and any(k.startswith("trainer_state/") for k in self.storage.list_keys(ckpt.storage_key)):
+                shutil.rmtree(local, ignore_errors=True)
+                get_tree(self.storage, ckpt.storage_key, local)
+                return str(local)
+        return None
+
+    def _launch(self, job_dir: Path) -> subprocess.Popen:
+        st = self.settings
+        job_file = str(job_dir / "JOB.json")
+        if st.trainer_num_ranks > 1 or st.trainer_hostfile:
+            cmd = [sys.executable, "-m", "deepspeed.launcher.runner"]
+            cmd += ["--hostfile", st.trainer_hostfile] if st.trainer_hostfile else ["--num_gpus", str(st.trainer_num_ranks)]
+            cmd += ["--master_port", str(_free_port()), "--module", "trainer", job_file]
+        else:
+            cmd = [sys.executable, "-m", "trainer", job_file]
+        env = {**os.environ}
+        (job_dir / "output" / "trainer.pid").unlink(missing_ok=True)  # a stale pid must never be signalled
+        log_file = open(job_dir / "trainer.log", "ab")  # noqa: SIM115  (handed to the child)
+        log.info("launching %s", " ".join(cmd))
+        return subprocess.Popen(cmd, cwd=job_dir, env=env, stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=_set_pdeathsig)
+
+    # ------------------------------------------------------------ watching
+
+    def _watch(self, job_id: str, proc: subprocess.Popen, out_dir: Path) -> str:
+        """Apply events while the trainer runs and act on the user's cancel/pause. Returns why it ended:
+        'exited', 'cancelled', 'paused', 'lost' (another worker owns the job) or 'shutdown'."""
+        asked: str | None = None
+        deadline = None
+        last_lease = 0.0
+        while True:
+            # The user's word first, then the trainer's news: a pause must reach the trainer while it runs.
+            with session_scope(self.settings) as s:
+                job = self._job(s, job_id)
+                if time.time() - last_lease > min(5.0, self.settings.job_lease_seconds / 3):
+                    if not svc.renew_lease(s, job, worker_id=self.worker_id, lease_seconds=self.settings.job_lease_seconds):
+                        self._signal(proc, signal.SIGKILL)
+                        return "lost"
+                    last_lease = time.time()
+                status = job.status
+            if asked is None:
+                if status == "cancelled":
+                    asked, deadline = "cancelled", time.time() + self.settings.trainer_stop_seconds
+                    self._signal(proc, signal.SIGTERM)
+                elif status == "paused":
+                    asked, deadline = "paused", time.time() + max(self.settings.trainer_stop_seconds, 600)
+                    self._pause(proc, out_dir)
+                elif self.stopping.is_set():
+                    asked, deadline = "shutdown", time.time() + max(self.settings.trainer_stop_seconds, 600)
+                    self._pause(proc, out_dir)
+            elif deadline is not None and time.time() > deadline:
+                self._signal(proc, signal.SIGKILL)
+            self._apply_events(job_id, out_dir)
+            if proc.poll() is not None:
+                return asked or "exited"
+            time.sleep(POLL_SECONDS)
+
+    def _pause(self, proc: subprocess.Popen, out_dir: Path) -> None:
+        """SIGUSR1 to rank 0 (its pid is in trainer.pid): DeepSpeed's launcher would not forward it and dies
+        of it. Rank 0 tells the other ranks to checkpoint at the next step boundary."""
+        try:
+            os.kill(int((out_dir / "trainer.pid").read_text().strip()), signal.SIGUSR1)
+        except (OSError, ValueError):
+            self._signal(proc, signal.SIGUSR1)
+
+    @staticmethod
+    def _signal(proc: subprocess.Popen, sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _apply_events(self, job_id: str, out_dir: Path) -> None:
+        path = out_dir / "events.jsonl"
+        if not path.exists():
+            return
+        with session_scope(self.settings) as s:
+            job = self._job(s, job_id)
+            done = (job.progress or {}).get("trainer_seq", 0)
+        with open(path) as f:
+            lines = f.readlines()
+        for line in lines:
+            if not line.endswith("\n"):
+                break  # a line the trainer is still writing
+            ev = json.loads(line)
+            if ev["seq"] <= done:
+                continue
+            with session_scope(self.settings) as s:
+                job = self._job(s, job_id)
+                if (job.progress or {}).get("trainer_seq", 0) >= ev["seq"]:
+                    continue
+                self._apply(s, job, ev, out_dir)
+                progress = dict(job.progress or {})
+                progress["trainer_seq"] = ev["seq"]
+                if ev["type"] == "metrics":
+                    progress["metrics_step"] = max(progress.get("metrics_step", 0), ev["step"])
+                job.progress = progress
+                s.add(job)
+            done = ev["seq"]
+
+    def _apply(self, s: Session, job: Job, ev: dict, out_dir: Path) -> None:
+        kind = ev["type"]
+        if kind == "message":
+            svc.add_event(s, job, ev["message"], level=ev.get("level", "info"))
+        elif kind == "metrics":
+            if ev["step"] <= (job.progress or {}).get("metrics_step", 0):
+                return  # the step was re-run after a resume from an earlier checkpoint: keep the first report
+            svc.add_event(s, job, _metrics_message(ev), type="metrics", data=ev["data"])
+        elif kind == "checkpoint":
+            self._register_checkpoint(s, job, ev["step"], out_dir / ev["path"], ev.get("metrics", {}))
+        elif kind == "checkpoint_deleted":
+            ckpt = s.exec(select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.step_number == ev["step"])).first()
+            if ckpt is not None:
+                if ckpt.storage_key:
+                    delete_tree(self.storage, ckpt.storage_key)
+                s.delete(ckpt)
+        elif kind == "paused":  # the pause checkpoint is the one a resume starts from
+            self._register_checkpoint(s, job, ev["step"], out_dir / ev["path"], ev.get("metrics", {}))
+            svc.add_event(s, job, f"Training stopped at step {ev['step']}; resuming continues from there")
+        elif kind == "final":
+            self._succeed(s, job, ev, out_dir)
+        elif kind == "error":
+            self._fail(s, job, ev.get("code", "training_error"), ev.get("message", "The trainer failed."))
+
+    def _register_checkpoint(self, s: Session, job: Job, step: int, folder: Path, metrics: dict) -> None:
+        """Upload a checkpoint folder and record it, once per step."""
+        if s.exec(select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.step_number == step)).first() is not None:
+            return
+        key = f"checkpoints/{job.id}/step-{step}"
+        put_tree(self.storage, key, folder)
+        project = s.exec(select(Project).where(Project.id == job.project_id)).one()
+        svc.register_checkpoint(s, job, project, step=step, metrics=metrics, storage_key=key)
+
+    # ------------------------------------------------------------ endings
+
+    def _succeed(self, s: Session, job: Job, ev: dict, out_dir: Path) -> None:
+        project = s.exec(select(Project).where(Project.id == job.project_id)).one()
+        key = f"models/{job.id}"
+        put_tree(self.storage, key, out_dir / ev["path"])
+        job.output_key = key
+        job.fine_tuned_model = svc.fine_tuned_model_name(job, project)
+        job.trained_tokens = ev.get("trained_tokens")
+        job.result_files = [self._results_file(s, job).id]
+        s.add(job)
+        s.flush()
+        svc.add_event(s, job, f"New fine-tuned model created: {job.fine_tuned_model}")
+        if job.status == "paused":
+            svc.add_event(s, job, "The job finished before it could pause")
+        try:
+            svc.transition(s, job, "succeeded", "The job has successfully completed")
+        except APIError as e:  # cancelled at the last moment: the user's word wins
+            log.info("job %s finished but %s", job.id, e.message)
+
+    def _results_file(self, s: Session, job: Job) -> File:
+        """A CSV of the per-step metrics, as OpenAI attaches to a finished job."""
+        rows = [e.data for e in s.exec(select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.type == "metrics").order_by(JobEvent.seq)).all()]
+        flat = [_flatten(r or {}) for r in rows]
+        columns = ["step"] + sorted({k for r in flat for k in r} - {"step"})
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=columns)
+        w.writeheader()
+        w.writerows(flat)
+        data = buf.getvalue().encode()
+        tmp = self.settings.tmp_dir / f"results-{job.id}.csv"
+        self.settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        file_id = new_id("file-")
+        key = f"files/{job.project_id}/{file_id}"
+        self.storage.put_file(key, tmp)
+        f = File(id=file_id, project_id=job.project_id, filename="step_metrics.csv", purpose="fine-tune-results", bytes=len(data),
+                 created_at=now(), status="processed", storage_key=key, sha256=hashlib.sha256(data).hexdigest())
+        s.add(f)
+        return f
+
+    def _fail(self, s: Session, job: Job, code: str, message: str) -> None:
+        s.refresh(job)
+        if job.status in svc.TERMINAL:
+            return
+        try:
+            svc.transition(s, job, "failed", f"Fine-tuning job failed: {message}", level="error",
+                           error={"code": code, "message": message, "param": None})
+        except APIError as e:
+            log.warning("job %s: could not fail it: %s", job.id, e.message)
+
+    def _finish(self, job_id: str, proc: subprocess.Popen, out_dir: Path, job_dir: Path, outcome: str) -> None:
+        code = proc.wait()
+        self._apply_events(job_id, out_dir)
+        with session_scope(self.settings) as s:
+            job = self._job(s, job_id)
+            if outcome == "lost":
+                return
+            if job.status in svc.TERMINAL or job.status == "paused":
+                if job.status == "cancelled":
+                    svc.add_event(s, job, "Training process stopped")
+                    s.commit()
+                svc.release(s, job, worker_id=self.worker_id)
+                return
+            if outcome == "shutdown" and code == 0:
+                svc.transition(s, job, "queued", "The worker is shutting down; the job goes back to the queue and resumes from its last checkpoint", level="warn")
+                svc.release(s, job, worker_id=self.worker_id)
+                return
+            if code == -signal.SIGKILL or code == 137:
+                self._fail(s, job, "out_of_memory", "The trainer was killed (signal 9), most often by the kernel when memory runs out. "
+                           "Lower batch_size, num_generations or max_completion_length, or use a larger machine.")
+            elif code != 0:
+                tail = _tail(job_dir / "trainer.log")
+                self._fail(s, job, "trainer_crashed", f"The trainer exited with code {code}. Last log lines: {tail}")
+            else:
+                self._fail(s, job, "trainer_exited_early", "The trainer exited without producing a model.")
+            svc.release(s, job, worker_id=self.worker_id)
+
+
+def _metrics_message(ev: dict) -> str:
+    data = ev["data"]
+    total = data.get("total_steps")
+    head = f"Step {ev['step']}/{total}" if total else f"Step {ev['step']}"
+    scores = data.get("scores") or {}
+    if "train_reward_mean" in scores:
+        return f"{head}: train reward={scores['train_reward_mean']:.4f}" + (
+            f", valid reward={scores['valid_reward_mean']:.4f}" if scores.get("valid_reward_mean") is not None else "")
+    if "train_loss" in data:
+        return f"{head}: training loss={data['train_loss']:.4f}"
+    return head
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        elif not isinstance(v, list):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _tail(path: Path, n: int = 5) -> str:
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "(no log)"
+    return " | ".join(lines[-n:])[-1500:]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -1,0 +1,244 @@
+"""Files: streamed multipart upload to storage, listing, content, deletion, background JSONL validation."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from fastapi import Request
+from python_multipart.multipart import MultipartParser, parse_options_header
+from sqlmodel import Session, select
+
+from api.db import session_scope
+from api.errors import APIError, not_found
+from api.ids import new_id, now
+from api.schemas import FILE_PURPOSES, FileObject
+from api.settings import Settings
+from api.storage import Storage, storage_for
+from api.tables import File, Project
+from api.validation import validate_jsonl
+
+log = logging.getLogger("vrft.files")
+
+
+def to_wire(f: File) -> FileObject:
+    return FileObject(
+        id=f.id, bytes=f.bytes, created_at=f.created_at, filename=f.filename, purpose=f.purpose,
+        status=f.status, expires_at=f.expires_at, status_details=f.status_details,
+    )
+
+
+def get_file(session: Session, project: Project, file_id: str, param: str | None = None) -> File:
+    f = session.exec(select(File).where(File.id == file_id, File.project_id == project.id)).first()
+    if f is None:
+        raise not_found("file", file_id, param)
+    return f
+
+
+class _Upload:
+    """Receives one multipart body chunk by chunk: small text fields in memory, the file part straight into a
+    temporary file on disk, hashed and counted as it arrives, refused as soon as it passes the size limit."""
+
+    def __init__(self, tmp_dir: Path, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.fields: dict[str, str] = {}
+        self.filename: str | None = None
+        self.size = 0
+        self.sha = hashlib.sha256()
+        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="upload-")
+        self.path = Path(name)
+        self._out = os.fdopen(fd, "wb")
+        self._headers: dict[bytes, bytes] = {}
+        self._hname = b""
+        self._hvalue = b""
+        self._name: str | None = None
+        self._is_file = False
+        self._value = bytearray()
+        self.too_large = False
+
+    def callbacks(self) -> dict:
+        def on_part_begin() -> None:
+            self._headers, self._name, self._is_file, self._value = {}, None, False, bytearray()
+
+        def on_header_field(data: bytes, start: int, end: int) -> None:
+            self._hname += data[start:end]
+
+        def on_header_value(data: bytes, start: int, end: int) -> None:
+            self._hvalue += data[start:end]
+
+        def on_header_end() -> None:
+            self._headers[self._hname.lower()] = self._hvalue
+            self._hname, self._hvalue = b"", b""
+
+        def on_headers_finished() -> None:
+            _, opts = parse_options_header(self._headers.get(b"content-disposition", b""))
+            self._name = opts.get(b"name", b"").decode("utf-8", "replace")
+            if b"filename" in opts and self._name == "file":
+                self._is_file = True
+                self.filename = opts[b"filename"].decode("utf-8", "replace")
+
+        def on_part_data(data: bytes, start: int, end: int) -> None:
+            chunk = data[start:end]
+            if self._is_file:
+                self.size += len(chunk)
+                if self.size > self.max_bytes:
+                    self.too_large = True
+                    return
+                self.sha.update(chunk)
+                self._out.write(chunk)
+            elif len(self._value) < 65536:
+                self._value += chunk
+
+        def on_part_end() -> None:
+            if not self._is_file and self._name:
+                self.fields[self._name] = self._value.decode("utf-8", "replace")
+
+        return {
+            "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
+            "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data, "on_part_end": on_part_end,
+        }
+
+    def close(self) -> None:
+        self._out.close()
+
+    def discard(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(413, f"File is larger than the {limit} bytes allowed.", param="file", code="file_too_large")
+
+
+async def receive_upload(request: Request, settings: Settings) -> _Upload:
+    ctype, opts = parse_options_header(request.headers.get("content-type", ""))
+    if ctype != b"multipart/form-data" or b"boundary" not in opts:
+        raise APIError(400, "Uploads must be sent as multipart/form-data with 'file' and 'purpose' fields.", param="file")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + 1024 * 1024:
+        raise _too_large(settings.max_upload_bytes)
+    settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+    up = _Upload(settings.tmp_dir, settings.max_upload_bytes)
+    try:
+        parser = MultipartParser(opts[b"boundary"], up.callbacks())
+        async for chunk in request.stream():
+            parser.write(chunk)
+            if up.too_large:
+                raise _too_large(settings.max_upload_bytes)
+        parser.finalize()
+        up.close()
+    except APIError:
+        up.discard()
+        raise
+    except Exception:
+        up.discard()
+        raise APIError(400, "The multipart body could not be parsed.", param="file") from None
+    return up
+
+
+def _expires_at(fields: dict[str, str], created: int) -> int | None:
+    anchor = fields.get("expires_after[anchor]")
+    seconds = fields.get("expires_after[seconds]")
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise APIError(400, "Invalid value for 'expires_after.anchor': must be 'created_at'.", param="expires_after.anchor")
+    if not (seconds or "").isdigit() or not 3600 <= int(seconds) <= 2_592_000:
+        raise APIError(400, "Invalid value for 'expires_after.seconds': must be between 3600 and 2592000.", param="expires_after.seconds")
+    return created + int(seconds)
+
+
+def create_file(session: Session, storage: Storage, project: Project, up: _Upload) -> File:
+    """Check the form fields, move the received bytes into storage and record the file."""
+    try:
+        purpose = up.fields.get("purpose")
+        if purpose is None:
+            raise APIError(400, "Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter")
+        if purpose not in FILE_PURPOSES:
+            raise APIError(400, f"Invalid value for 'purpose': {purpose!r}. Supported: {', '.join(FILE_PURPOSES)}.", param="purpose")
+        if up.filename is None:
+            raise APIError(400, "Missing required parameter: 'file'.", param="file", code="missing_required_parameter")
+        if purpose == "fine-tune" and up.size == 0:
+            raise APIError(400, "The file is empty: a fine-tune file needs at least one JSON line.", param="file")
+        created = now()
+        expires = _expires_at(up.fields, created)
+        file_id = new_id("file-")
+        key = f"files/{project.id}/{file_id}"
+        storage.put_file(key, up.path)
+    except BaseException:
+        up.discard()
+        raise
+    row = File(
+        id=file_id, project_id=project.id, filename=os.path.basename(up.filename)[:255] or "upload", purpose=purpose,
+        bytes=up.size, created_at=created, expires_at=expires,
+        status="uploaded" if purpose == "fine-tune" else "processed", storage_key=key, sha256=up.sha.hexdigest(),
+    )
+    session.add(row)
+    try:
+        session.commit()
+    except BaseException:
+        storage.delete(key)
+        raise
+    return row
+
+
+def delete_file(session: Session, storage: Storage, f: File) -> None:
+    session.delete(f)
+    session.commit()
+    storage.delete(f.storage_key)
+
+
+class FileValidator:
+    """Validates fine-tune files in background threads. On start, files left `uploaded` by a crash are
+    validated again, so no upload is stranded."""
+
+    def __init__(self, settings: Settings, workers: int = 2) -> None:
+        self.settings = settings
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="file-validate")
+
+    def submit(self, file_id: str) -> None:
+        self.pool.submit(self._run, file_id)
+
+    def resume_pending(self) -> None:
+        with session_scope(self.settings) as s:
+            pending = s.exec(select(File.id).where(File.status == "uploaded")).all()
+        for fid in pending:
+            self.submit(fid)
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self, file_id: str) -> None:
+        st = self.settings
+        try:
+            with session_scope(st) as s:
+                f = s.exec(select(File).where(File.id == file_id)).first()
+                if f is None or f.status != "uploaded":
+                    return
+                key = f.storage_key
+            storage = storage_for(st.storage_url, st.s3_endpoint_url)
+            report = validate_jsonl(
+                storage.iter_bytes(key), max_rows=st.max_training_rows,
+                max_image_bytes=st.max_image_bytes, max_images=st.max_images_per_row,
+            )
+            with session_scope(st) as s:
+                f = s.exec(select(File).where(File.id == file_id)).first()
+                if f is None:
+                    return
+                f.stats = report.stats()
+                f.status = "processed" if report.ok else "error"
+                f.status_details = None if report.ok else report.details()
+                s.add(f)
+            log.info("file %s validated: %s", file_id, "processed" if report.ok else "error")
+        except Exception:
+            log.exception("validation of file %s crashed", file_id)
+            with session_scope(st) as s:
+                f = s.exec(select(File).where(File.id == file_id)).first()
+                if f is not None:
+                    f.status, f.status_details = "error", "Internal error while validating the file; upload it again."
+                    s.add(f)

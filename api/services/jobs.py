@@ -1,0 +1,323 @@
+"""fine_tuning.jobs: creation with validation, the state machine, events, checkpoints, and the atomic claim
+that hands a job to exactly one worker."""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+from sqlalchemy import or_, update
+from sqlmodel import Session, select
+
+from api import models_registry
+from api.errors import APIError, not_found
+from api.ids import new_id, now
+from api.schemas import (
+    FineTuningJob,
+    FineTuningJobCheckpoint,
+    FineTuningJobEvent,
+    Hyperparameters,
+    JobCreate,
+    JobError,
+    SupervisedMethod,
+)
+from api.services.pagination import page
+from api.settings import Settings
+from api.tables import Checkpoint, File, Job, JobEvent, Project
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+# Allowed transitions: the job state machine of DESIGN.md, plus paused.
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "validating_files": ("queued", "failed", "cancelled"),
+    "queued": ("running", "paused", "cancelled", "failed"),
+    "running": ("succeeded", "failed", "cancelled", "paused", "queued"),
+    "paused": ("queued", "cancelled", "failed", "succeeded"),  # the runner ends a job that finished as it paused
+    "succeeded": (),
+    "failed": (),
+    "cancelled": (),
+}
+GRADER_PARAM = "method.reinforcement.grader"
+
+
+# ---------------------------------------------------------------- wire
+
+
+def to_wire(job: Job) -> FineTuningJob:
+    hp = (job.method.get(job.method["type"]) or {}).get("hyperparameters", {})
+    return FineTuningJob(
+        id=job.id, created_at=job.created_at, error=JobError(**job.error) if job.error else None,
+        fine_tuned_model=job.fine_tuned_model, finished_at=job.finished_at,
+        hyperparameters=Hyperparameters(
+            batch_size=hp.get("batch_size"), learning_rate_multiplier=hp.get("learning_rate_multiplier"),
+            n_epochs=hp.get("n_epochs"),
+        ),
+        model=job.model, organization_id=job.project_id, result_files=list(job.result_files), seed=job.seed,
+        status=job.status, trained_tokens=job.trained_tokens, training_file=job.training_file,
+        validation_file=job.validation_file, estimated_finish=job.estimated_finish, integrations=job.integrations,
+        metadata=job.metadata_, method=job.method,
+    )
+
+
+def event_to_wire(e: JobEvent) -> FineTuningJobEvent:
+    return FineTuningJobEvent(id=e.id, created_at=e.created_at, level=e.level, message=e.message, data=e.data, type=e.type)
+
+
+def checkpoint_to_wire(c: Checkpoint) -> FineTuningJobCheckpoint:
+    return FineTuningJobCheckpoint(
+        id=c.id, created_at=c.created_at, fine_tuned_model_checkpoint=c.fine_tuned_model_checkpoint,
+        fine_tuning_job_id=c.job_id, metrics=c.metrics, step_number=c.step_number,
+    )
+
+
+# ---------------------------------------------------------------- creation
+
+
+def _check_training_file(session: Session, project: Project, file_id: str, param: str, method: str) -> File:
+    f = session.exec(select(File).where(File.id == file_id, File.project_id == project.id)).first()
+    if f is None:
+        raise APIError(400, f"Invalid file '{file_id}': no such file in this project.", param=param, code="invalid_file")
+    if f.purpose != "fine-tune":
+        raise APIError(400, f"File '{file_id}' has purpose '{f.purpose}'; upload it with purpose 'fine-tune'.", param=param, code="invalid_file")
+    if f.status == "uploaded":
+        raise APIError(400, f"File '{file_id}' is still being validated; wait until its status is 'processed'.", param=param, code="file_not_ready")
+    if f.status == "error":
+        raise APIError(400, f"File '{file_id}' failed validation: {f.status_details}", param=param, code="invalid_file")
+    stats = f.stats or {}
+    rows = stats.get("rows", 0)
+    if method == "reinforcement" and stats.get("rl_rows", 0) != rows:
+        raise APIError(
+            400, f"File '{file_id}' has {rows - stats.get('rl_rows', 0)} row(s) ending with an assistant message; "
+            "reinforcement rows must end with the user's message (the model writes the answer).", param=param, code="invalid_file",
+        )
+    if method == "supervised" and stats.get("sft_rows", 0) != rows:
+        raise APIError(
+            400, f"File '{file_id}' has {rows - stats.get('sft_rows', 0)} row(s) whose last message is not the assistant's; "
+            "supervised rows must end with the assistant message to learn.", param=param, code="invalid_file",
+        )
+    return f
+
+
+def _resolve_method(body: JobCreate) -> dict[str, Any]:
+    method = body.method
+    if method is None:
+        hp = body.hyperparameters.model_dump() if body.hyperparameters else SupervisedMethod().hyperparameters.model_dump()
+        return {"type": "supervised", "supervised": {"hyperparameters": hp}}
+    if body.hyperparameters is not None:
+        raise APIError(400, "The top-level 'hyperparameters' is deprecated; set them in 'method' instead, not both.", param="hyperparameters")
+    for other in ("supervised", "dpo", "reinforcement"):
+        if other != method.type and getattr(method, other) is not None:
+            raise APIError(400, f"'method.{other}' was given but method.type is '{method.type}'.", param=f"method.{other}")
+    if method.type == "dpo":
+        raise APIError(400, "DPO fine-tuning is not supported by this server yet; use 'supervised' or 'reinforcement'.", param="method.type", code="unsupported_method")
+    if method.type == "supervised":
+        sup = method.supervised or SupervisedMethod()
+        return {"type": "supervised", "supervised": sup.model_dump(exclude_none=True)}
+    if method.reinforcement is None:
+        raise APIError(400, "Missing required parameter: 'method.reinforcement' (with its 'grader').", param="method.reinforcement", code="missing_required_parameter")
+    rl = method.reinforcement
+    _validate_grader(rl.grader)
+    return {"type": "reinforcement", "reinforcement": rl.model_dump(exclude_none=True)}
+
+
+def _validate_grader(spec: dict[str, Any]) -> None:
+    import grader
+
+    try:
+        grader.validate_grader(spec, top_level=True)
+    except grader.GraderValidationError as e:
+        param = GRADER_PARAM + (f".{e.param}" if e.param else "")
+        raise APIError(400, f"Invalid grader: {e.message}", param=param, code="invalid_grader") from None
+
+
+def create_job(session: Session, settings: Settings, project: Project, body: JobCreate) -> Job:
+    method = _resolve_method(body)
+    if models_registry.resolve_trainable(session, settings, project, body.model) is None:
+        raise APIError(400, f"Model '{body.model}' is not available for fine-tuning. GET /v1/models lists the base models.", param="model", code="model_not_found")
+    _check_training_file(session, project, body.training_file, "training_file", method["type"])
+    if body.validation_file:
+        _check_training_file(session, project, body.validation_file, "validation_file", method["type"])
+    job = Job(
+        id=new_id("ftjob-"), project_id=project.id, created_at=now(), model=body.model,
+        training_file=body.training_file, validation_file=body.validation_file, status="validating_files",
+        method=method, hyperparameters=(method[method["type"]] or {}).get("hyperparameters", {}),
+        seed=body.seed if body.seed is not None else random.randint(0, 2**31 - 1), suffix=body.suffix,
+        metadata_=body.metadata, integrations=[i.model_dump(exclude_none=True) for i in body.integrations] if body.integrations else None,
+        result_files=[],
+    )
+    session.add(job)
+    session.flush()
+    add_event(session, job, f"Created fine-tuning job: {job.id}")
+    files = f"Validating training file: {job.training_file}"
+    if job.validation_file:
+        files += f" and validation file: {job.validation_file}"
+    add_event(session, job, files)
+    if job.integrations:
+        add_event(session, job, "Integrations are recorded but not reported to: this server sends no metrics to W&B.", level="warn")
+    session.commit()
+    return job
+
+
+# ---------------------------------------------------------------- reading
+
+
+def get_job(session: Session, project: Project, job_id: str) -> Job:
+    job = session.exec(select(Job).where(Job.id == job_id, Job.project_id == project.id)).first()
+    if job is None:
+        raise not_found("fine-tuning job", job_id)
+    return job
+
+
+def list_jobs(session: Session, project: Project, *, after: str | None, limit: int, metadata: dict[str, str]) -> tuple[list[Job], bool]:
+    stmt = select(Job).where(Job.project_id == project.id)
+    if not metadata:
+        return page(session, stmt, Job, after=after, limit=limit)
+    # JSON filtering differs by database; filter in Python over the project's jobs, newest first.
+    rows = [j for j in session.exec(stmt.order_by(Job.seq.desc())).all() if all((j.metadata_ or {}).get(k) == v for k, v in metadata.items())]
+    if after is not None:
+        ids = [j.id for j in rows]
+        if after not in ids:
+            raise APIError(400, f"Invalid value for 'after': no job with id '{after}' in this list.", param="after")
+        rows = rows[ids.index(after) + 1:]
+    return rows[:limit], len(rows) > limit
+
+
+def list_events(session: Session, job: Job, *, after: str | None, limit: int) -> tuple[list[JobEvent], bool]:
+    return page(session, select(JobEvent).where(JobEvent.job_id == job.id), JobEvent, after=after, limit=limit)
+
+
+def list_checkpoints(session: Session, job: Job, *, after: str | None, limit: int) -> tuple[list[Checkpoint], bool]:
+    return page(session, select(Checkpoint).where(Checkpoint.job_id == job.id), Checkpoint, after=after, limit=limit)
+
+
+# ---------------------------------------------------------------- writing
+
+
+def add_event(session: Session, job: Job, message: str, *, level: str = "info", type: str = "message", data: dict | None = None) -> JobEvent:  # noqa: A002
+    ev = JobEvent(id=new_id("ftevent-"), job_id=job.id, created_at=now(), level=level, message=message, type=type, data=data)
+    session.add(ev)
+    return ev
+
+
+class StateChanged(APIError):
+    """A compare-and-set transition lost to a concurrent change; the job has been refreshed."""
+
+
+def transition(session: Session, job: Job, to: str, message: str, *, level: str = "info", error: dict | None = None) -> Job:
+    """Move `job` to `to` if the state machine allows it from its current status (compare-and-set, so a
+    concurrent change by a worker or another request wins cleanly), with an event; else a 400."""
+    frm = job.status
+    if to not in TRANSITIONS.get(frm, ()):
+        raise APIError(400, f"Cannot move a job from '{frm}' to '{to}'.", param="fine_tuning_job_id", code="invalid_state")
+    values: dict[str, Any] = {"status": to}
+    if to in TERMINAL:
+        values["finished_at"] = now()  # the claim stays: its worker still stops the trainer and releases it
+    if error is not None:
+        values["error"] = error
+    res = session.execute(update(Job).where(Job.seq == job.seq, Job.status == frm).values(**values))
+    if res.rowcount != 1:
+        session.rollback()
+        session.refresh(job)
+        raise StateChanged(400, f"The job changed state to '{job.status}' meanwhile; try again.", param="fine_tuning_job_id", code="invalid_state")
+    add_event(session, job, message, level=level)
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+_USER_ACTIONS = {
+    # action: (allowed from, to, event message, message when refused)
+    "cancel": (("validating_files", "queued", "running", "paused"), "cancelled", "Job cancelled by the user", "Cannot cancel a job that already {s}."),
+    "pause": (("queued", "running"), "paused", "Job paused by the user", "Only a queued or running job can be paused; this one is {s}."),
+    "resume": (("paused",), "queued", "Job resumed by the user, moving it to the queue", "Only a paused job can be resumed; this one is {s}."),
+}
+
+
+def user_action(session: Session, job: Job, action: str) -> Job:
+    """Apply a user's cancel/pause/resume. A worker may move the job at the same moment (validating_files ->
+    queued, queued -> running); the action is then re-checked against the new status rather than refused."""
+    allowed, to, message, refusal = _USER_ACTIONS[action]
+    for _ in range(10):
+        if job.status not in allowed:
+            s = job.status if action != "cancel" else {"succeeded": "succeeded", "failed": "failed", "cancelled": "was cancelled"}.get(job.status, job.status)
+            raise APIError(400, refusal.format(s=s), param="fine_tuning_job_id", code="invalid_state")
+        try:
+            return transition(session, job, to, message)
+        except StateChanged:
+            continue  # `job` was refreshed: decide again from its new status
+    raise APIError(409, "The job keeps changing state; try again.", param="fine_tuning_job_id", code="invalid_state")
+
+
+def fine_tuned_model_name(job: Job, project: Project) -> str:
+    """`ft:{base}:{project}:{suffix}:{id}`; training from a fine-tuned model keeps the root base."""
+    base = job.model.split(":")[1] if job.model.startswith("ft:") else job.model
+    return f"ft:{base}:{project.name}:{job.suffix or ''}:{job.id.removeprefix('ftjob-')[:8]}"
+
+
+def register_checkpoint(session: Session, job: Job, project: Project, *, step: int, metrics: dict, storage_key: str | None) -> Checkpoint:
+    ckpt = Checkpoint(
+        id=new_id("ftckpt_"), job_id=job.id, project_id=job.project_id, created_at=now(),
+        fine_tuned_model_checkpoint=f"{fine_tuned_model_name(job, project)}:ckpt-step-{step}",
+        step_number=step, metrics=metrics, storage_key=storage_key,
+    )
+    session.add(ckpt)
+    add_event(session, job, f"Checkpoint created at step {step}")
+    session.commit()
+    return ckpt
+
+
+# ---------------------------------------------------------------- the claim
+
+
+def claim_job(session: Session, *, worker_id: str, status: str | tuple[str, ...], lease_seconds: float) -> Job | None:
+    """Give the oldest job in `status` that no live worker holds to `worker_id`, atomically: on PostgreSQL
+    `SELECT ... FOR UPDATE SKIP LOCKED` lets concurrent workers pass over each other's rows; on SQLite (one
+    writer at a time) the conditional UPDATE below is the compare-and-set. A lease that ran out (its worker
+    died) makes the job claimable again."""
+    statuses = (status,) if isinstance(status, str) else status
+    for _ in range(5):
+        t = time.time()
+        free = or_(Job.claimed_by.is_(None), Job.lease_expires_at < t)
+        stmt = select(Job.seq).where(Job.status.in_(statuses), free).order_by(Job.seq).limit(1)
+        if session.get_bind().dialect.name == "postgresql":
+            stmt = stmt.with_for_update(skip_locked=True)
+        seq = session.exec(stmt).first()
+        if seq is None:
+            session.rollback()
+            return None
+        res = session.execute(
+            update(Job).where(Job.seq == seq, Job.status.in_(statuses), free)
+            .values(claimed_by=worker_id, lease_expires_at=t + lease_seconds)
+        )
+        session.commit()
+        if res.rowcount == 1:
+            return session.exec(select(Job).where(Job.seq == seq)).one()
+    return None
+
+
+def renew_lease(session: Session, job: Job, *, worker_id: str, lease_seconds: float) -> bool:
+    """Extend the worker's lease; False if it lost the job (another worker took it over)."""
+    res = session.execute(
+        update(Job).where(Job.seq == job.seq, Job.claimed_by == worker_id).values(lease_expires_at=time.time() + lease_seconds)
+    )
+    session.commit()
+    return res.rowcount == 1
+
+
+def release(session: Session, job: Job, *, worker_id: str) -> None:
+    session.execute(update(Job).where(Job.seq == job.seq, Job.claimed_by == worker_id).values(claimed_by=None, lease_expires_at=None))
+    session.commit()
+
+
+def validate_job_files(session: Session, job: Job) -> Job:
+    """The worker's first step: the files a job names must still exist and be processed."""
+    project = session.exec(select(Project).where(Project.id == job.project_id)).one()
+    try:
+        _check_training_file(session, project, job.training_file, "training_file", job.method["type"])
+        if job.validation_file:
+            _check_training_file(session, project, job.validation_file, "validation_file", job.method["type"])
+    except APIError as e:
+        return transition(session, job, "failed", f"File validation failed: {e.message}", level="error",
+                          error={"code": "invalid_training_file" if e.param == "training_file" else "invalid_validation_file", "message": e.message, "param": e.param})
+    return transition(session, job, "queued", "Files validated, moving job to queued state")
+

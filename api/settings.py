@@ -1,0 +1,150 @@
+"""The one settings class, read from the environment at start and validated there."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Each field reads `VRFT_<NAME>` unless it says otherwise."""
+
+    model_config = SettingsConfigDict(env_prefix="VRFT_", extra="ignore")
+
+    home: Path = Path(".vrft")
+    """All data lives here: database, files, checkpoints, caches, the first api key."""
+    database_url: str | None = None
+    """SQLAlchemy URL. Default: SQLite at `{home}/vrft.db`. `postgresql://...` works too."""
+    storage: str | None = None
+    """Where file and checkpoint blobs go: a folder (default `{home}/storage`) or `s3://bucket/prefix`."""
+    s3_endpoint_url: str | None = None
+    """S3-compatible endpoint (MinIO, moto...). Credentials come from the usual AWS_* variables."""
+    api_key: SecretStr | None = None
+    """If set, a valid key of the default project (created on start if it does not exist)."""
+    host: str = Field("127.0.0.1", validation_alias=AliasChoices("HOST", "VRFT_HOST"))
+    port: int = Field(8000, validation_alias=AliasChoices("PORT", "VRFT_PORT"))
+
+    max_upload_bytes: int = 2 * 1024**3
+    """Largest file accepted by POST /v1/files (bytes)."""
+    max_training_rows: int = 50_000
+    max_image_bytes: int = 10 * 1024**2
+    max_images_per_row: int = 10
+
+    base_models: list[str] = []
+    """Extra base model folders (HF format) besides those under `{home}/models/`, as a JSON list."""
+    embedded_worker: bool = True
+    """`vrft serve` runs a job worker in the same process."""
+    worker_train: bool = True
+    """Workers run training jobs. False on a host that should only check files and leave training to
+    workers on other (GPU) machines sharing the database; jobs then wait in `queued`."""
+    worker_poll_seconds: float = 1.0
+    job_lease_seconds: float = 60.0
+    """A claimed job whose worker has not renewed its lease for this long may be taken over."""
+
+    trainer_num_ranks: int = 1
+    """Training processes per job. 1 runs `python -m trainer`; more go through DeepSpeed's launcher."""
+    trainer_hostfile: str | None = None
+    """A DeepSpeed hostfile: the trainer then spans the nodes it lists."""
+    rollout_engine: str = "vllm"
+    """`vllm` (offline engine in the trainer) or `hf` (transformers.generate)."""
+    grader_url: str | None = None
+    """Grade through a remote grader service (`vrft grader serve`) instead of in the trainer."""
+    trainer_stop_seconds: float = 20.0
+    """How long a cancelled or pausing trainer gets before it is killed."""
+
+    # ---- serving (serving/, /v1/chat/completions): vLLM OpenAI servers per model
+    serving_mode: Literal["managed", "external"] = "managed"
+    """`managed`: the API starts a vLLM server per model on first use and stops the least recently used one
+    past the budget. `external`: something else runs the vLLM servers (a Kubernetes deployment, say), and
+    `serving_external_urls` says where each model is served."""
+    serving_external_urls: dict[str, str] = {}
+    """`external` mode: model id -> base URL of the vLLM server that serves it (`http://host:8000`), as JSON.
+    The key `*` is the server for any model not listed."""
+    serving_python: str | None = None
+    """The Python that runs `-m vllm.entrypoints.openai.api_server` (default: the API's own interpreter)."""
+    serving_device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where managed engines run. `auto`: CUDA when torch sees a GPU, else vLLM's CPU build."""
+    serving_dtype: str = "auto"
+    """vLLM `--dtype` (`auto`, `bfloat16`, `float16`, `float32`)."""
+    serving_max_model_len: int = 4096
+    """vLLM `--max-model-len`: the longest prompt plus completion, in tokens."""
+    serving_max_num_seqs: int = 16
+    """vLLM `--max-num-seqs`: sequences an engine batches at once."""
+    serving_kv_cache_gib: float | None = None
+    """KV cache per engine in GiB (CPU: `VLLM_CPU_KVCACHE_SPACE`, default 1; GPU: `--kv-cache-memory-bytes`,
+    default: vLLM's `--gpu-memory-utilization` rule)."""
+    serving_gpu_memory_utilization: float | None = None
+    """vLLM `--gpu-memory-utilization` on GPU hosts (default: vLLM's 0.9). Lower it to fit several engines."""
+    serving_tensor_parallel_size: int = 1
+    """vLLM `--tensor-parallel-size` on GPU hosts."""
+    serving_enforce_eager: bool = False
+    """vLLM `--enforce-eager`: no torch.compile / CUDA graphs. Starts faster (CPU: ~23 s instead of ~30 s
+    warm), runs slower."""
+    serving_single_process: bool = False
+    """Run vLLM's engine core inside its HTTP server process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, executor
+    `uni`, only with tensor parallel size 1): saves one interpreter start (~20 s on 2 CPU cores)."""
+    serving_extra_args: list[str] = []
+    """More vLLM flags, as a JSON list (`["--max-num-batched-tokens", "4096"]`)."""
+    serving_max_engines: int = 2
+    """Managed engines running at once; starting one more stops the least recently used idle one."""
+    serving_max_memory_gib: float | None = None
+    """Memory budget of all managed engines (estimated per engine: weights + KV cache +
+    `serving_engine_overhead_gib`); starting one past it stops the least recently used idle ones."""
+    serving_engine_overhead_gib: float = 2.5
+    """Memory of one engine besides its weights and KV cache (interpreter, torch, vLLM; ~2 GiB seen on CPU)."""
+    serving_idle_seconds: float = 1800.0
+    """A managed engine that served nothing for this long is stopped. 0 keeps engines until evicted."""
+    serving_start_wait_seconds: float = 30.0
+    """How long a request waits for its model's engine to start before it gets a 503 with `Retry-After`."""
+    serving_start_timeout_seconds: float = 600.0
+    """An engine not healthy after this long is killed and the requests waiting on it get a 502."""
+    serving_read_timeout_seconds: float = 600.0
+    """Longest silence from an engine while it answers (before the first byte or between chunks)."""
+    serving_prewarm: bool = True
+    """Start the engine of a fine-tuned model as soon as its job succeeds, so the first request does not pay
+    the engine's start-up (20-50 s on CPU)."""
+    serving_poll_seconds: float = 5.0
+    """How often the serving manager checks engines (crashes, idle timeout) and newly succeeded jobs."""
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL with a driver SQLAlchemy can use (psycopg 3 for PostgreSQL)."""
+        url = self.database_url or f"sqlite:///{self.home / 'vrft.db'}"
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix):]
+        return url
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or str(self.home / "storage")
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.home / "tmp"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.home / "jobs"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

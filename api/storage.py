@@ -1,0 +1,148 @@
+"""Blob storage for uploaded files and checkpoints: a local folder (default) or S3 (boto3)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+from typing import Protocol
+
+CHUNK = 1024 * 1024
+
+
+class Storage(Protocol):
+    def put_file(self, key: str, path: Path) -> None:
+        """Move or upload the local file `path` to `key` (path may be consumed)."""
+
+    def iter_bytes(self, key: str) -> Iterator[bytes]:
+        """Stream the object in chunks."""
+
+    def download(self, key: str, dest: Path) -> None:
+        """Copy the object to a local path."""
+
+    def delete(self, key: str) -> None: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Keys under `prefix/` (a checkpoint folder), relative to it."""
+
+
+def put_tree(storage: Storage, prefix: str, folder: Path) -> None:
+    """Copy every file under `folder` to `prefix/<relative path>` (the folder itself stays)."""
+    import tempfile
+
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        with tempfile.NamedTemporaryFile(dir=folder.parent, delete=False) as tmp:
+            shutil.copyfile(path, tmp.name)
+        storage.put_file(f"{prefix}/{path.relative_to(folder).as_posix()}", Path(tmp.name))
+
+
+def get_tree(storage: Storage, prefix: str, dest: Path) -> None:
+    """Download `prefix/` into `dest`, atomically (a folder beside it, then a rename)."""
+    part = dest.with_name(dest.name + ".part")
+    shutil.rmtree(part, ignore_errors=True)
+    for rel in storage.list_keys(prefix):
+        target = part / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        storage.download(f"{prefix}/{rel}", target)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(part, dest)
+
+
+def delete_tree(storage: Storage, prefix: str) -> None:
+    for rel in storage.list_keys(prefix):
+        storage.delete(f"{prefix}/{rel}")
+
+
+class LocalStorage:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root.resolve() not in path.parents:
+            raise ValueError(f"storage key escapes the storage root: {key!r}")
+        return path
+
+    def put_file(self, key: str, path: Path) -> None:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
+        shutil.move(str(path), tmp)
+        os.replace(tmp, dest)
+
+    def iter_bytes(self, key: str) -> Iterator[bytes]:
+        with open(self._path(key), "rb") as f:
+            while chunk := f.read(CHUNK):
+                yield chunk
+
+    def download(self, key: str, dest: Path) -> None:
+        shutil.copyfile(self._path(key), dest)
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list_keys(self, prefix: str) -> list[str]:
+        root = self._path(prefix)
+        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and not p.name.endswith(".part")) if root.is_dir() else []
+
+
+class S3Storage:
+    def __init__(self, url: str, endpoint_url: str | None) -> None:
+        import boto3
+
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.client = boto3.client("s3", endpoint_url=endpoint_url)
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put_file(self, key: str, path: Path) -> None:
+        # upload_file streams from disk, in multipart chunks for large files.
+        self.client.upload_file(str(path), self.bucket, self._key(key))
+        path.unlink(missing_ok=True)
+
+    def iter_bytes(self, key: str) -> Iterator[bytes]:
+        body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        try:
+            yield from body.iter_chunks(CHUNK)
+        finally:
+            body.close()
+
+    def download(self, key: str, dest: Path) -> None:
+        self.client.download_file(self.bucket, self._key(key), str(dest))
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError:
+            return False
+
+    def list_keys(self, prefix: str) -> list[str]:
+        base = self._key(prefix).rstrip("/") + "/"
+        out = []
+        for pg in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
+            out += [o["Key"][len(base):] for o in pg.get("Contents", [])]
+        return sorted(out)
+
+
+@lru_cache
+def storage_for(url: str, endpoint_url: str | None = None) -> Storage:
+    if url.startswith("s3://"):
+        return S3Storage(url, endpoint_url)
+    return LocalStorage(Path(url))
