@@ -1,0 +1,305 @@
+"""Visual-RFT rewards as plain functions: format, classification, and the batched IoU reward.
+
+>>> format_reward("<think>look</think> <answer>cat</answer>")
+1.0
+>>> format_reward("<answer>cat</answer>")
+0.0
+>>> classification_reward("Boeing_737", "boeing 737"), classification_reward("", "boeing 737")
+(1.0, 0.0)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import unicodedata
+from typing import Any, Sequence
+
+import numpy as np
+import regex
+
+from grader import boxes as B
+from grader.errors import SampleError
+from grader.images import item_image_size, smart_resize
+from grader.specs import DEFAULT_FORMAT_PATTERN, BoxConvention, IouGrader
+from grader.templates import extract_answer
+
+REGEX_TIMEOUT_S = 1.0
+_FLAGS = {"ignorecase": regex.IGNORECASE, "multiline": regex.MULTILINE, "dotall": regex.DOTALL}
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(pattern: str, flags: tuple) -> regex.Pattern:
+    f = 0
+    for name in flags:
+        f |= _FLAGS[name]
+    return regex.compile(pattern, f | regex.V0)
+
+
+def compile_pattern(pattern: str, flags: Sequence[str] = ("dotall",)) -> regex.Pattern:
+    """Compile (and cache) a format pattern; raises regex.error when invalid."""
+    return _compiled(pattern, tuple(flags))
+
+
+def format_reward(text: str, pattern: str = DEFAULT_FORMAT_PATTERN, flags: Sequence[str] = ("dotall",),
+                  strip: bool = True) -> float:
+    """1.0 when `pattern` matches the whole text (Visual-RFT's `re.fullmatch(..., re.DOTALL)`), else 0.0.
+
+    A pattern that runs longer than REGEX_TIMEOUT_S on a sample raises TimeoutError.
+    """
+    if strip:
+        text = text.strip()
+    return 1.0 if compile_pattern(pattern, flags).fullmatch(text, timeout=REGEX_TIMEOUT_S) else 0.0
+
+
+def normalize_label(text: str) -> str:
+    """NFKC + casefold; '_' and '-' count as spaces; punctuation dropped; whitespace removed.
+
+    >>> normalize_label("  Airbus  A-320 ")
+    'airbusa320'
+    >>> normalize_label("Café")
+    'café'
+    """
+    text = unicodedata.normalize("NFKC", text).casefold().replace("_", " ").replace("-", " ")
+    return "".join(ch for ch in text if not ch.isspace() and not unicodedata.category(ch).startswith("P"))
+
+
+def classification_reward(answer: str, reference: Any, synonyms: dict[str, list[str]] | None = None,
+                          normalize: bool = True) -> float:
+    """1.0 when the answer equals the reference (a string or a list of accepted strings) or one of its
+    synonyms, else 0.0. Exact match, never substring: an empty answer scores 0 (Visual-RFT's
+    `gt in ans or ans in gt` gave "" full marks and models collapsed to empty answers).
+
+    >>> classification_reward("a320", "Airbus A320", {"airbus a320": ["A320", "A-320"]})
+    1.0
+    >>> classification_reward("Airbus", "Airbus A320")
+    0.0
+    """
+    norm = normalize_label if normalize else (lambda s: s.strip())
+    ans = norm(answer)
+    if not ans:
+        return 0.0
+    refs = reference if isinstance(reference, list) else [reference]
+    accepted = set()
+    syn = {norm(k): v for k, v in (synonyms or {}).items()}
+    for ref in refs:
+        r = norm(str(ref))
+        accepted.add(r)
+        accepted.update(norm(s) for s in syn.get(r, ()))
+    accepted.discard("")
+    return 1.0 if ans in accepted else 0.0
+
+
+# ------------------------------------------------------------------------------------- IoU grader
+
+
+def _is_no_objects(text: str, phrase: str) -> bool:
+    return bool(phrase) and phrase.casefold() in text.casefold()
+
+
+def _size(conv: BoxConvention, item: Any, cache: dict) -> tuple[float, float]:
+    """(width, height) that `conv`'s pixel coordinates refer to (smart-resized when asked)."""
+    key = id(item)
+    if key not in cache:
+        cache[key] = item_image_size(item)
+    w, h = cache[key]
+    if conv.resize is not None:
+        r = conv.resize
+        h, w = smart_resize(h, w, r.factor, r.min_pixels, r.max_pixels)
+    return float(w), float(h)
+
+
+def _divisor(conv: BoxConvention, item: Any, cache: dict) -> tuple[float, float]:
+    if conv.coordinates != "pixel":
+        return B.scale_for(conv.coordinates, None)
+    return _size(conv, item, cache)
+
+
+def _needs_size(spec: IouGrader, ref_conv: BoxConvention) -> bool:
+    """Only differing spaces (or a resize) need the image: a common scale does not change IoU."""
+    a = spec.input_format
+    if a.resize is not None or ref_conv.resize is not None:
+        return True
+    return a.coordinates != ref_conv.coordinates and "pixel" in (a.coordinates, ref_conv.coordinates)
+
+
+def _strip_answer(text: str) -> str:
+    end = text.rfind("</answer>")
+    if end != -1:
+        start = text.rfind("<answer>", 0, end)
+        if start != -1:
+            return text[start + 8 : end].strip()
+    return text.strip()
+
+
+def _parse_texts(texts: list[str], parser: str, max_boxes: int, dedupe: bool = True, extract: int = 0):
+    """Boxes of many texts -> (vals [N, 5] x1 y1 x2 y2 conf, rows [N], found [n] bool, answers {i: text}).
+
+    extract 0: the texts are the answers; 1: full model outputs, the boxes are inside the last
+    <answer>...</answer> pair (as `sample.answer`); 2: the same, but a text without the pair is taken
+    whole (reference fields). The common Visual-RFT JSON shape goes through the vectorised (or compiled)
+    parser, anything else through `parse_boxes`, one text at a time. `found[i]` is False when text i
+    has no box syntax at all; `answers` holds the extracted answer of each text that took the slow path.
+    """
+    from grader import _accel
+
+    n = len(texts)
+    found = np.ones(n, dtype=bool)
+    if extract and not _accel.available(n):
+        texts = [(extract_answer(t) if extract == 1 else _strip_answer(t)) for t in texts]
+        extract = 0
+    if parser in ("auto", "json") and n:
+        vals, counts, ok = B.parse_visual_rft_batch(texts, extract=extract)
+    else:
+        vals, counts, ok = np.zeros((0, 5)), np.zeros(n, np.int64), np.zeros(n, dtype=bool)
+    rows = [np.repeat(np.flatnonzero(ok), counts[ok])]
+    parts = [vals]
+    answers: dict[int, str] = {}
+    for i in np.flatnonzero(~ok).tolist():
+        t = texts[i]
+        t = extract_answer(t) if extract == 1 else _strip_answer(t) if extract == 2 else t
+        answers[i] = t
+        boxes = B.parse_boxes(t, parser)
+        if boxes is None:
+            found[i] = False
+            continue
+        arr = np.asarray([b + [1.0 if c is None else c] for b, c in boxes], dtype=np.float64).reshape(-1, 5)
+        parts.append(arr)
+        rows.append(np.full(len(arr), i))
+    vals = np.concatenate(parts)
+    rows = np.concatenate(rows).astype(np.int64)
+    if len(parts) > 1:
+        order = np.argsort(rows, kind="stable")
+        vals, rows = vals[order], rows[order]
+    keep = np.isfinite(vals).all(1)
+    if not keep.all():
+        vals, rows = vals[keep], rows[keep]
+    if dedupe:
+        keep = B.dedupe_rows(vals, rows)
+        vals, rows = vals[keep], rows[keep]
+    if len(rows):
+        counts = np.bincount(rows, minlength=n)
+        if counts.max() > max_boxes:
+            pos = np.arange(len(rows)) - np.concatenate([[0], np.cumsum(counts)[:-1]])[rows]
+            keep = pos < max_boxes
+            vals, rows = vals[keep], rows[keep]
+    return vals, rows, found, answers
+
+
+def iou_batch(spec: IouGrader, answers: Sequence[Any], references: Sequence[Any], items: Sequence[Any],
+              raw_answers: bool = False):
+    """Score a batch: returns (rewards [B], components {name: [B]}, errors {index: SampleError}).
+
+    `answers` are the resolved `input` values (or SampleError) -- or, with raw_answers, the full model
+    outputs whose `<answer>` is to be read --, `references` the resolved `reference` values (or
+    SampleError), `items` the rows (for the image size).
+    """
+    n = len(answers)
+    ref_conv = spec.reference_format or spec.input_format.model_copy(update={"resize": None})
+    need_size = _needs_size(spec, ref_conv)
+    errors: list[SampleError | None] = [None] * n
+    sizes: dict = {}
+
+    # reference boxes: parsed once per distinct (reference, item)
+    for i, (a, r) in enumerate(zip(answers, references)):
+        if type(a) is SampleError or type(r) is SampleError:
+            errors[i] = a if type(a) is SampleError else r
+    uniq: dict = {}
+    keys = [id(r) for r in references] if not need_size else [(id(r), id(it)) for r, it in zip(references, items)]
+    ref_of_list = [uniq.setdefault(k, len(uniq)) for k in keys]
+    u_refs: list = [None] * len(uniq)
+    u_items: list = [None] * len(uniq)
+    for r, it, j in zip(references, items, ref_of_list):
+        u_refs[j] = r
+        u_items[j] = it
+    ref_of = np.asarray(ref_of_list, dtype=np.int64)
+    errored_refs = {j for j, r in enumerate(u_refs) if type(r) is SampleError}
+    u_text = [j for j, r in enumerate(u_refs) if type(r) is str]
+    g_vals, g_rows, g_found, _ = _parse_texts([u_refs[j] for j in u_text], "auto", 1 << 30, dedupe=False, extract=2)
+    g_vals_parts, g_rows_parts = [g_vals], [np.asarray(u_text, dtype=np.int64)[g_rows]]
+    u_bad: dict[int, SampleError] = {}
+    for j, ok in zip(u_text, g_found):
+        if not ok and _strip_answer(u_refs[j]) not in ("", "[]") and not _is_no_objects(u_refs[j], spec.no_objects):
+            u_bad[j] = SampleError("other_error", "cannot read the reference boxes of the item")
+    for j, r in enumerate(u_refs):
+        if type(r) is str or j in errored_refs:
+            continue
+        parsed = B.boxes_from_value(r)
+        if parsed is None:
+            u_bad[j] = SampleError("other_error", "cannot read the reference boxes of the item")
+            continue
+        arr = np.asarray([b for b, _ in B.finite_boxes(parsed)], dtype=np.float64).reshape(-1, 4)
+        g_vals_parts.append(np.concatenate([arr, np.ones((len(arr), 1))], axis=1))
+        g_rows_parts.append(np.full(len(arr), j))
+    g_vals, g_rows = np.concatenate(g_vals_parts), np.concatenate(g_rows_parts).astype(np.int64)
+    order = np.argsort(g_rows, kind="stable")
+    g_vals, g_rows = g_vals[order], g_rows[order]
+    g_box = B.to_xyxy(g_vals[:, :4], ref_conv.box_format)
+    if need_size and len(g_rows):
+        div = np.ones((len(u_refs), 4))
+        for j, it in enumerate(u_items):
+            if j in u_bad:
+                continue
+            try:
+                sx, sy = _divisor(ref_conv, it, sizes)
+                div[j] = (sx, sy, sx, sy)
+            except SampleError as e:
+                u_bad[j] = e
+        g_box = g_box / div[g_rows]
+    gt_pad, gt_mask = B.pad_rows(g_box, g_rows, max(len(u_refs), 1), 4)
+
+    # predictions
+    texts = [a if type(a) is str else "" if type(a) is SampleError else json.dumps(a) for a in answers]
+    p_vals, p_rows, p_found, p_answers = _parse_texts(texts, spec.parser, spec.max_boxes, extract=1 if raw_answers else 0)
+    for i in np.flatnonzero(~p_found):
+        if errors[i] is not None:
+            continue
+        t = p_answers.get(i, texts[i]).strip()
+        if not (_is_no_objects(t, spec.no_objects) or t in ("[]", "{}")):
+            errors[i] = SampleError("sample_parse_error", "no box found in the sample")
+    p_box = B.to_xyxy(p_vals[:, :4], spec.input_format.box_format)
+    if need_size and len(p_rows):
+        div = np.ones((n, 4))
+        for i in np.unique(p_rows):
+            if errors[i] is None:
+                try:
+                    sx, sy = _divisor(spec.input_format, items[i], sizes)
+                    div[i] = (sx, sy, sx, sy)
+                except SampleError as e:
+                    errors[i] = e
+        p_box = p_box / div[p_rows]
+    elif spec.input_format.coordinates != ref_conv.coordinates:  # norm1000 <-> norm1: one constant
+        sa = B.scale_for(spec.input_format.coordinates, None)[0]
+        sb = B.scale_for(ref_conv.coordinates, None)[0]
+        p_box = p_box * (sb / sa)
+    p_pad, p_mask = B.pad_rows(np.concatenate([p_box, p_vals[:, 4:]], axis=1), p_rows, n, 5)
+    if u_bad:
+        for i in range(n):
+            if errors[i] is None and int(ref_of[i]) in u_bad:
+                errors[i] = u_bad[int(ref_of[i])]
+
+    g, gmask = gt_pad[ref_of], gt_mask[ref_of]
+    giou = spec.iou_type == "giou"
+    rewards = np.zeros(n)
+    if spec.mode == "grounding":
+        for i in np.flatnonzero(~p_mask[:, 0] if p_mask.shape[1] else np.ones(n, bool)):
+            if errors[i] is None:
+                errors[i] = SampleError("sample_parse_error", "no box found in the sample")
+        if p_pad.shape[1]:
+            first = p_pad[:, 0, :4]
+            m = B.iou_matrix(first[:, None, :], g, giou=giou)[:, 0, :] if g.shape[1] else np.zeros((n, 0))
+            if giou:
+                m = (m + 1) / 2
+            m = np.where(gmask, m, -np.inf)
+            best = m.max(1) if m.shape[1] else np.full(n, -np.inf)
+            rewards = np.where(np.isfinite(best), np.clip(best, 0.0, 1.0), 0.0)
+        comp = {"iou": rewards.tolist()}
+    else:
+        it, ct = B.detection_padded(g, gmask, p_pad[..., :4], p_mask, p_pad[..., 4], spec.iou_threshold, giou)
+        w = spec.confidence_weight
+        rewards = (1 - w) * it + w * ct
+        comp = {"iou": it.tolist(), "confidence": ct.tolist()}
+    bad = {i: e for i, e in enumerate(errors) if e is not None}
+    for i in bad:
+        rewards[i] = 0.0
+    return rewards, comp, bad
