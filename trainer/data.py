@@ -1,0 +1,253 @@
+"""Dataset rows (OpenAI chat JSONL) -> model inputs, for vision-language models and plain causal LMs.
+
+A row is `{"messages": [...], <other keys>}`. Message content is a string or a list of parts:
+`{"type": "text", "text": ...}` and `{"type": "image_url", "image_url": {"url": ...}}` where the url is a
+`file://` path (what the job runner writes after staging), a plain absolute path, or a `data:` URL.
+
+The model's own processor renders the chat template and expands the image placeholders, so the prompt
+tokens are exactly those vLLM builds from the same text and images (a test checks this).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import torch
+
+
+class DataError(ValueError):
+    """A row the trainer cannot use; the message names the file, the line and what to fix."""
+
+
+def read_jsonl(path: str | Path, what: str = "training file") -> tuple[list[dict], list[int]]:
+    """The rows of a JSONL file and their line numbers (for messages that point at a line)."""
+    rows, lines = [], []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise DataError(f"{what} line {n}: not valid JSON ({e})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("messages"), list) or not row["messages"]:
+                raise DataError(f"{what} line {n}: a row must be an object with a non-empty `messages` list")
+            rows.append(row)
+            lines.append(n)
+    if not rows:
+        raise DataError(f"{what} has no rows")
+    return rows, lines
+
+
+def load_image(url: str):
+    """A PIL RGB image from a file:// URL, a plain path or a data: URL."""
+    from PIL import Image
+
+    if url.startswith("data:"):
+        header, _, payload = url.partition(",")
+        raw = base64.b64decode(payload) if header.endswith(";base64") else unquote(payload).encode("latin-1")
+        img = Image.open(io.BytesIO(raw))
+    else:
+        path = unquote(urlparse(url).path) if url.startswith("file://") else url
+        if not Path(path).is_absolute():
+            raise DataError(f"image {url[:80]!r}: expected a file:// URL, an absolute path or a data: URL")
+        img = Image.open(path)
+    img.load()
+    return img.convert("RGB")
+
+
+def split_content(content: Any, where: str) -> tuple[list[dict], list[str]]:
+    """OpenAI content -> (processor-style parts with {"type": "image"} placeholders, image urls)."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}], []
+    if not isinstance(content, list):
+        raise DataError(f"{where}: content must be a string or a list of parts")
+    parts, urls = [], []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            parts.append({"type": "text", "text": str(part.get("text", ""))})
+        elif kind == "image_url":
+            url = part.get("image_url")
+            url = url.get("url") if isinstance(url, dict) else url
+            if not isinstance(url, str) or not url:
+                raise DataError(f"{where}: image_url part without a url")
+            parts.append({"type": "image"})
+            urls.append(url)
+        else:
+            raise DataError(f"{where}: unsupported content part type {kind!r} (text and image_url only)")
+    return parts, urls
+
+
+def to_template_messages(messages: list[dict], where: str, vision: bool) -> tuple[list[dict], list[str]]:
+    """Messages for `apply_chat_template` and the image urls in order of appearance."""
+    out, urls = [], []
+    for i, m in enumerate(messages):
+        role = m.get("role")
+        if role not in ("system", "developer", "user", "assistant"):
+            raise DataError(f"{where}: message {i} has role {role!r}")
+        parts, u = split_content(m.get("content", ""), f"{where}, message {i}")
+        if u and not vision:
+            raise DataError(f"{where}: has images but the model is a text-only language model")
+        urls += u
+        role = "system" if role == "developer" else role
+        if vision:
+            out.append({"role": role, "content": parts})
+        else:
+            out.append({"role": role, "content": "".join(p["text"] for p in parts)})
+    return out, urls
+
+
+@dataclass
+class Prompt:
+    """One rollout prompt: the rendered chat text, its images, and the processor's tensors."""
+
+    index: int
+    """Row index in its file."""
+    row: dict
+    text: str
+    images: list
+    input_ids: list[int]
+    mm: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Extra model inputs (pixel_values, image_grid_thw, ...), concatenable along dim 0 across prompts."""
+    per_token: dict[str, list[int]] = field(default_factory=dict)
+    """Extra inputs with one value per prompt token (e.g. mm_token_type_ids), padded like input_ids (0)."""
+
+
+class ChatData:
+    """Rows of one file plus what turns them into model inputs (the processor or tokenizer)."""
+
+    def __init__(self, rows: list[dict], lines: list[int], processor, vision: bool, what: str):
+        self.rows, self.lines, self.processor, self.vision, self.what = rows, lines, processor, vision, what
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _where(self, i: int) -> str:
+        return f"{self.what} line {self.lines[i]}"
+
+    def _encode(self, text: str, images: list) -> tuple[list[int], dict, dict]:
+        """(input_ids, tensors concatenable across sequences, per-token extras) of one rendered text."""
+        if self.vision:
+            enc = self.processor(text=[text], images=images or None, return_tensors="pt")
+        else:
+            enc = self.tokenizer([text], return_tensors="pt", add_special_tokens=False)
+        ids = enc["input_ids"][0].tolist()
+        mm, per_token = {}, {}
+        for k, v in enc.items():
+            if k in ("input_ids", "attention_mask"):
+                continue
+            if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape == enc["input_ids"].shape:
+                per_token[k] = v[0].tolist()  # e.g. mm_token_type_ids: one value per token
+            else:
+                mm[k] = v
+        return ids, mm, per_token
+
+    def _chat(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        return self.processor.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                                  tokenize=False)
+
+    def prompt(self, i: int) -> Prompt:
+        """The RFT prompt of row i: its messages up to the last user message, with a generation prompt."""
+        where = self._where(i)
+        messages = self.rows[i]["messages"]
+        last_user = max((k for k, m in enumerate(messages) if m.get("role") == "user"), default=None)
+        if last_user is None:
+            raise DataError(f"{where}: no user message to answer")
+        msgs, urls = to_template_messages(messages[: last_user + 1], where, self.vision)
+        try:
+            images = [load_image(u) for u in urls]
+        except DataError:
+            raise
+        except Exception as e:
+            raise DataError(f"{where}: cannot read an image ({type(e).__name__}: {e})") from None
+        text = self._chat(msgs, add_generation_prompt=True)
+        ids, mm, per_token = self._encode(text, images)
+        return Prompt(i, self.rows[i], text, images, ids, mm, per_token)
+
+    def sft_example(self, i: int) -> tuple[list[int], list[int], dict, dict]:
+        """(input_ids, labels with -100 outside trained assistant turns, mm, per-token extras) for SFT.
+
+        Assistant turns are found by rendering growing prefixes of the conversation: the tokens between
+        "prefix + generation prompt" and "prefix + this assistant turn" are that turn's (content and end
+        token). A turn with `"weight": 0` is not trained, as in OpenAI's format.
+        """
+        where = self._where(i)
+        messages = self.rows[i]["messages"]
+        msgs, urls = to_template_messages(messages, where, self.vision)
+        trained = [k for k, m in enumerate(messages) if m.get("role") == "assistant" and m.get("weight", 1) != 0]
+        if not trained:
+            raise DataError(f"{where}: no assistant message to learn (supervised rows need one)")
+        try:
+            images = [load_image(u) for u in urls]
+        except Exception as e:
+            raise DataError(f"{where}: cannot read an image ({type(e).__name__}: {e})") from None
+        full_text = self._chat(msgs, add_generation_prompt=False)
+        ids, mm, per_token = self._encode(full_text, images)
+        labels = [-100] * len(ids)
+        for k in trained:
+            # The tokens before this turn (with the generation prompt) and up to its end token.
+            n_img = sum(1 for m in msgs[: k + 1] if not isinstance(m["content"], str)
+                        for p in m["content"] if p.get("type") == "image")
+            start_text = self._chat(msgs[:k], add_generation_prompt=True)
+            end_text = self._chat(msgs[: k + 1], add_generation_prompt=False)
+            if not full_text.startswith(start_text) or not full_text.startswith(end_text):
+                raise DataError(f"{where}: the chat template is not prefix-stable; cannot locate assistant turns")
+            start = len(self._encode(start_text, images[:n_img])[0])
+            end_ids = self._encode(end_text, images[:n_img])[0]
+            end = len(end_ids)
+            if ids[:end] != end_ids:
+                raise DataError(f"{where}: tokenisation of the conversation is not prefix-stable")
+            labels[start:end] = ids[start:end]
+        return ids, labels, mm, per_token
+
+
+def left_pad_batch(seqs: list[tuple[list[int], list[int]]], pad_id: int):
+    """[(prompt_ids, completion_ids)] -> input_ids, attention_mask [B, P+C], completion_mask [B, C].
+
+    Prompts are left-padded to a common length P and completions right-padded to C, so every completion
+    starts at column P: the logits of the last C+1 positions are all a batch needs (`logits_to_keep`).
+    Per-token extras of the prompts go through `pad_per_token` with the same layout.
+    """
+    P = max(len(p) for p, _ in seqs)
+    C = max(max(len(c) for _, c in seqs), 1)
+    B = len(seqs)
+    input_ids = torch.full((B, P + C), pad_id, dtype=torch.long)
+    attention = torch.zeros((B, P + C), dtype=torch.long)
+    completion_mask = torch.zeros((B, C), dtype=torch.float32)
+    for b, (p, c) in enumerate(seqs):
+        input_ids[b, P - len(p):P] = torch.tensor(p, dtype=torch.long)
+        attention[b, P - len(p):P] = 1
+        if c:
+            input_ids[b, P:P + len(c)] = torch.tensor(c, dtype=torch.long)
+            attention[b, P:P + len(c)] = 1
+            completion_mask[b, :len(c)] = 1
+    return input_ids, attention, completion_mask
+
+
+def pad_per_token(extras: list[dict[str, list[int]]], prompt_lens: list[int], width: int, left_to: int | None):
+    """Per-token extras -> [B, width] tensors (0 on padding and on completion tokens).
+
+    left_to=P: prompts right-aligned at column P (GRPO layout); None: left-aligned (SFT layout).
+    """
+    out = {}
+    for k in (extras[0] if extras else {}):
+        t = torch.zeros((len(extras), width), dtype=torch.long)
+        for b, (e, n) in enumerate(zip(extras, prompt_lens)):
+            start = 0 if left_to is None else left_to - n
+            t[b, start:start + n] = torch.tensor(e[k], dtype=torch.long)
+        out[k] = t
+    return out
+
+
+def cat_mm(mms: list[dict]) -> dict[str, torch.Tensor]:
+    """Concatenate the processor's extra tensors of several sequences (pixel_values, image_grid_thw...)."""
+    keys = [k for k in mms[0]] if mms else []
+    return {k: torch.cat([m[k] for m in mms], dim=0) for k in keys if all(k in m for m in mms)}

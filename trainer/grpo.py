@@ -1,0 +1,588 @@
+"""GRPO for vision-language models (Visual-RFT, DeepSeek-R1), in one file that reads top to bottom.
+
+One optimizer step:
+  1. sample   B prompts of the training file, G completions each (vLLM in this process, or HF generate)
+  2. score    every completion with the job's grader: r [B, G]                 (grader.compile(spec).grade)
+  3. advantage A = (r - mean_group(r)) / (std_group(r) + 1e-4)                  (scale_rewards=group)
+  4. loss     clipped surrogate  -min(rho * A, clip(rho, 1-eps, 1+eps_high) * A) + beta * KL_k3(pi || pi_ref)
+              per completion token, aggregated by `loss_type` (grpo | dr_grpo | dapo), for num_iterations steps
+  5. step     DeepSpeed backward/step (ZeRO 0-3, gradient clipping), learning rate from a pure schedule
+  6. sync     the new weights into the rollout engine
+Every `eval_interval` steps the validation prompts are sampled and scored, a checkpoint is written and the
+best 3 (by valid reward) plus the last are kept. Events follow OpenAI's RFT metrics layout.
+
+References: Shao et al. 2024 (GRPO, DeepSeekMath), DeepSeek-R1 2025, Liu et al. 2025 (Visual-RFT: reward
+= format + IoU/accuracy, beta 0.04, G 8, temperature 1), Liu et al. 2025 (Dr. GRPO: no length or std
+normalisation), Yu et al. 2025 (DAPO: token-level mean, clip-higher), Schulman 2020 (k3 KL estimator).
+The mapping from OpenAI's hyperparameters is in trainer/hparams.py and trainer/README.md.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from trainer import hparams
+from trainer.data import ChatData, Prompt, cat_mm, left_pad_batch, pad_per_token, read_jsonl
+from trainer.hparams import get, positive
+from trainer.runtime import (REASONING_EFFORT_TOKENS, Checkpointer, LoraSpec, TrainerError, TrainState, all_gather_tensor,
+                             all_reduce, base_learning_rate, count_parameters, deepspeed_config, default_zero_stage,
+                             derive_seed, export_weights, is_vision_model, load_model, load_processor,
+                             load_trainer_state, lr_at, memory_stats, write_rank_digest, epoch_order, make_engine, make_reference, seed_everything,
+                             set_lr)
+
+
+@dataclass
+class GRPOConfig:
+    # ---- OpenAI's reinforcement hyperparameters, resolved ("auto" -> numbers)
+    n_epochs: int = 1
+    """passes over the training file"""
+    batch_size: int = 8
+    """prompts per optimizer step, all ranks together (a multiple of the rank count)"""
+    learning_rate_multiplier: float = 1.0
+    """peak learning rate = this x the base rate of the model's size (runtime.base_learning_rate)"""
+    learning_rate: float | None = None
+    """an absolute peak learning rate; overrides the multiplier when set"""
+    compute_multiplier: float = 1.0
+    """scales the samples per prompt: G = round(num_generations x compute_multiplier)"""
+    eval_interval: int = 0
+    """optimizer steps between evaluations (0 = total_steps // 10)"""
+    eval_samples: int = 1
+    """completions per validation prompt at each evaluation"""
+    reasoning_effort: str = "medium"
+    """completion budget when max_completion_length is not given: low 128, medium 256, high 1024 tokens"""
+    # ---- GRPO
+    num_generations: int = 8
+    """completions per prompt, the group size G (before compute_multiplier)"""
+    max_completion_length: int = 0
+    """tokens per completion (0 = from reasoning_effort)"""
+    beta: float = 0.04
+    """weight of the KL penalty to the frozen reference policy (0 loads no reference model)"""
+    epsilon: float = 0.2
+    """clip range of the policy ratio: [1 - epsilon, 1 + epsilon_high]"""
+    epsilon_high: float | None = None
+    """upper clip (DAPO's clip-higher); None = epsilon"""
+    temperature: float = 1.0
+    """sampling temperature; log-probs are computed at the same temperature"""
+    top_p: float = 1.0
+    """nucleus sampling"""
+    loss_type: str = "grpo"
+    """grpo: mean over each completion's tokens, then over completions; dr_grpo: sum / (completions x
+    max_completion_length); dapo: sum / all completion tokens of the batch"""
+    scale_rewards: str = "group"
+    """divide advantages by the std of the group, of the whole batch, or not at all (none)"""
+    num_iterations: int = 1
+    """optimizer steps on each batch of samples (mu); > 1 makes the ratio and clipping active"""
+    mask_truncated_completions: bool = False
+    """exclude completions cut by max_completion_length from the loss"""
+    # ---- optimisation
+    lr_scheduler: str = "linear"
+    """constant | linear (decay to 0) | cosine"""
+    warmup_ratio: float = 0.0
+    """fraction of the steps with a linear warmup"""
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    """gradient clipping (DeepSpeed's gradient_clipping)"""
+    micro_batch_size: int = 0
+    """sequences per forward/backward pass; 0 = all of a rank's sequences at once"""
+    # ---- model and memory
+    freeze_vision: bool = False
+    """keep the vision tower fixed (train the language model only)"""
+    lora: LoraSpec | None = None
+    """train LoRA adapters instead of all weights; checkpoints hold the merged weights"""
+    gradient_checkpointing: bool = False
+    dtype: str = "auto"
+    """float32 | bfloat16 | auto (bfloat16 on GPUs that have it, float32 on CPU)"""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage (hyperparameter zero_stage, else $VRFT_ZERO_STAGE, else 0 on one rank, 2 on more)"""
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    # ---- evaluation, checkpoints, rollouts
+    max_eval_prompts: int = 64
+    """validation prompts used at each evaluation (a fixed subset, chosen by the seed)"""
+    keep_checkpoints: int = 3
+    """checkpoints kept by valid reward (plus the last)"""
+    vllm_gpu_memory_utilization: float = 0.3
+    """fraction of GPU memory vLLM may use beside the trainer"""
+    # ---- derived
+    total_steps: int = field(default=0, repr=False)
+
+    @classmethod
+    def resolve(cls, hp: dict, rows: int, world: int) -> "GRPOConfig":
+        """OpenAI's hyperparameters + our extras -> a config; "auto" resolved from the dataset size."""
+        c = cls()
+        hparams.resolve_common(c, hp, "reinforcement", rows, world)
+        c.compute_multiplier = get(hp, "compute_multiplier", 1.0, float)
+        positive("compute_multiplier", c.compute_multiplier)
+        c.num_generations = max(2, round(get(hp, "num_generations", 8, int) * c.compute_multiplier))
+        c.reasoning_effort = get(hp, "reasoning_effort", "medium", str, tuple(REASONING_EFFORT_TOKENS))
+        c.max_completion_length = get(hp, "max_completion_length", REASONING_EFFORT_TOKENS[c.reasoning_effort], int)
+        positive("max_completion_length", c.max_completion_length)
+        c.total_steps = hparams.total_steps(rows, c.batch_size, c.n_epochs)
+        c.eval_interval = get(hp, "eval_interval", max(1, c.total_steps // 10), int)
+        positive("eval_interval", c.eval_interval)
+        c.eval_samples = get(hp, "eval_samples", 1, int)
+        positive("eval_samples", c.eval_samples)
+        for name, kind in (("beta", float), ("epsilon", float), ("temperature", float), ("top_p", float),
+                           ("num_iterations", int), ("warmup_ratio", float), ("weight_decay", float),
+                           ("max_grad_norm", float), ("micro_batch_size", int), ("max_eval_prompts", int),
+                           ("keep_checkpoints", int), ("vllm_gpu_memory_utilization", float)):
+            setattr(c, name, get(hp, name, getattr(c, name), kind))
+            positive(name, getattr(c, name), allow_zero=name in ("beta", "temperature", "warmup_ratio",
+                                                                 "weight_decay", "max_grad_norm", "micro_batch_size"))
+        c.epsilon_high = get(hp, "epsilon_high", None, float)
+        c.loss_type = get(hp, "loss_type", "grpo", str, tuple(AGGREGATIONS))
+        c.scale_rewards = get(hp, "scale_rewards", "group", str, ("group", "batch", "none"))
+        c.lr_scheduler = get(hp, "lr_scheduler", "linear", str, ("constant", "linear", "cosine"))
+        c.dtype = get(hp, "dtype", "auto", str, ("auto", "float32", "bfloat16"))
+        for name in ("mask_truncated_completions", "freeze_vision", "gradient_checkpointing",
+                     "offload_optimizer", "offload_params"):
+            setattr(c, name, get(hp, name, getattr(c, name), bool))
+        c.lora = hparams.lora_spec(hp)
+        c.zero_stage = default_zero_stage(world, hp)
+        return c
+
+
+# ------------------------------------------------------------------------------------------- the loss
+
+def group_advantages(rewards: torch.Tensor, scale_rewards: str, eps: float = 1e-4) -> torch.Tensor:
+    """rewards [N, G] (N prompts, G completions each) -> advantages [N, G].
+
+    >>> group_advantages(torch.tensor([[1.0, 0.0], [0.5, 0.5]]), "none").tolist()
+    [[0.5, -0.5], [0.0, 0.0]]
+    """
+    centred = rewards - rewards.mean(dim=1, keepdim=True)  # [N, G], r - mean of its group
+    if scale_rewards == "group":
+        return centred / (rewards.std(dim=1, keepdim=True) + eps)  # unbiased std of each group
+    if scale_rewards == "batch":
+        return centred / (rewards.std() + eps)  # one std over all N*G rewards
+    return centred  # "none": Dr. GRPO
+
+
+def per_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
+                   adv: torch.Tensor, eps_low: float, eps_high: float, beta: float):
+    """The GRPO objective per completion token (to minimise), the clipped mask and the KL.
+
+    logp, old_logp, ref_logp: [B, T] log-probs of the sampled tokens under the policy being trained, the
+    policy that sampled them and the reference; adv: [B] advantage of each completion.
+    """
+    ratio = torch.exp(logp - old_logp)  # [B, T], rho = pi / pi_old (1 on the first iteration)
+    a = adv.unsqueeze(1)  # [B, 1]
+    unclipped = ratio * a
+    clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * a
+    loss = -torch.min(unclipped, clipped)  # [B, T], PPO's pessimistic bound
+    is_clipped = (clipped < unclipped).float()  # [B, T], tokens whose gradient the clip removed
+    kl = torch.zeros_like(logp)
+    if ref_logp is not None and beta != 0:
+        d = ref_logp - logp
+        kl = torch.exp(d) - d - 1  # [B, T], k3 estimator of KL(pi || pi_ref), >= 0 (Schulman 2020)
+        loss = loss + beta * kl
+    return loss, is_clipped, kl
+
+
+# Aggregations: one small pure function each, chosen once. Each returns this micro-batch's share of the
+# batch loss, so the shares of all micro-batches (and ranks) add up to the loss of the whole batch.
+# mask [B, T] marks completion tokens; n_seqs / n_tokens count the whole batch, max_len is the budget.
+
+def agg_grpo(loss, mask, n_seqs, n_tokens, max_len):
+    """Mean over each completion's tokens, then mean over completions (GRPO, Visual-RFT)."""
+    per_seq = (loss * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)  # [B]
+    return per_seq.sum() / n_seqs
+
+
+def agg_dr_grpo(loss, mask, n_seqs, n_tokens, max_len):
+    """Sum over tokens / (completions x max_completion_length): no length bias (Dr. GRPO)."""
+    return (loss * mask).sum() / (n_seqs * max_len)
+
+
+def agg_dapo(loss, mask, n_seqs, n_tokens, max_len):
+    """Sum over tokens / all completion tokens of the batch: token-level mean (DAPO)."""
+    return (loss * mask).sum() / max(n_tokens, 1)
+
+
+AGGREGATIONS = {"grpo": agg_grpo, "dr_grpo": agg_dr_grpo, "dapo": agg_dapo}
+
+
+def completion_logprobs(model, input_ids, attention_mask, mm, n_completion: int, temperature: float,
+                        suppress_ids: list[int] = ()):
+    """log pi(token) of the last `n_completion` tokens of each row: [B, C].
+
+    Completions start at the same column in every row (prompts left-padded), so only the last C+1 positions'
+    logits are computed; position t predicts token t+1. The distribution is the one sampled from: logits
+    divided by the temperature, image/video placeholder tokens removed (the rollout engines never sample them).
+    """
+    out = model(input_ids=input_ids, attention_mask=attention_mask, **mm, logits_to_keep=n_completion + 1,
+                use_cache=False)
+    logits = out.logits[:, :-1, :].float()  # [B, C, V]
+    if temperature > 0:
+        logits = logits / temperature
+    if suppress_ids:
+        logits[..., list(suppress_ids)] = float("-inf")
+    targets = input_ids[:, -n_completion:]  # [B, C]
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [B, C]
+
+
+# ----------------------------------------------------------------------------------------- the loop
+
+@dataclass
+class Sequence:
+    prompt: Prompt
+    completion_ids: list[int]
+    advantage: float
+    truncated: bool
+
+
+def make_microbatches(seqs: list[Sequence], size: int, pad_id: int, device):
+    """Chunks of `size` sequences, padded and moved to the device."""
+    for i in range(0, len(seqs), size):
+        chunk = seqs[i:i + size]
+        ids, att, mask = left_pad_batch([(s.prompt.input_ids, s.completion_ids) for s in chunk], pad_id)
+        P = ids.shape[1] - mask.shape[1]
+        mm = {**cat_mm([s.prompt.mm for s in chunk]),
+              **pad_per_token([s.prompt.per_token for s in chunk], [len(s.prompt.input_ids) for s in chunk],
+                              ids.shape[1], left_to=P)}
+        mm = {k: v.to(device) for k, v in mm.items()}
+        adv = torch.tensor([s.advantage for s in chunk], dtype=torch.float32, device=device)
+        trunc = torch.tensor([float(s.truncated) for s in chunk], device=device)
+        yield ids.to(device), att.to(device), mask.to(device), mm, adv, trunc
+
+
+def main(job, events, dist, signals) -> str:
+    """Train; returns "finished" or "paused"."""
+    import grader as graders
+
+    from trainer.rollout import HFRollout, VLLMRollout, kv_cache_bytes
+
+    t_setup = time.perf_counter()
+    output_dir = Path(job.output_dir)
+    vision = is_vision_model(job.model_path)
+    processor = load_processor(job.model_path, vision)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    train_rows, train_lines = read_jsonl(job.train_file, "training file")
+    train = ChatData(train_rows, train_lines, processor, vision, "training file")
+    valid = None
+    if job.validation_file:
+        valid_rows, valid_lines = read_jsonl(job.validation_file, "validation file")
+        valid = ChatData(valid_rows, valid_lines, processor, vision, "validation file")
+    cfg = GRPOConfig.resolve(job.hyperparameters, len(train), dist.world)
+    if cfg.eval_interval == 0:
+        cfg.eval_interval = max(1, cfg.total_steps // 10)
+
+    if not job.grader:
+        raise TrainerError("invalid_grader", "a reinforcement job needs a grader")
+    try:
+        types = grader_types(job.grader)
+        grader = graders.compile(job.grader, service_url=job.grader_url) if job.grader_url else graders.compile(job.grader)
+    except graders.GraderValidationError as e:
+        raise TrainerError("invalid_grader", f"the grader is invalid: {e}") from None
+
+    # The policy, its optimizer under DeepSpeed, and (beta > 0) a frozen reference.
+    cpu = dist.device.type == "cpu"
+    dtype = torch.float32 if cfg.dtype == "float32" or (cfg.dtype == "auto" and (cpu or not torch.cuda.is_bf16_supported())) else torch.bfloat16
+    seed_everything(job.seed)
+    model = load_model(job.model_path, vision, dtype, freeze_vision=cfg.freeze_vision, lora=cfg.lora,
+                       gradient_checkpointing=cfg.gradient_checkpointing)
+    n_params = count_parameters(model)
+    peak_lr = cfg.learning_rate or cfg.learning_rate_multiplier * base_learning_rate("reinforcement", n_params, cfg.lora is not None)
+    per_rank_prompts = cfg.batch_size // dist.world
+    per_rank_seqs = per_rank_prompts * cfg.num_generations
+    micro = cfg.micro_batch_size or per_rank_seqs
+    grad_accum = math.ceil(per_rank_seqs / micro)
+    ds_config = deepspeed_config(micro_batch=micro, grad_accum=grad_accum, world=dist.world, zero_stage=cfg.zero_stage,
+                                 bf16=dtype == torch.bfloat16, lr=peak_lr, weight_decay=cfg.weight_decay,
+                                 max_grad_norm=cfg.max_grad_norm, offload_optimizer=cfg.offload_optimizer,
+                                 offload_params=cfg.offload_params, cpu=cpu)
+    engine = make_engine(model, ds_config)
+    ref = None
+    if cfg.beta > 0:
+        ref = make_reference(job.model_path, vision, dtype, dist.device, cfg.zero_stage, ds_config)
+
+    state = TrainState(step=0, total_steps=cfg.total_steps, seed=job.seed)
+    if job.resume_from:
+        state = load_trainer_state(engine, Path(job.resume_from))
+        events.message(f"Resumed from {job.resume_from} at step {state.step}/{state.total_steps}")
+
+    # The rollout engine, started on the base weights and synced to the policy's before any sampling.
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stop_ids = _stop_ids(job.model_path, tokenizer)
+    suppress = placeholder_token_ids(engine.module.config)
+    probe = [train.prompt(i) for i in range(min(len(train), 256))]
+    if valid is not None:
+        probe += [valid.prompt(i) for i in range(min(len(valid), 64))]
+    longest_prompt = max(len(p.input_ids) for p in probe)
+    if job.rollout_engine == "vllm":
+        max_len = min(_max_positions(engine.module), longest_prompt + cfg.max_completion_length + 256)
+        seqs_at_once = max(per_rank_seqs, min(cfg.max_eval_prompts, 64) * cfg.eval_samples)
+        rollout = VLLMRollout(
+            job.model_path, tokenizer=tokenizer, stop_ids=stop_ids, suppress_ids=suppress, dtype=dtype,
+            max_model_len=max_len,
+            max_num_seqs=min(256, seqs_at_once), seed=job.seed,
+            images_per_prompt=max(len(p.images) for p in probe) if vision else None, world_size=dist.world,
+            cpu=cpu, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+            kv_cache_bytes=kv_cache_bytes(engine.module.config, min(256, seqs_at_once) * max_len, dtype.itemsize))
+        rollout.load_weights(export_weights(engine.module, cfg.zero_stage))
+    else:
+        rollout = HFRollout(lambda: engine.module, tokenizer, stop_ids, pad_id, dist.device, cfg.zero_stage, suppress)
+    del probe
+    eval_subset = _eval_subset(valid, cfg.max_eval_prompts, job.seed)
+    ckpt = Checkpointer(output_dir, job.model_path, events, dist, cfg.zero_stage, cfg.keep_checkpoints,
+                        metric="valid_reward_mean")
+    events.message(
+        f"GRPO: {cfg.total_steps} steps, {cfg.batch_size} prompts x {cfg.num_generations} samples per step, "
+        f"lr {peak_lr:g}, beta {cfg.beta}, loss {cfg.loss_type}, ZeRO-{cfg.zero_stage}, {dist.world} rank(s), "
+        f"rollouts by {job.rollout_engine}, {n_params:,} parameters; setup {time.perf_counter() - t_setup:.1f} s",
+        data={"config": asdict(cfg), "learning_rate": peak_lr})
+
+    aggregate = AGGREGATIONS[cfg.loss_type]
+    eps_high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
+    warmup_steps = int(cfg.warmup_ratio * cfg.total_steps)
+    n_rows = len(train)
+    data: dict = {}
+    valid_scores = None
+
+    while state.step < cfg.total_steps:
+        step = state.step + 1
+        t_step = time.perf_counter()
+        seed_everything(job.seed, step)
+
+        # 1. sample: this rank's share of the step's prompts, G completions each.
+        positions = range((step - 1) * cfg.batch_size, step * cfg.batch_size)  # in the stream of epochs
+        mine = list(positions)[dist.rank * per_rank_prompts:(dist.rank + 1) * per_rank_prompts]
+        rows = [epoch_order(n_rows, job.seed, pos // n_rows)[pos % n_rows] for pos in mine]
+        prompts = [train.prompt(i) for i in rows]
+        groups = rollout.generate(prompts, cfg.num_generations, cfg.max_completion_length, cfg.temperature,
+                                  cfg.top_p, seeds=[derive_seed(job.seed, step, pos) for pos in mine])
+        t_sampling = time.perf_counter() - t_step
+
+        # 2. score: the grader sees each completion's text and the prompt's dataset row.
+        samples = [{"output_text": c.text} for g in groups for c in g]
+        items = [p.row for p, g in zip(prompts, groups) for _ in g]
+        graded = grader.grade(samples, items)
+        local_r = torch.tensor(graded.rewards, dtype=torch.float32).view(per_rank_prompts, cfg.num_generations)
+
+        # 3. advantages, over the whole batch (all ranks), then this rank's rows.
+        rewards = all_gather_tensor(local_r.to(dist.device)).cpu()  # [batch_size, G]
+        adv_all = group_advantages(rewards, cfg.scale_rewards)
+        adv = adv_all[dist.rank * per_rank_prompts:(dist.rank + 1) * per_rank_prompts]  # [P, G]
+        seqs = [Sequence(p, c.token_ids, float(adv[i, k]), c.truncated)
+                for i, (p, g) in enumerate(zip(prompts, groups)) for k, c in enumerate(g)]
+
+        # 4./5. loss and optimizer steps. Normalisers count the whole batch across ranks.
+        t_train = time.perf_counter()
+        engine.train()
+        counted = [s for s in seqs if not (cfg.mask_truncated_completions and s.truncated)]
+        n_tokens = all_reduce(torch.tensor(float(sum(len(s.completion_ids) for s in counted)), device=dist.device)).item()
+        n_seqs = cfg.batch_size * cfg.num_generations
+        batches = list(make_microbatches(seqs, micro, pad_id, dist.device))
+        old_logps, ref_logps = [], []
+        with torch.no_grad():
+            for ids, att, mask, mm, _, _ in batches:
+                C = mask.shape[1]
+                old_logps.append(completion_logprobs(engine.module, ids, att, mm, C, cfg.temperature, suppress)
+                                 if cfg.num_iterations > 1 else None)
+                ref_logps.append(completion_logprobs(ref, ids, att, mm, C, cfg.temperature, suppress) if ref is not None else None)
+        lr = lr_at(step, cfg.total_steps, peak_lr, cfg.lr_scheduler, warmup_steps)
+        set_lr(engine, lr)
+        stats = torch.zeros(5, dtype=torch.float64)  # loss, kl sum, clipped sum, token count, (spare)
+        grad_norm = None
+        for it in range(cfg.num_iterations):
+            for mb, ((ids, att, mask, mm, a, trunc), old, refl) in enumerate(zip(batches, old_logps, ref_logps)):
+                if cfg.mask_truncated_completions:
+                    mask = mask * (1 - trunc).unsqueeze(1)
+                logp = completion_logprobs(engine, ids, att, mm, mask.shape[1], cfg.temperature, suppress)  # [b, C]
+                old = logp.detach() if old is None else old
+                loss_tok, clipped, kl = per_token_loss(logp, old, refl, a, cfg.epsilon, eps_high, cfg.beta)
+                loss = aggregate(loss_tok, mask, n_seqs, n_tokens, cfg.max_completion_length) * dist.world
+                engine.backward(loss, scale_wrt_gas=False)  # DeepSpeed averages gradients over ranks: x world above
+                if mb == len(batches) - 1 and it == 0:
+                    grad_norm = gradient_norm(engine, cfg.zero_stage)
+                engine.step()  # steps the optimizer at the last micro-batch (gradient_accumulation_steps)
+                if it == 0:
+                    stats += torch.tensor([loss.item() / dist.world, (kl * mask).sum().item(),
+                                           (clipped * mask).sum().item(), mask.sum().item(), 0.0], dtype=torch.float64)
+        if grad_norm is None:
+            grad_norm = engine.get_global_grad_norm()
+        state.step = step
+        state.trained_tokens += int(all_reduce(torch.tensor(float(sum(len(s.prompt.input_ids) + len(s.completion_ids)
+                                                                        for s in seqs)), device=dist.device)).item())
+
+        # 6. sync the new weights into the rollout engine.
+        rollout.load_weights(export_weights(engine.module, cfg.zero_stage))
+        t_training = time.perf_counter() - t_train
+
+        # Metrics (OpenAI's RFT layout + RL health signals), an evaluation and a checkpoint now and then.
+        stats = all_reduce(stats.to(dist.device)).cpu()
+        lengths = all_gather_tensor(torch.tensor([float(len(s.completion_ids)) for s in seqs], device=dist.device)).cpu()
+        truncs = all_gather_tensor(torch.tensor([float(s.truncated) for s in seqs], device=dist.device)).cpu()
+        train_scores = _grader_scores(graded, types, dist, "train")
+        data = {
+            "step": step, "total_steps": cfg.total_steps,
+            "scores": {"train_reward_mean": rewards.mean().item(), "graders": train_scores["graders"]},
+            "errors": {"graders": train_scores["errors"]},
+            "train": {
+                "reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0,
+                "reward_std_within_groups": rewards.std(dim=1).mean().item(),
+                "frac_reward_zero_std": (rewards.std(dim=1) < 1e-6).float().mean().item(),
+                "kl": (stats[1] / stats[3].clamp(min=1)).item(),
+                "clip_ratio": (stats[2] / stats[3].clamp(min=1)).item(),
+                "loss": stats[0].item(),
+                "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                "learning_rate": lr,
+                "completion_length_mean": lengths.mean().item(),
+                "completion_length_max": lengths.max().item(),
+                "truncated_ratio": truncs.mean().item(),
+            },
+            "usage": {"samples": {"train_completion_tokens_mean": lengths.mean().item(),
+                                  "train_completion_tokens_count": int(lengths.sum().item())}},
+            "timing": {"step": {"sampling": t_sampling, "training": t_training}},
+            "train_mean_reward": rewards.mean().item(),
+            "memory": memory_stats(),
+        }
+        evaluated = step % cfg.eval_interval == 0 or step == cfg.total_steps
+        valid_scores = None
+        t_eval = time.perf_counter()
+        if evaluated and valid is not None:
+            valid_scores = evaluate(valid, eval_subset, rollout, grader, types, cfg, job.seed, dist)
+            data["scores"]["valid_reward_mean"] = valid_scores["valid_reward_mean"]
+            data["full_valid_mean_reward"] = valid_scores["valid_reward_mean"]
+            by_name = {g["name"]: g for g in valid_scores["graders"]}
+            for g in data["scores"]["graders"]:
+                g.update(by_name.get(g["name"], {}))
+            for e in data["errors"]["graders"]:
+                e.update(valid_scores["errors"].get(e["name"], {}))
+        data["timing"]["step"]["eval"] = time.perf_counter() - t_eval
+        data["timing"]["step"]["full_iteration"] = time.perf_counter() - t_step
+        msg = f"Step {step}/{cfg.total_steps}: train mean reward={data['train_mean_reward']:.2f}"
+        if valid_scores is not None:
+            msg += f", full validation mean reward={valid_scores['valid_reward_mean']:.2f}"
+        events.metrics(step, data, msg)
+
+        pause = signals.should_pause(dist.device)
+        saved = False
+        if evaluated and step != cfg.total_steps:
+            metrics = {"step": step, "train_reward_mean": data["train_mean_reward"]}
+            if valid_scores is not None:
+                metrics["valid_reward_mean"] = valid_scores["valid_reward_mean"]
+            ckpt.save(engine, state, metrics)
+            saved = True
+        if pause and step != cfg.total_steps:
+            path = ckpt.save(engine, state, {"step": step, "train_reward_mean": data["train_mean_reward"]},
+                             emit=False) if not saved else output_dir / "checkpoints" / f"step-{step}"
+            events.paused(step, str(path.relative_to(output_dir)))
+            rollout.close()
+            return "paused"
+
+    write_rank_digest(output_dir, engine, cfg.zero_stage, state.step)
+    final = ckpt.save_final(engine)
+    final_metrics = {"step": state.step, "train_reward_mean": data.get("train_mean_reward")}
+    if valid_scores is not None:
+        final_metrics["valid_reward_mean"] = valid_scores["valid_reward_mean"]
+    events.final(state.step, str(final.relative_to(output_dir)), state.trained_tokens, final_metrics)
+    rollout.close()
+    if hasattr(grader, "close"):
+        grader.close()
+    return "finished"
+
+
+def evaluate(valid: ChatData, subset: list[int], rollout, grader, types: dict, cfg: GRPOConfig, seed: int,
+             dist) -> dict:
+    """Mean reward of `eval_samples` completions per validation prompt (same sampling seeds every time)."""
+    per_rank = math.ceil(len(subset) / dist.world)
+    mine = subset[dist.rank * per_rank:(dist.rank + 1) * per_rank]
+    weight = [1.0] * len(mine) + [0.0] * (per_rank - len(mine))  # equal work per rank (ZeRO-3 gathers)
+    mine = mine + subset[:per_rank - len(mine)]
+    prompts = [valid.prompt(i) for i in mine]
+    groups = rollout.generate(prompts, cfg.eval_samples, cfg.max_completion_length, cfg.temperature, cfg.top_p,
+                              seeds=[derive_seed(seed, 0x7A11D, i) for i in mine])
+    samples = [{"output_text": c.text} for g in groups for c in g]
+    items = [p.row for p, g in zip(prompts, groups) for _ in g]
+    weights = [w for w, g in zip(weight, groups) for _ in g]
+    graded = grader.grade(samples, items) if samples else None
+    scores = _grader_scores(graded, types, dist, "valid", weights)
+    total = all_reduce(torch.tensor([sum(r * w for r, w in zip(graded.rewards, weights)), sum(weights)],
+                                    dtype=torch.float64, device=dist.device)).cpu()
+    return {"valid_reward_mean": (total[0] / total[1].clamp(min=1)).item(), "graders": scores["graders"],
+            "errors": {e["name"]: {k: v for k, v in e.items() if k not in ("name", "type")} for e in scores["errors"]}}
+
+
+def _grader_scores(graded, types: dict, dist, split: str, weights: list[float] | None = None) -> dict:
+    """Per-grader mean rewards and error rates, summed over ranks, in OpenAI's `graders` list shape."""
+    from grader import ERROR_FLAGS
+
+    n = len(graded.results)
+    w = torch.tensor(weights if weights is not None else [1.0] * n, dtype=torch.float64)
+    subs = graded.sub_rewards
+    names = sorted(subs)
+    vals = [float((torch.tensor(subs[k], dtype=torch.float64) * w).sum()) for k in names]
+    errs = [float(sum(wi for r, wi in zip(graded.results, w.tolist()) if r.errors.get(f))) for f in ERROR_FLAGS]
+    t = all_reduce(torch.tensor(vals + errs + [float(w.sum())], dtype=torch.float64, device=dist.device)).cpu()
+    count = max(t[-1].item(), 1.0)
+    graders = [{"name": k, "type": types.get(k, graded.type), f"{split}_reward_mean": t[i].item() / count}
+               for i, k in enumerate(names)]
+    err = {f"{split}_{f}_mean": t[len(names) + j].item() / count for j, f in enumerate(ERROR_FLAGS)}
+    err.update({f"{split}_{f}_count": int(t[len(names) + j].item()) for j, f in enumerate(ERROR_FLAGS)})
+    return {"graders": graders, "errors": [{"name": graded.name, "type": graded.type, **err}]}
+
+
+def grader_types(spec: dict) -> dict[str, str]:
+    """Type of the grader and, for a multi grader, of each sub-grader key (for the `graders` list)."""
+    import grader as graders
+
+    s = graders.validate_grader(spec)
+    types = {s.name: s.type}
+    for key, child in (getattr(s, "graders", None) or {}).items():
+        types[key] = child.type
+    return types
+
+
+def _eval_subset(valid: ChatData | None, max_prompts: int, seed: int) -> list[int]:
+    if valid is None:
+        return []
+    order = epoch_order(len(valid), seed, 999_999)  # a fixed draw, not any training epoch's
+    return sorted(order[:max_prompts])
+
+
+def _stop_ids(model_path: str, tokenizer) -> list[int]:
+    """End-of-turn tokens: the generation config's eos ids, else the tokenizer's eos."""
+    from transformers import GenerationConfig
+
+    ids: list[int] = []
+    try:
+        eos = GenerationConfig.from_pretrained(model_path).eos_token_id
+        ids = [eos] if isinstance(eos, int) else list(eos or [])
+    except OSError:
+        pass
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def gradient_norm(engine, zero_stage: int) -> float | None:
+    """The global gradient norm before clipping (ZeRO-0 holds whole averaged gradients; ZeRO 1-3 report their own)."""
+    if zero_stage != 0:
+        return None
+    grads = [p.grad.detach().float().norm() for p in engine.module.parameters() if p.grad is not None]
+    return torch.stack(grads).norm().item() if grads else 0.0
+
+
+def placeholder_token_ids(config) -> list[int]:
+    """Image/video/vision placeholder token ids of a multimodal config (none for a text-only model)."""
+    ids = set()
+    for cfg in (config, getattr(config, "text_config", None)):
+        for key, value in (vars(cfg).items() if cfg is not None else ()):
+            if key.endswith("_token_id") and isinstance(value, int) and any(
+                    w in key for w in ("image", "video", "vision", "audio")):
+                ids.add(value)
+    return sorted(ids)
+
+
+def _max_positions(model) -> int:
+    cfg = getattr(model, "config", None)
+    text = getattr(cfg, "text_config", None) or cfg
+    return int(getattr(text, "max_position_embeddings", 32768) or 32768)
+
+

@@ -1,0 +1,238 @@
+"""Supervised fine-tuning on the rows' assistant messages (so a model can first learn an output format).
+
+One optimizer step: `batch_size` examples (all ranks together), cross-entropy on the tokens of the
+assistant turns only (prompt, system, image and padding tokens are masked with -100), averaged over all
+trained tokens of the batch. Metrics follow OpenAI's SFT layout (train_loss, train_mean_token_accuracy,
+valid_loss, valid_mean_token_accuracy, full_valid_* at the end). A checkpoint at the end of each epoch; the
+last 3 are kept.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from trainer import hparams
+from trainer.data import ChatData, cat_mm, pad_per_token, read_jsonl
+from trainer.hparams import get, positive
+from trainer.runtime import (Checkpointer, LoraSpec, TrainerError, TrainState, all_reduce, base_learning_rate,
+                             count_parameters, deepspeed_config, default_zero_stage, epoch_order, is_vision_model,
+                             load_model, load_processor, load_trainer_state, lr_at, make_engine, memory_stats, seed_everything, set_lr,
+                             write_rank_digest)
+
+
+@dataclass
+class SFTConfig:
+    n_epochs: int = 3
+    """passes over the training file"""
+    batch_size: int = 1
+    """examples per optimizer step, all ranks together (a multiple of the rank count)"""
+    learning_rate_multiplier: float = 1.0
+    """peak learning rate = this x the base rate of the model's size (runtime.base_learning_rate)"""
+    learning_rate: float | None = None
+    """an absolute peak learning rate; overrides the multiplier when set"""
+    eval_interval: int = 0
+    """optimizer steps between validation losses (0 = total_steps // 10)"""
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    micro_batch_size: int = 0
+    """examples per forward/backward pass; 0 = all of a rank's examples at once"""
+    max_length: int = 4096
+    """longer examples are cut (their trailing tokens are not trained)"""
+    max_eval_examples: int = 64
+    """validation examples for the periodic valid_loss (the full file is used at the end)"""
+    freeze_vision: bool = False
+    lora: LoraSpec | None = None
+    gradient_checkpointing: bool = False
+    dtype: str = "auto"
+    zero_stage: int = 0
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    keep_checkpoints: int = 3
+    total_steps: int = field(default=0, repr=False)
+
+    @classmethod
+    def resolve(cls, hp: dict, rows: int, world: int) -> "SFTConfig":
+        c = cls()
+        hparams.resolve_common(c, hp, "supervised", rows, world)
+        c.total_steps = hparams.total_steps(rows, c.batch_size, c.n_epochs)
+        c.eval_interval = get(hp, "eval_interval", max(1, c.total_steps // 10), int)
+        positive("eval_interval", c.eval_interval)
+        for name, kind in (("warmup_ratio", float), ("weight_decay", float), ("max_grad_norm", float),
+                           ("micro_batch_size", int), ("max_length", int), ("max_eval_examples", int),
+                           ("keep_checkpoints", int)):
+            setattr(c, name, get(hp, name, getattr(c, name), kind))
+            positive(name, getattr(c, name), allow_zero=name in ("warmup_ratio", "weight_decay", "max_grad_norm",
+                                                                 "micro_batch_size"))
+        c.lr_scheduler = get(hp, "lr_scheduler", "linear", str, ("constant", "linear", "cosine"))
+        c.dtype = get(hp, "dtype", "auto", str, ("auto", "float32", "bfloat16"))
+        for name in ("freeze_vision", "gradient_checkpointing", "offload_optimizer", "offload_params"):
+            setattr(c, name, get(hp, name, getattr(c, name), bool))
+        c.lora = hparams.lora_spec(hp)
+        c.zero_stage = default_zero_stage(world, hp)
+        return c
+
+
+def collate(examples: list[tuple[list[int], list[int], dict, dict]], pad_id: int, device):
+    """Right-padded input_ids, attention_mask, labels (-100 on padding) and the image tensors."""
+    T = max(len(ids) for ids, _, _, _ in examples)
+    B = len(examples)
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    attention = torch.zeros((B, T), dtype=torch.long)
+    labels = torch.full((B, T), -100, dtype=torch.long)
+    for b, (ids, lab, _, _) in enumerate(examples):
+        input_ids[b, :len(ids)] = torch.tensor(ids)
+        attention[b, :len(ids)] = 1
+        labels[b, :len(lab)] = torch.tensor(lab)
+    mm = {**cat_mm([m for _, _, m, _ in examples]),
+          **pad_per_token([p for _, _, _, p in examples], [len(ids) for ids, _, _, _ in examples], T, left_to=None)}
+    mm = {k: v.to(device) for k, v in mm.items()}
+    return input_ids.to(device), attention.to(device), labels.to(device), mm
+
+
+def token_loss_sums(model, input_ids, attention_mask, labels, mm):
+    """(sum of token cross-entropies, correctly predicted tokens, trained tokens) over a micro-batch."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, **mm, use_cache=False).logits  # [B, T, V]
+    logits = logits[:, :-1, :].float()  # position t predicts token t+1
+    targets = labels[:, 1:]  # [B, T-1]
+    mask = targets != -100
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                           ignore_index=-100, reduction="sum")
+    correct = ((logits.argmax(-1) == targets) & mask).sum()
+    return ce, correct, mask.sum()
+
+
+def main(job, events, dist, signals) -> str:
+    t_setup = time.perf_counter()
+    output_dir = Path(job.output_dir)
+    vision = is_vision_model(job.model_path)
+    processor = load_processor(job.model_path, vision)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    train_rows, train_lines = read_jsonl(job.train_file, "training file")
+    train = ChatData(train_rows, train_lines, processor, vision, "training file")
+    valid = None
+    if job.validation_file:
+        valid_rows, valid_lines = read_jsonl(job.validation_file, "validation file")
+        valid = ChatData(valid_rows, valid_lines, processor, vision, "validation file")
+    cfg = SFTConfig.resolve(job.hyperparameters, len(train), dist.world)
+
+    cpu = dist.device.type == "cpu"
+    dtype = torch.float32 if cfg.dtype == "float32" or (cfg.dtype == "auto" and (cpu or not torch.cuda.is_bf16_supported())) else torch.bfloat16
+    seed_everything(job.seed)
+    model = load_model(job.model_path, vision, dtype, freeze_vision=cfg.freeze_vision, lora=cfg.lora,
+                       gradient_checkpointing=cfg.gradient_checkpointing)
+    n_params = count_parameters(model)
+    peak_lr = cfg.learning_rate or cfg.learning_rate_multiplier * base_learning_rate("supervised", n_params, cfg.lora is not None)
+    per_rank = cfg.batch_size // dist.world
+    micro = cfg.micro_batch_size or per_rank
+    grad_accum = math.ceil(per_rank / micro)
+    engine = make_engine(model, deepspeed_config(
+        micro_batch=micro, grad_accum=grad_accum, world=dist.world, zero_stage=cfg.zero_stage,
+        bf16=dtype == torch.bfloat16, lr=peak_lr, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+        offload_optimizer=cfg.offload_optimizer, offload_params=cfg.offload_params, cpu=cpu))
+    state = TrainState(step=0, total_steps=cfg.total_steps, seed=job.seed)
+    if job.resume_from:
+        state = load_trainer_state(engine, Path(job.resume_from))
+        events.message(f"Resumed from {job.resume_from} at step {state.step}/{state.total_steps}")
+    ckpt = Checkpointer(output_dir, job.model_path, events, dist, cfg.zero_stage, cfg.keep_checkpoints, metric=None)
+    events.message(f"SFT: {cfg.total_steps} steps of {cfg.batch_size} examples, lr {peak_lr:g}, ZeRO-{cfg.zero_stage}, "
+                   f"{dist.world} rank(s), {n_params:,} parameters; setup {time.perf_counter() - t_setup:.1f} s",
+                   data={"config": asdict(cfg), "learning_rate": peak_lr})
+
+    def example(data: ChatData, i: int):
+        ids, labels, mm, per_token = data.sft_example(i)
+        n = cfg.max_length
+        return ids[:n], labels[:n], mm, {k: v[:n] for k, v in per_token.items()}
+
+    n_rows = len(train)
+    steps_per_epoch = n_rows / cfg.batch_size
+    warmup_steps = int(cfg.warmup_ratio * cfg.total_steps)
+    eval_subset = sorted(epoch_order(len(valid), job.seed, 999_999)[:cfg.max_eval_examples]) if valid else []
+    metrics: dict = {}
+    while state.step < cfg.total_steps:
+        step = state.step + 1
+        t_step = time.perf_counter()
+        seed_everything(job.seed, step)
+        positions = list(range((step - 1) * cfg.batch_size, step * cfg.batch_size))
+        mine = positions[dist.rank * per_rank:(dist.rank + 1) * per_rank]
+        examples = [example(train, epoch_order(n_rows, job.seed, pos // n_rows)[pos % n_rows]) for pos in mine]
+        n_tokens = all_reduce(torch.tensor(float(sum(sum(1 for x in lab[1:] if x != -100) for _, lab, _, _ in examples)),
+                                           device=dist.device)).item()
+        if n_tokens == 0:
+            raise TrainerError("invalid_training_file", "a batch has no assistant tokens to learn (all cut by max_length?)")
+        engine.train()
+        lr = lr_at(step, cfg.total_steps, peak_lr, cfg.lr_scheduler, warmup_steps)
+        set_lr(engine, lr)
+        sums = torch.zeros(3, dtype=torch.float64)
+        for i in range(0, len(examples), micro):
+            ids, att, labels, mm = collate(examples[i:i + micro], pad_id, dist.device)
+            ce, correct, count = token_loss_sums(engine, ids, att, labels, mm)
+            loss = ce / n_tokens * dist.world  # mean over all trained tokens of the batch; DeepSpeed averages ranks
+            engine.backward(loss, scale_wrt_gas=False)
+            engine.step()
+            sums += torch.tensor([ce.item(), correct.item(), count.item()], dtype=torch.float64)
+        state.step = step
+        state.trained_tokens += int(n_tokens)
+        sums = all_reduce(sums.to(dist.device)).cpu()
+        metrics = {"step": step, "total_steps": cfg.total_steps,
+                   "train_loss": (sums[0] / sums[2]).item(), "train_mean_token_accuracy": (sums[1] / sums[2]).item(),
+                   "learning_rate": lr, "timing": {"step": {"training": time.perf_counter() - t_step}},
+                   "memory": memory_stats()}
+        last = step == cfg.total_steps
+        if valid is not None and (step % cfg.eval_interval == 0 or last):
+            t_eval = time.perf_counter()
+            vl, va = validation_loss(engine, valid, eval_subset, example, pad_id, micro, dist)
+            metrics.update(valid_loss=vl, valid_mean_token_accuracy=va)
+            if last:
+                fl, fa = validation_loss(engine, valid, list(range(len(valid))), example, pad_id, micro, dist)
+                metrics.update(full_valid_loss=fl, full_valid_mean_token_accuracy=fa)
+            metrics["timing"]["step"]["eval"] = time.perf_counter() - t_eval
+        metrics["timing"]["step"]["full_iteration"] = time.perf_counter() - t_step
+        events.metrics(step, metrics, f"Step {step}/{cfg.total_steps}: training loss={metrics['train_loss']:.2f}")
+
+        pause = signals.should_pause(dist.device)
+        epoch_end = math.floor(step / steps_per_epoch) > math.floor((step - 1) / steps_per_epoch)
+        ckpt_metrics = {k: v for k, v in metrics.items() if k not in ("timing", "learning_rate", "total_steps", "memory")}
+        if epoch_end and not last:
+            ckpt.save(engine, state, ckpt_metrics)
+        if pause and not last:
+            path = output_dir / "checkpoints" / f"step-{step}"
+            if not (epoch_end and path.exists()):
+                path = ckpt.save(engine, state, ckpt_metrics, emit=False)
+            events.paused(step, str(path.relative_to(output_dir)))
+            return "paused"
+
+    write_rank_digest(output_dir, engine, cfg.zero_stage, state.step)
+    final = ckpt.save_final(engine)
+    events.final(state.step, str(final.relative_to(output_dir)), state.trained_tokens,
+                 {k: v for k, v in metrics.items() if k not in ("timing", "learning_rate", "total_steps", "memory")})
+    return "finished"
+
+
+@torch.no_grad()
+def validation_loss(engine, valid: ChatData, subset: list[int], example, pad_id: int, micro: int, dist):
+    """(mean token loss, mean token accuracy) over `subset` of the validation file, split over the ranks."""
+    engine.eval()
+    per_rank = math.ceil(len(subset) / dist.world)
+    mine = subset[dist.rank * per_rank:(dist.rank + 1) * per_rank]
+    real = len(mine)
+    mine = mine + subset[:per_rank - real]  # equal work per rank; padding rows are not counted
+    sums = torch.zeros(3, dtype=torch.float64)
+    for i in range(0, len(mine), micro):
+        chunk = [example(valid, j) for j in mine[i:i + micro]]
+        ids, att, labels, mm = collate(chunk, pad_id, dist.device)
+        keep = [k for k in range(len(chunk)) if i + k < real]
+        if len(keep) < len(chunk):
+            labels[len(keep):] = -100
+        ce, correct, count = token_loss_sums(engine, ids, att, labels, mm)
+        sums += torch.tensor([ce.item(), correct.item(), count.item()], dtype=torch.float64)
+    sums = all_reduce(sums.to(dist.device)).cpu()
+    engine.train()
+    return (sums[0] / sums[2].clamp(min=1)).item(), (sums[1] / sums[2].clamp(min=1)).item()
