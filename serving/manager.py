@@ -1,0 +1,258 @@
+"""Which vLLM server answers for which model.
+
+Managed mode: an engine per model folder, started on first use. Models that resolve to the same folder share
+it (a base model under two names, say); fine-tuned models and checkpoints each get their own full-weight
+engine, because the trainer writes merged full weights (LoRA merged in), not adapters. Past the budget
+(`serving_max_engines`, `serving_max_memory_gib`) the least recently used idle engine is stopped. An engine
+that crashed is restarted by the next request for its model; one that failed to start is retried after a
+short back-off. A background task stops idle engines and starts the engine of each newly succeeded job
+(`serving_prewarm`), so the first request of a fresh model finds it warm.
+
+External mode: the servers run elsewhere (`serving_external_urls`); the manager only knows their URLs and the
+name each serves its model under.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import httpx
+from sqlmodel import select
+
+from api.errors import APIError
+from api.settings import Settings
+from serving.engines import Engine
+
+log = logging.getLogger("vrft.serving")
+
+FAILED_RETRY_SECONDS = 10.0
+"""An engine that failed to start is not retried before this many seconds (each try costs a start-up)."""
+
+
+def _retry_after(seconds: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, int(seconds)))}
+
+
+class ServingManager:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engines: dict[str, Engine] = {}
+        """Managed: by model folder. External: by base URL."""
+        self.client: httpx.AsyncClient | None = None
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()
+        """Health waits and stops in flight (held here: the event loop keeps only weak references)."""
+        self._prewarmed: set[str] | None = None
+        """Jobs whose engine was prewarmed, or that had succeeded before the manager started."""
+
+    @property
+    def external(self) -> bool:
+        return self.settings.serving_mode == "external"
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def start(self) -> None:
+        s = self.settings
+        timeout = httpx.Timeout(connect=10.0, read=s.serving_read_timeout_seconds, write=60.0, pool=None)
+        self.client = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+        if not self.external:
+            await asyncio.to_thread(self._newly_succeeded)
+        self._task = asyncio.create_task(self._monitor(), name="vrft-serving-monitor")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await asyncio.gather(*(e.stop() for e in self.engines.values()), *self._background, return_exceptions=True)
+        self.engines.clear()
+        if self.client:
+            await self.client.aclose()
+
+    # ------------------------------------------------------------------ routing
+
+    async def acquire(self, model_id: str, folder: Path | None) -> Engine:
+        """The ready engine for `model_id` (whose weights are in `folder`; None in external mode), started if
+        needed. Raises 503 with `Retry-After` while the engine starts (after waiting up to
+        `serving_start_wait_seconds`), 502 when it failed to start."""
+        if self.external:
+            return await self._external(model_id)
+        engine = await self._ensure(folder, model_id)
+        engine.last_used = time.monotonic()
+        if engine.state == "starting":
+            wait = self.settings.serving_start_wait_seconds
+            try:
+                await asyncio.wait_for(asyncio.shield(engine.ready.wait()), timeout=wait)
+            except TimeoutError:
+                raise APIError(503, f"The model '{model_id}' is starting up (this takes 20-60 s on CPU). Retry in a few seconds.",
+                               code="model_starting", headers=_retry_after(5)) from None
+        if engine.state == "failed":
+            raise APIError(502, f"The model server for '{model_id}' failed to start: {engine.failure}. "
+                                f"It is tried again on a request after {FAILED_RETRY_SECONDS:.0f} s.",
+                           code="engine_failed", headers=_retry_after(FAILED_RETRY_SECONDS))
+        if engine.state != "ready":  # stopped while we waited (evicted, shut down)
+            raise APIError(503, f"The model server for '{model_id}' was stopped. Retry.", code="model_starting", headers=_retry_after(1))
+        return engine
+
+    async def _ensure(self, path: Path, model_id: str, *, evict: bool = True) -> Engine:
+        async with self._lock:
+            key = str(path)
+            engine = self.engines.get(key)
+            if engine is not None and engine.state == "ready" and not engine.alive():
+                self._mark_dead(engine)
+            if engine is not None and engine.state == "failed" and time.monotonic() - engine.started_at < FAILED_RETRY_SECONDS:
+                return engine
+            if engine is not None and engine.state in ("dead", "failed", "stopped"):
+                await engine.stop()  # reap what is left of it
+                del self.engines[key]
+                engine = None
+            if engine is None:
+                engine = self._launch(path, model_id, evict)
+            return engine
+
+    def _launch(self, path: Path, model_id: str, evict: bool) -> Engine:
+        """Start an engine, after making room for it. Called with the lock held."""
+        from serving.engines import estimate_gib
+
+        self._make_room(estimate_gib(self.settings, path), evict)
+        engine = Engine.launch(self.settings, path, model_id)
+        self.engines[engine.key] = engine
+        self._spawn(engine.wait_healthy(self.client, self.settings.serving_start_timeout_seconds))
+        return engine
+
+    def _spawn(self, coro) -> None:  # noqa: ANN001
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _make_room(self, need_gib: float, evict: bool = True) -> None:
+        s = self.settings
+        live = [e for e in self.engines.values() if e.state in ("starting", "ready")]
+
+        def over() -> bool:
+            if len(live) + 1 > s.serving_max_engines:
+                return True
+            return s.serving_max_memory_gib is not None and sum(e.memory_gib for e in live) + need_gib > s.serving_max_memory_gib
+
+        while over():
+            idle = [e for e in live if e.state == "ready" and e.in_flight == 0] if evict else []
+            if not idle:
+                raise APIError(503, "All model servers are busy and the serving budget is reached. Retry shortly.",
+                               code="serving_capacity", headers=_retry_after(5))
+            victim = min(idle, key=lambda e: e.last_used)
+            log.info("serving budget reached: stopping the least recently used engine (%s)", victim.served_name)
+            live.remove(victim)
+            del self.engines[victim.key]
+            victim.state = "stopped"
+            self._spawn(victim.stop())
+
+    def _mark_dead(self, engine: Engine) -> None:
+        if engine.state == "ready":
+            engine.state = "dead"
+            log.error("vLLM for %s died (exit code %s); it restarts on the next request\n%s",
+                      engine.served_name, engine.proc.returncode if engine.proc else None, engine.log_tail(2000))
+
+    async def check_died(self, engine: Engine, grace: float = 1.0) -> bool:
+        """After a dropped or refused connection: is the engine's process gone (given `grace` seconds to be
+        reaped)? Then the next request restarts it."""
+        if not engine.managed:
+            return False
+        deadline = time.monotonic() + grace
+        while engine.alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if not engine.alive():
+            self._mark_dead(engine)
+            return True
+        return False
+
+    async def _external(self, model_id: str) -> Engine:
+        urls = self.settings.serving_external_urls
+        url = urls.get(model_id) or urls.get("*")
+        if not url:
+            raise APIError(404, f"The model '{model_id}' exists but no server is configured for it "
+                                "(serving_external_urls has no entry for it).", param="model", code="model_not_served")
+        url = url.rstrip("/").removesuffix("/v1")
+        engine = self.engines.get(url)
+        if engine is None:
+            try:
+                r = await self.client.get(url + "/v1/models", timeout=10)
+                r.raise_for_status()
+                served = [m["id"] for m in r.json()["data"]]
+            except (httpx.HTTPError, ValueError, KeyError) as e:
+                raise APIError(502, f"The model server for '{model_id}' is not reachable ({type(e).__name__}).",
+                               code="engine_unreachable", headers=_retry_after(5)) from None
+            engine = Engine(key=url, served_name=model_id if model_id in served else served[0], base_url=url, state="ready")
+            engine.ready.set()
+            self.engines[url] = engine
+        engine.last_used = time.monotonic()
+        return engine
+
+    # ------------------------------------------------------------------ background work
+
+    async def _monitor(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.serving_poll_seconds)
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("serving monitor")
+
+    async def tick(self) -> None:
+        """Notice crashed engines, stop idle ones, start the engines of newly succeeded jobs."""
+        if self.external:
+            return
+        idle_limit = self.settings.serving_idle_seconds
+        async with self._lock:
+            for engine in list(self.engines.values()):
+                if engine.state == "ready" and not engine.alive():
+                    self._mark_dead(engine)
+                elif (idle_limit > 0 and engine.state == "ready" and engine.in_flight == 0
+                      and time.monotonic() - engine.last_used > idle_limit):
+                    log.info("stopping vLLM for %s: idle for %.0f s", engine.served_name, idle_limit)
+                    del self.engines[engine.key]
+                    engine.state = "stopped"
+                    self._spawn(engine.stop())
+        if self.settings.serving_prewarm:
+            await self._prewarm()
+
+    async def _prewarm(self) -> None:
+        jobs = await asyncio.to_thread(self._newly_succeeded)
+        for job_id, project_id, model_id in jobs:
+            self._prewarmed.add(job_id)
+            log.info("prewarming the engine of %s (job %s succeeded)", model_id, job_id)
+            try:
+                await self.acquire_nowait(model_id, project_id, evict=False)
+            except APIError as e:
+                log.info("not prewarming %s: %s", model_id, e.message)
+            except Exception:
+                log.exception("prewarming %s", model_id)
+
+    async def acquire_nowait(self, model_id: str, project_id: str, *, evict: bool = True) -> Engine:
+        """Start (or find) the engine of a project's model without waiting for it to be ready. With
+        `evict=False` it starts only if the budget has room (a prewarm never stops an engine in use)."""
+        from api.db import session_scope
+        from api.storage import storage_for
+        from serving.access import model_folder
+
+        def path() -> Path:
+            with session_scope(self.settings) as s:
+                return model_folder(s, self.settings, storage_for(self.settings.storage_url, self.settings.s3_endpoint_url), project_id, model_id)
+
+        return await self._ensure(await asyncio.to_thread(path), model_id, evict=evict)
+
+    def _newly_succeeded(self) -> list[tuple[str, str, str]]:
+        from api.db import session_scope
+        from api.tables import Job
+
+        with session_scope(self.settings) as s:
+            rows = s.exec(select(Job.id, Job.project_id, Job.fine_tuned_model).where(
+                Job.status == "succeeded", Job.fine_tuned_model.is_not(None), Job.finished_at >= int(time.time()) - 3600)).all()
+        if self._prewarmed is None:  # the look at start: what succeeded before is not "new"
+            self._prewarmed = {r[0] for r in rows}
+        return [tuple(r) for r in rows if r[0] not in self._prewarmed]
