@@ -84,21 +84,28 @@ def test_expired_lease_is_taken_over_and_renewal_fails_for_the_old_worker(settin
 
 
 def test_user_action_racing_a_worker_is_decided_on_the_new_status(settings: Settings) -> None:
-    """The user's request read the job as queued; a worker then starts it. Cancel still applies (running can
-    be cancelled) and pause too, while resume is refused by the rule for the status the job really has."""
+    """The user's request read the job in one status; a worker (or another request) then moved it. The action
+    is decided on the status the job really has: cancel and pause still apply to a job that just started,
+    and resume of a job cancelled meanwhile is refused naming its real status."""
     ids = _add_jobs(settings, 3)
-    for job_id, action, expected in [(ids[0], "cancel", "cancelled"), (ids[1], "pause", "paused"), (ids[2], "resume", None)]:
+    cases = [  # (job, status the request read, concurrent change, action, resulting status or None for refused)
+        (ids[0], "queued", "running", "cancel", "cancelled"),
+        (ids[1], "queued", "running", "pause", "paused"),
+        (ids[2], "paused", "cancelled", "resume", None),
+    ]
+    for job_id, read, concurrent, action, expected in cases:
+        with session_scope(settings) as s:
+            job = s.exec(select(Job).where(Job.id == job_id)).one()
+            if job.status != read:
+                svc.transition(s, job, read, "set up")
         with session_scope(settings) as user, session_scope(settings) as worker:
             stale = user.exec(select(Job).where(Job.id == job_id)).one()
-            assert stale.status == "queued"
-            fresh = worker.exec(select(Job).where(Job.id == job_id)).one()
-            svc.transition(worker, fresh, "running", "Fine-tuning job started")
+            svc.transition(worker, worker.exec(select(Job).where(Job.id == job_id)).one(), concurrent, "concurrent change")
             if expected is None:
-                with pytest.raises(svc.APIError, match="Only a paused job can be resumed; this one is running"):
+                with pytest.raises(svc.APIError, match=f"Only a paused job can be resumed; this one is {concurrent}"):
                     svc.user_action(user, stale, action)
             else:
                 assert svc.user_action(user, stale, action).status == expected
         with session_scope(settings) as s:
-            job = s.exec(select(Job).where(Job.id == job_id)).one()
-            assert job.status == (expected or "running")
+            assert s.exec(select(Job).where(Job.id == job_id)).one().status == (expected or concurrent)
     get_engine(settings).dispose()
