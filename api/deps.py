@@ -38,19 +38,28 @@ def get_storage(settings: SettingsDep) -> Storage:
 StorageDep = Annotated[Storage, Depends(get_storage)]
 
 
-def get_project(request: Request, session: SessionDep) -> Project:
-    header = request.headers.get("authorization", "")
-    scheme, _, key = header.partition(" ")
+def bearer_key(request: Request) -> str:
+    """The API key of `Authorization: Bearer KEY`; a 401 when there is none."""
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise APIError(
             401,
             "You didn't provide an API key. Send it in the Authorization header as 'Bearer YOUR_KEY'.",
             code="missing_api_key",
         )
-    project = project_for_key(session, key.strip())
+    return key.strip()
+
+
+def authenticate(session: Session, key: str) -> Project:
+    """The project of `key`; a 401 when no live key matches."""
+    project = project_for_key(session, key)
     if project is None:
-        raise APIError(401, f"Incorrect API key provided: {key.strip()[:8]}****.", code="invalid_api_key")
+        raise APIError(401, f"Incorrect API key provided: {key[:8]}****.", code="invalid_api_key")
     return project
+
+
+def get_project(request: Request, session: SessionDep) -> Project:
+    return authenticate(session, bearer_key(request))
 
 
 ProjectDep = Annotated[Project, Depends(get_project)]

@@ -17,6 +17,7 @@ from api.routes import chat, checkpoints, files, graders, jobs, models
 from api.services.files import FileValidator
 from api.settings import Settings, get_settings
 from api.worker import Worker
+from serving.access import RequestAccess
 from serving.manager import ServingManager
 
 log = logging.getLogger("vrft.api")
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool | None
         app.state.file_validator = FileValidator(settings)
         app.state.file_validator.resume_pending()
         app.state.serving = ServingManager(settings)
+        app.state.serving_access = RequestAccess(settings)
         await app.state.serving.start()
         worker = Worker(settings) if run_worker else None
         if worker:

@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     serving_prewarm: bool = True
     """Start the engine of a fine-tuned model as soon as its job succeeds, so the first request does not pay
     the engine's start-up (20-50 s on CPU)."""
+    serving_access_cache_seconds: float = 5.0
+    """How long a chat request's checks (API key -> project, project + model -> weights folder) are reused by
+    the next requests, so a served token pays no database round trip. A revoked key or checkpoint permission
+    stops working for chat within this time (at once on the server that revoked it). 0 checks every request."""
     serving_poll_seconds: float = 5.0
     """How often the serving manager checks engines (crashes, idle timeout) and newly succeeded jobs."""
 

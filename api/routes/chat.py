@@ -4,37 +4,37 @@ server of the model (serving/)."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from starlette.concurrency import run_in_threadpool
 
-from api.deps import ProjectDep, SessionDep, SettingsDep, StorageDep
 from api.errors import APIError
-from serving import access, proxy
+from serving import proxy
+from serving.access import RequestAccess
 from serving.manager import ServingManager
 
 router = APIRouter(tags=["chat"])
 
 
-def _manager(request: Request) -> ServingManager:
+def _serving(request: Request) -> tuple[ServingManager, RequestAccess]:
     manager = getattr(request.app.state, "serving", None)
     if manager is None:
         raise APIError(501, "Serving is not enabled on this server.", code="serving_disabled")
-    return manager
+    return manager, request.app.state.serving_access
 
 
-async def _serve(path: str, request: Request, project: ProjectDep, session: SessionDep, settings: SettingsDep, storage: StorageDep) -> Response:
-    manager = _manager(request)
+async def _serve(path: str, request: Request) -> Response:
+    # No SessionDep/ProjectDep here: this path runs per generated answer, so its checks are cached (RequestAccess).
+    manager, access = _serving(request)
+    project = await access.project(request)
     payload, raw = await proxy.read_payload(request)
-    model_id = payload["model"]
-    folder = await run_in_threadpool(access.resolve, session, settings, storage, project, model_id)
-    engine = await manager.acquire(model_id, folder)
+    folder = await access.folder(project, payload["model"])
+    engine = await manager.acquire(payload["model"], folder)
     return await proxy.forward(manager, engine, path, payload, raw)
 
 
 @router.post("/chat/completions")
-async def chat_completions(request: Request, project: ProjectDep, session: SessionDep, settings: SettingsDep, storage: StorageDep) -> Response:
-    return await _serve("/v1/chat/completions", request, project, session, settings, storage)
+async def chat_completions(request: Request) -> Response:
+    return await _serve("/v1/chat/completions", request)
 
 
 @router.post("/completions")
-async def completions(request: Request, project: ProjectDep, session: SessionDep, settings: SettingsDep, storage: StorageDep) -> Response:
-    return await _serve("/v1/completions", request, project, session, settings, storage)
+async def completions(request: Request) -> Response:
+    return await _serve("/v1/completions", request)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from api.deps import ProjectDep, SessionDep
 from api.schemas import CheckpointPermissionDeleted, CheckpointPermissionObject, ListPage, PermissionCreate
@@ -33,6 +33,9 @@ def list_permissions(fine_tuned_model_checkpoint: str, session: SessionDep, proj
 
 
 @router.delete("/{permission_id}", response_model=CheckpointPermissionDeleted)
-def delete_permission(fine_tuned_model_checkpoint: str, permission_id: str, session: SessionDep, project: ProjectDep) -> CheckpointPermissionDeleted:
+def delete_permission(fine_tuned_model_checkpoint: str, permission_id: str, request: Request, session: SessionDep,
+                      project: ProjectDep) -> CheckpointPermissionDeleted:
     svc.revoke(session, svc.owned_checkpoint(session, project, fine_tuned_model_checkpoint), permission_id)
+    if (access := getattr(request.app.state, "serving_access", None)) is not None:
+        access.forget()  # chat on this server stops at once; on others within serving_access_cache_seconds
     return CheckpointPermissionDeleted(id=permission_id, deleted=True)

@@ -8,7 +8,6 @@ import asyncio
 import shutil
 import threading
 import time
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import uvicorn
@@ -19,28 +18,10 @@ from tests.helpers import free_port
 
 
 def serving_app(settings: Settings) -> FastAPI:
-    """`create_app` with the chat routes and the serving manager; adds them itself until api/main.py does."""
+    """The API app with its serving manager and no embedded job worker."""
     from api.main import create_app
-    from api.routes import chat
-    from serving.manager import ServingManager
 
-    app = create_app(settings, embedded_worker=False)
-    if not any(getattr(r, "path", None) == "/v1/chat/completions" for r in app.routes):
-        app.include_router(chat.router, prefix="/v1")
-        inner = app.router.lifespan_context
-
-        @asynccontextmanager
-        async def lifespan(a: FastAPI):  # noqa: ANN202
-            async with inner(a):
-                a.state.serving = ServingManager(settings)
-                await a.state.serving.start()
-                try:
-                    yield
-                finally:
-                    await a.state.serving.stop()
-
-        app.router.lifespan_context = lifespan
-    return app
+    return create_app(settings, embedded_worker=False)
 
 
 class ThreadServer:

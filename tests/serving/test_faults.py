@@ -72,7 +72,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     _folder(home / "models", "tiny-qwen2-vl")
     weights = _folder(home / "src", "ft")
     settings = Settings(home=home, serving_max_engines=2, serving_start_wait_seconds=30, serving_read_timeout_seconds=2,
-                        serving_poll_seconds=0.2, serving_prewarm=False)
+                        serving_poll_seconds=0.2, serving_prewarm=False, serving_access_cache_seconds=1.0)
     migrate(settings)
     with session_scope(settings) as s:
         proj, other = get_or_create_project(s, "proj"), get_or_create_project(s, "other")
@@ -82,7 +82,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     _, other_ft = register_fine_tuned(settings, other_id, "tiny-qwen2-vl", weights, suffix="theirs")
     running_job, running = register_fine_tuned(settings, proj_id, "tiny-qwen2-vl", weights, suffix="wip", status="running")
     models = {"base": "tiny-qwen2-vl", "ft": ft, "ckpt": ft + ":ckpt-step-3", "other": other_ft, "running": running,
-              "running_job": running_job, "proj_id": proj_id}
+              "running_job": running_job, "proj_id": proj_id, "other_id": other_id}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("serving.engines.engine_command", fake_command)
         server = ThreadServer(serving_app(settings)).start()
@@ -113,6 +113,39 @@ def test_another_projects_model_is_404(env: Env) -> None:
         for name in ("ft", "ckpt"):
             assert_openai_error(h.post("/chat/completions", json=chat(env.models[name])), 404, param="model", contains="does not exist")
         assert h.post("/chat/completions", json=chat(env.models["other"])).status_code == 200
+
+
+def test_revoked_checkpoint_permission_stops_chat_at_once(env: Env) -> None:
+    """Access decisions are cached for chat; revoking a share on this server drops them."""
+    ckpt = env.models["ckpt"]
+    with env.http() as owner, env.http(env.other_key) as other:
+        assert_openai_error(other.post("/chat/completions", json=chat(ckpt)), 404, param="model")
+        r = owner.post(f"/fine_tuning/checkpoints/{ckpt}/permissions", json={"project_ids": [env.models["other_id"]]})
+        assert r.status_code == 200, r.text
+        permission = r.json()["data"][0]["id"]
+        assert other.post("/chat/completions", json=chat(ckpt)).status_code == 200  # the denial was not cached
+        assert other.post("/chat/completions", json=chat(ckpt)).status_code == 200  # served from the cache
+        assert owner.delete(f"/fine_tuning/checkpoints/{ckpt}/permissions/{permission}").status_code == 200
+        assert_openai_error(other.post("/chat/completions", json=chat(ckpt)), 404, param="model")
+
+
+def test_revoked_key_stops_chat_within_the_cache_time(env: Env) -> None:
+    from api.auth import add_key, hash_key
+    from api.db import session_scope
+    from api.tables import ApiKey, Project
+    from sqlmodel import select
+
+    with session_scope(env.settings) as s:
+        key = add_key(s, s.exec(select(Project).where(Project.id == env.models["proj_id"])).one())
+    access = env.server.app.state.serving_access
+    assert access.projects.ttl == env.settings.serving_access_cache_seconds > 0
+    with env.http(key) as h:
+        assert h.post("/chat/completions", json=chat(env.models["base"])).status_code == 200
+        with session_scope(env.settings) as s:  # revoked by another server: this one only learns when its cache expires
+            s.exec(select(ApiKey).where(ApiKey.key_hash == hash_key(key))).one().revoked = True
+        assert h.post("/chat/completions", json=chat(env.models["base"])).status_code == 200
+        time.sleep(access.projects.ttl + 0.1)
+        assert_openai_error(h.post("/chat/completions", json=chat(env.models["base"])), 401, contains="Incorrect API key")
 
 
 def test_model_still_training_is_404_with_a_clear_message(env: Env) -> None:
