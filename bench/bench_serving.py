@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -126,6 +127,7 @@ def main() -> None:
            "VRFT_SERVING_START_WAIT_SECONDS": "900", "PYTHONPATH": str(REPO)}
     api = subprocess.Popen([sys.executable, "-c", API_SCRIPT.format(port=port)], cwd=REPO, env=env,
                            stdout=open(home / "api.log", "wb"), stderr=subprocess.STDOUT)
+    api_proc = psutil.Process(api.pid)
     api_url, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {KEY}"}
     results: dict = {"machine": f"{os.cpu_count()} cores", "tokens": args.tokens, "requests": args.requests, "dtype": args.dtype, "runs": {}}
     try:
@@ -147,7 +149,10 @@ def main() -> None:
             runs: dict[str, list[dict]] = {"direct": [], "api": []}
             for _ in range(args.rounds):
                 runs["direct"].append(asyncio.run(load(engine_url, MODEL, {}, c, args.requests, args.tokens)))
+                cpu = sum(api_proc.cpu_times()[:2])
                 runs["api"].append(asyncio.run(load(api_url, MODEL, headers, c, args.requests, args.tokens)))
+                # the proxy's own cost, free of the engine's noise: CPU time of the API process per request
+                runs["api"][-1]["api_cpu_ms_per_request"] = 1000 * (sum(api_proc.cpu_times()[:2]) - cpu) / args.requests
             for name, rs in runs.items():
                 results["runs"][f"{name}@{c}"] = sorted(rs, key=lambda x: x["tokens_per_s"])[len(rs) // 2] | {"all_tokens_per_s": [x["tokens_per_s"] for x in rs]}
             # paired: each proxied run against the direct run just before it, the median of those ratios
@@ -155,7 +160,8 @@ def main() -> None:
             results["runs"][f"api@{c}"]["loss_vs_direct"] = 1 - ratios[len(ratios) // 2]
             d, a = results["runs"][f"direct@{c}"], results["runs"][f"api@{c}"]
             print(f"c={c}: direct {d['tokens_per_s']:.0f} tok/s, api {a['tokens_per_s']:.0f} tok/s; paired throughput loss "
-                  f"{100 * a['loss_vs_direct']:+.1f}% (per round: {', '.join(f'{100 * (1 - r):+.0f}%' for r in ratios)})", flush=True)
+                  f"{100 * a['loss_vs_direct']:+.1f}% (per round: {', '.join(f'{100 * (1 - r):+.0f}%' for r in ratios)}); "
+                  f"API process CPU {a['api_cpu_ms_per_request']:.2f} ms per request", flush=True)
     finally:
         api.terminate()
         api.wait(60)
@@ -163,13 +169,14 @@ def main() -> None:
         results["runs"][f"transformers@{c}"] = hf_baseline(folder, c, args.requests, args.tokens)
         print(f"c={c}: transformers.generate {results['runs'][f'transformers@{c}']['tokens_per_s']:.0f} tok/s", flush=True)
 
-    print("\n| concurrency | server | completion tok/s | p50 s | p95 s | paired loss vs direct |\n|---|---|---|---|---|---|")
+    print("\n| concurrency | server | completion tok/s | p50 s | p95 s | paired loss vs direct | API CPU ms/request |\n|---|---|---|---|---|---|---|")
     for c in args.concurrency:
         for name in ("direct", "api", "transformers"):
             x = results["runs"][f"{name}@{c}"]
             label = {"direct": "vLLM directly", "api": "vLLM through our API", "transformers": "transformers.generate (batch)"}[name]
             loss = f"{100 * x['loss_vs_direct']:+.1f}%" if "loss_vs_direct" in x else ""
-            print(f"| {c} | {label} | {x['tokens_per_s']:.0f} | {x['p50_s']:.3f} | {x['p95_s']:.3f} | {loss} |")
+            cpu = f"{x['api_cpu_ms_per_request']:.2f}" if "api_cpu_ms_per_request" in x else ""
+            print(f"| {c} | {label} | {x['tokens_per_s']:.0f} | {x['p50_s']:.3f} | {x['p95_s']:.3f} | {loss} | {cpu} |")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     shutil.rmtree(home, ignore_errors=True)
