@@ -21,36 +21,26 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from trainer import hparams
 from trainer.data import ChatData, Prompt, cat_mm, left_pad_batch, pad_per_token, read_jsonl
-from trainer.hparams import get, positive
-from trainer.runtime import (REASONING_EFFORT_TOKENS, Checkpointer, LoraSpec, TrainerError, TrainState, all_gather_tensor,
-                             all_reduce, base_learning_rate, count_parameters, deepspeed_config, default_zero_stage,
-                             derive_seed, export_weights, is_vision_model, load_model, load_processor,
-                             load_trainer_state, lr_at, memory_stats, write_rank_digest, epoch_order, make_engine, make_reference, seed_everything,
-                             set_lr)
+from trainer.hparams import TrainingConfig, get, positive
+from trainer.runtime import (REASONING_EFFORT_TOKENS, Checkpointer, TrainerError, all_gather_tensor, all_reduce, derive_seed,
+                             epoch_order, export_weights, is_vision_model, load_processor, lr_at, make_reference, memory_stats,
+                             prepare_policy, seed_everything, set_lr, write_rank_digest)
 
 
 @dataclass
-class GRPOConfig:
-    # ---- OpenAI's reinforcement hyperparameters, resolved ("auto" -> numbers)
-    n_epochs: int = 1
-    """passes over the training file"""
+class GRPOConfig(TrainingConfig):
+    # ---- OpenAI's reinforcement hyperparameters, resolved ("auto" -> numbers); the shared ones in TrainingConfig
     batch_size: int = 8
     """prompts per optimizer step, all ranks together (a multiple of the rank count)"""
-    learning_rate_multiplier: float = 1.0
-    """peak learning rate = this x the base rate of the model's size (runtime.base_learning_rate)"""
-    learning_rate: float | None = None
-    """an absolute peak learning rate; overrides the multiplier when set"""
     compute_multiplier: float = 1.0
     """scales the samples per prompt: G = round(num_generations x compute_multiplier)"""
-    eval_interval: int = 0
-    """optimizer steps between evaluations (0 = total_steps // 10)"""
     eval_samples: int = 1
     """completions per validation prompt at each evaluation"""
     reasoning_effort: str = "medium"
@@ -79,37 +69,11 @@ class GRPOConfig:
     """optimizer steps on each batch of samples (mu); > 1 makes the ratio and clipping active"""
     mask_truncated_completions: bool = False
     """exclude completions cut by max_completion_length from the loss"""
-    # ---- optimisation
-    lr_scheduler: str = "linear"
-    """constant | linear (decay to 0) | cosine"""
-    warmup_ratio: float = 0.0
-    """fraction of the steps with a linear warmup"""
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    """gradient clipping (DeepSpeed's gradient_clipping)"""
-    micro_batch_size: int = 0
-    """sequences per forward/backward pass; 0 = all of a rank's sequences at once"""
-    # ---- model and memory
-    freeze_vision: bool = False
-    """keep the vision tower fixed (train the language model only)"""
-    lora: LoraSpec | None = None
-    """train LoRA adapters instead of all weights; checkpoints hold the merged weights"""
-    gradient_checkpointing: bool = False
-    dtype: str = "auto"
-    """float32 | bfloat16 | auto (bfloat16 on GPUs that have it, float32 on CPU)"""
-    zero_stage: int = 0
-    """DeepSpeed ZeRO stage (hyperparameter zero_stage, else $VRFT_ZERO_STAGE, else 0 on one rank, 2 on more)"""
-    offload_optimizer: bool = False
-    offload_params: bool = False
-    # ---- evaluation, checkpoints, rollouts
+    # ---- evaluation, rollouts
     max_eval_prompts: int = 64
     """validation prompts used at each evaluation (a fixed subset, chosen by the seed)"""
-    keep_checkpoints: int = 3
-    """checkpoints kept by valid reward (plus the last)"""
     vllm_gpu_memory_utilization: float = 0.3
     """fraction of GPU memory vLLM may use beside the trainer"""
-    # ---- derived
-    total_steps: int = field(default=0, repr=False)
 
     @classmethod
     def resolve(cls, hp: dict, rows: int, world: int) -> "GRPOConfig":
@@ -122,28 +86,16 @@ class GRPOConfig:
         c.reasoning_effort = get(hp, "reasoning_effort", "medium", str, tuple(REASONING_EFFORT_TOKENS))
         c.max_completion_length = get(hp, "max_completion_length", REASONING_EFFORT_TOKENS[c.reasoning_effort], int)
         positive("max_completion_length", c.max_completion_length)
-        c.total_steps = hparams.total_steps(rows, c.batch_size, c.n_epochs)
-        c.eval_interval = get(hp, "eval_interval", max(1, c.total_steps // 10), int)
-        positive("eval_interval", c.eval_interval)
         c.eval_samples = get(hp, "eval_samples", 1, int)
         positive("eval_samples", c.eval_samples)
         for name, kind in (("beta", float), ("epsilon", float), ("temperature", float), ("top_p", float),
-                           ("num_iterations", int), ("warmup_ratio", float), ("weight_decay", float),
-                           ("max_grad_norm", float), ("micro_batch_size", int), ("max_eval_prompts", int),
-                           ("keep_checkpoints", int), ("vllm_gpu_memory_utilization", float)):
+                           ("num_iterations", int), ("max_eval_prompts", int), ("vllm_gpu_memory_utilization", float)):
             setattr(c, name, get(hp, name, getattr(c, name), kind))
-            positive(name, getattr(c, name), allow_zero=name in ("beta", "temperature", "warmup_ratio",
-                                                                 "weight_decay", "max_grad_norm", "micro_batch_size"))
+            positive(name, getattr(c, name), allow_zero=name in ("beta", "temperature"))
         c.epsilon_high = get(hp, "epsilon_high", None, float)
         c.loss_type = get(hp, "loss_type", "grpo", str, tuple(AGGREGATIONS))
         c.scale_rewards = get(hp, "scale_rewards", "group", str, ("group", "batch", "none"))
-        c.lr_scheduler = get(hp, "lr_scheduler", "linear", str, ("constant", "linear", "cosine"))
-        c.dtype = get(hp, "dtype", "auto", str, ("auto", "float32", "bfloat16"))
-        for name in ("mask_truncated_completions", "freeze_vision", "gradient_checkpointing",
-                     "offload_optimizer", "offload_params"):
-            setattr(c, name, get(hp, name, getattr(c, name), bool))
-        c.lora = hparams.lora_spec(hp)
-        c.zero_stage = default_zero_stage(world, hp)
+        c.mask_truncated_completions = get(hp, "mask_truncated_completions", False, bool)
         return c
 
 
@@ -269,8 +221,6 @@ def main(job, events, dist, signals) -> str:
         valid_rows, valid_lines = read_jsonl(job.validation_file, "validation file")
         valid = ChatData(valid_rows, valid_lines, processor, vision, "validation file")
     cfg = GRPOConfig.resolve(job.hyperparameters, len(train), dist.world)
-    if cfg.eval_interval == 0:
-        cfg.eval_interval = max(1, cfg.total_steps // 10)
 
     if not job.grader:
         raise TrainerError("invalid_grader", "a reinforcement job needs a grader")
@@ -282,29 +232,12 @@ def main(job, events, dist, signals) -> str:
 
     # The policy, its optimizer under DeepSpeed, and (beta > 0) a frozen reference.
     cpu = dist.device.type == "cpu"
-    dtype = torch.float32 if cfg.dtype == "float32" or (cfg.dtype == "auto" and (cpu or not torch.cuda.is_bf16_supported())) else torch.bfloat16
-    seed_everything(job.seed)
-    model = load_model(job.model_path, vision, dtype, freeze_vision=cfg.freeze_vision, lora=cfg.lora,
-                       gradient_checkpointing=cfg.gradient_checkpointing)
-    n_params = count_parameters(model)
-    peak_lr = cfg.learning_rate or cfg.learning_rate_multiplier * base_learning_rate("reinforcement", n_params, cfg.lora is not None)
     per_rank_prompts = cfg.batch_size // dist.world
     per_rank_seqs = per_rank_prompts * cfg.num_generations
-    micro = cfg.micro_batch_size or per_rank_seqs
-    grad_accum = math.ceil(per_rank_seqs / micro)
-    ds_config = deepspeed_config(micro_batch=micro, grad_accum=grad_accum, world=dist.world, zero_stage=cfg.zero_stage,
-                                 bf16=dtype == torch.bfloat16, lr=peak_lr, weight_decay=cfg.weight_decay,
-                                 max_grad_norm=cfg.max_grad_norm, offload_optimizer=cfg.offload_optimizer,
-                                 offload_params=cfg.offload_params, cpu=cpu)
-    engine = make_engine(model, ds_config)
-    ref = None
-    if cfg.beta > 0:
-        ref = make_reference(job.model_path, vision, dtype, dist.device, cfg.zero_stage, ds_config)
-
-    state = TrainState(step=0, total_steps=cfg.total_steps, seed=job.seed)
-    if job.resume_from:
-        state = load_trainer_state(engine, Path(job.resume_from))
-        events.message(f"Resumed from {job.resume_from} at step {state.step}/{state.total_steps}")
+    policy = prepare_policy(job, cfg, "reinforcement", per_rank_seqs, vision, dist, events)
+    engine, state, micro, dtype = policy.engine, policy.state, policy.micro, policy.dtype
+    peak_lr, n_params = policy.peak_lr, policy.n_params
+    ref = make_reference(job.model_path, vision, dtype, dist.device, cfg.zero_stage, policy.ds_config) if cfg.beta > 0 else None
 
     # The rollout engine, started on the base weights and synced to the policy's before any sampling.
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

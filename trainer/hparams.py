@@ -21,9 +21,10 @@ or "auto". The table (also in trainer/README.md):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
-from trainer.runtime import TrainerError, is_auto
+from trainer.runtime import LoraSpec, TrainerError, default_zero_stage, is_auto
 
 
 def get(hp: dict, name: str, default: Any, kind: type | None = None, choices: tuple | None = None) -> Any:
@@ -75,9 +76,7 @@ def total_steps(rows: int, batch_size: int, n_epochs: int) -> int:
     return max(1, math.ceil(rows * n_epochs / batch_size))
 
 
-def lora_spec(hp: dict):
-    from trainer.runtime import LoraSpec
-
+def lora_spec(hp: dict) -> LoraSpec | None:
     v = hp.get("lora")
     if v is None or v is False or v == "auto":
         return None
@@ -97,9 +96,55 @@ def lora_spec(hp: dict):
     return spec
 
 
-def resolve_common(c: Any, hp: dict, method: str, rows: int, world: int) -> None:
-    """Set the fields SFT and GRPO share on config `c` (a dataclass): refuse unknown keys, then batch_size,
-    n_epochs and the learning rate, "auto" resolved from the dataset size and the rank count."""
+@dataclass
+class TrainingConfig:
+    """The settings SFT and GRPO share; `SFTConfig` (trainer/sft.py) and `GRPOConfig` (trainer/grpo.py) add
+    their own. Every field is a hyperparameter of the job's method (OpenAI's or one of our extras)."""
+
+    # ---- OpenAI's hyperparameters, resolved ("auto" -> numbers)
+    n_epochs: int = 1
+    """passes over the training file"""
+    batch_size: int = 1
+    """prompts (RFT) or examples (SFT) per optimizer step, all ranks together (a multiple of the rank count)"""
+    learning_rate_multiplier: float = 1.0
+    """peak learning rate = this x the base rate of the model's size (runtime.base_learning_rate)"""
+    learning_rate: float | None = None
+    """an absolute peak learning rate; overrides the multiplier when set"""
+    eval_interval: int = 0
+    """optimizer steps between evaluations on the validation file (auto: total_steps // 10)"""
+    # ---- optimisation
+    lr_scheduler: str = "linear"
+    """constant | linear (decay to 0) | cosine"""
+    warmup_ratio: float = 0.0
+    """fraction of the steps with a linear warmup"""
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    """gradient clipping (DeepSpeed's gradient_clipping)"""
+    micro_batch_size: int = 0
+    """sequences per forward/backward pass; 0 = all of a rank's sequences at once"""
+    # ---- model and memory
+    freeze_vision: bool = False
+    """keep the vision tower fixed (train the language model only)"""
+    lora: LoraSpec | None = None
+    """train LoRA adapters instead of all weights; checkpoints hold the merged weights"""
+    gradient_checkpointing: bool = False
+    dtype: str = "auto"
+    """float32 | bfloat16 | auto (bfloat16 on GPUs that have it, float32 on CPU)"""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage (hyperparameter zero_stage, else $VRFT_ZERO_STAGE, else 0 on one rank, 2 on more)"""
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    # ---- checkpoints
+    keep_checkpoints: int = 3
+    """checkpoints kept (RFT: the best by valid reward, plus the last; SFT: the last)"""
+    # ---- derived
+    total_steps: int = field(default=0, repr=False)
+
+
+def resolve_common(c: TrainingConfig, hp: dict, method: str, rows: int, world: int) -> None:
+    """Set the `TrainingConfig` fields of `c` from the job's hyperparameters `hp`: refuse unknown keys, then
+    batch_size, n_epochs, the learning rate and the steps, "auto" resolved from the dataset size and the rank
+    count, then the optimisation, memory and checkpoint settings."""
     known = set(type(c).__dataclass_fields__) - {"total_steps"} | {"seed"}
     unknown = set(hp) - known
     if unknown:
@@ -113,3 +158,18 @@ def resolve_common(c: Any, hp: dict, method: str, rows: int, world: int) -> None
     c.learning_rate_multiplier = get(hp, "learning_rate_multiplier", 1.0, float)
     positive("learning_rate_multiplier", c.learning_rate_multiplier)
     c.learning_rate = get(hp, "learning_rate", None, float)
+    if c.learning_rate is not None:
+        positive("learning_rate", c.learning_rate)
+    c.total_steps = total_steps(rows, c.batch_size, c.n_epochs)
+    c.eval_interval = get(hp, "eval_interval", max(1, c.total_steps // 10), int)
+    positive("eval_interval", c.eval_interval)
+    for name, kind, zero_ok in (("warmup_ratio", float, True), ("weight_decay", float, True), ("max_grad_norm", float, True),
+                                ("micro_batch_size", int, True), ("keep_checkpoints", int, False)):
+        setattr(c, name, get(hp, name, getattr(c, name), kind))
+        positive(name, getattr(c, name), allow_zero=zero_ok)
+    c.lr_scheduler = get(hp, "lr_scheduler", c.lr_scheduler, str, ("constant", "linear", "cosine"))
+    c.dtype = get(hp, "dtype", c.dtype, str, ("auto", "float32", "bfloat16"))
+    for name in ("freeze_vision", "gradient_checkpointing", "offload_optimizer", "offload_params"):
+        setattr(c, name, get(hp, name, getattr(c, name), bool))
+    c.lora = lora_spec(hp)
+    c.zero_stage = default_zero_stage(world, hp)

@@ -335,6 +335,47 @@ def make_engine(model, ds_config: dict):
     return engine
 
 
+@dataclass
+class Policy:
+    """The model being trained, under DeepSpeed, with what the training loop needs to know about it."""
+
+    engine: Any
+    """the DeepSpeed engine (`engine.module` is the HF model)"""
+    dtype: torch.dtype
+    n_params: int
+    peak_lr: float
+    micro: int
+    """sequences per forward/backward pass"""
+    ds_config: dict
+    state: TrainState
+    """step counters: fresh, or those of the checkpoint the job resumes from"""
+
+
+def prepare_policy(job, cfg, method: str, seqs_per_rank: int, vision: bool, dist, events) -> Policy:
+    """Load the job's model as `cfg` (a hparams.TrainingConfig) says, wrap it in DeepSpeed with its optimizer,
+    and restore the weights, optimizer and counters of `job.resume_from` when resuming. `seqs_per_rank`: the
+    sequences one rank trains on per optimizer step (split into micro-batches of `cfg.micro_batch_size`)."""
+    cpu = dist.device.type == "cpu"
+    bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and not cpu and torch.cuda.is_bf16_supported())
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    seed_everything(job.seed)
+    model = load_model(job.model_path, vision, dtype, freeze_vision=cfg.freeze_vision, lora=cfg.lora,
+                       gradient_checkpointing=cfg.gradient_checkpointing)
+    n_params = count_parameters(model)
+    peak_lr = cfg.learning_rate or cfg.learning_rate_multiplier * base_learning_rate(method, n_params, cfg.lora is not None)
+    micro = cfg.micro_batch_size or seqs_per_rank
+    ds_config = deepspeed_config(micro_batch=micro, grad_accum=math.ceil(seqs_per_rank / micro), world=dist.world,
+                                 zero_stage=cfg.zero_stage, bf16=bf16, lr=peak_lr, weight_decay=cfg.weight_decay,
+                                 max_grad_norm=cfg.max_grad_norm, offload_optimizer=cfg.offload_optimizer,
+                                 offload_params=cfg.offload_params, cpu=cpu)
+    engine = make_engine(model, ds_config)
+    state = TrainState(step=0, total_steps=cfg.total_steps, seed=job.seed)
+    if job.resume_from:
+        state = load_trainer_state(engine, Path(job.resume_from))
+        events.message(f"Resumed from {job.resume_from} at step {state.step}/{state.total_steps}")
+    return Policy(engine, dtype, n_params, peak_lr, micro, ds_config, state)
+
+
 def set_lr(engine, lr: float) -> None:
     for group in engine.optimizer.param_groups:
         group["lr"] = lr

@@ -11,71 +11,34 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from trainer import hparams
 from trainer.data import ChatData, cat_mm, pad_per_token, read_jsonl
-from trainer.hparams import get, positive
-from trainer.runtime import (Checkpointer, LoraSpec, TrainerError, TrainState, all_reduce, base_learning_rate,
-                             count_parameters, deepspeed_config, default_zero_stage, epoch_order, is_vision_model,
-                             load_model, load_processor, load_trainer_state, lr_at, make_engine, memory_stats, seed_everything, set_lr,
-                             write_rank_digest)
+from trainer.hparams import TrainingConfig, get, positive
+from trainer.runtime import (Checkpointer, TrainerError, all_reduce, epoch_order, is_vision_model, load_processor, lr_at,
+                             memory_stats, prepare_policy, seed_everything, set_lr, write_rank_digest)
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(TrainingConfig):
     n_epochs: int = 3
     """passes over the training file"""
-    batch_size: int = 1
-    """examples per optimizer step, all ranks together (a multiple of the rank count)"""
-    learning_rate_multiplier: float = 1.0
-    """peak learning rate = this x the base rate of the model's size (runtime.base_learning_rate)"""
-    learning_rate: float | None = None
-    """an absolute peak learning rate; overrides the multiplier when set"""
-    eval_interval: int = 0
-    """optimizer steps between validation losses (0 = total_steps // 10)"""
-    lr_scheduler: str = "linear"
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    micro_batch_size: int = 0
-    """examples per forward/backward pass; 0 = all of a rank's examples at once"""
     max_length: int = 4096
     """longer examples are cut (their trailing tokens are not trained)"""
     max_eval_examples: int = 64
     """validation examples for the periodic valid_loss (the full file is used at the end)"""
-    freeze_vision: bool = False
-    lora: LoraSpec | None = None
-    gradient_checkpointing: bool = False
-    dtype: str = "auto"
-    zero_stage: int = 0
-    offload_optimizer: bool = False
-    offload_params: bool = False
-    keep_checkpoints: int = 3
-    total_steps: int = field(default=0, repr=False)
 
     @classmethod
     def resolve(cls, hp: dict, rows: int, world: int) -> "SFTConfig":
         c = cls()
         hparams.resolve_common(c, hp, "supervised", rows, world)
-        c.total_steps = hparams.total_steps(rows, c.batch_size, c.n_epochs)
-        c.eval_interval = get(hp, "eval_interval", max(1, c.total_steps // 10), int)
-        positive("eval_interval", c.eval_interval)
-        for name, kind in (("warmup_ratio", float), ("weight_decay", float), ("max_grad_norm", float),
-                           ("micro_batch_size", int), ("max_length", int), ("max_eval_examples", int),
-                           ("keep_checkpoints", int)):
-            setattr(c, name, get(hp, name, getattr(c, name), kind))
-            positive(name, getattr(c, name), allow_zero=name in ("warmup_ratio", "weight_decay", "max_grad_norm",
-                                                                 "micro_batch_size"))
-        c.lr_scheduler = get(hp, "lr_scheduler", "linear", str, ("constant", "linear", "cosine"))
-        c.dtype = get(hp, "dtype", "auto", str, ("auto", "float32", "bfloat16"))
-        for name in ("freeze_vision", "gradient_checkpointing", "offload_optimizer", "offload_params"):
-            setattr(c, name, get(hp, name, getattr(c, name), bool))
-        c.lora = hparams.lora_spec(hp)
-        c.zero_stage = default_zero_stage(world, hp)
+        for name in ("max_length", "max_eval_examples"):
+            setattr(c, name, get(hp, name, getattr(c, name), int))
+            positive(name, getattr(c, name))
         return c
 
 
@@ -123,24 +86,9 @@ def main(job, events, dist, signals) -> str:
         valid = ChatData(valid_rows, valid_lines, processor, vision, "validation file")
     cfg = SFTConfig.resolve(job.hyperparameters, len(train), dist.world)
 
-    cpu = dist.device.type == "cpu"
-    dtype = torch.float32 if cfg.dtype == "float32" or (cfg.dtype == "auto" and (cpu or not torch.cuda.is_bf16_supported())) else torch.bfloat16
-    seed_everything(job.seed)
-    model = load_model(job.model_path, vision, dtype, freeze_vision=cfg.freeze_vision, lora=cfg.lora,
-                       gradient_checkpointing=cfg.gradient_checkpointing)
-    n_params = count_parameters(model)
-    peak_lr = cfg.learning_rate or cfg.learning_rate_multiplier * base_learning_rate("supervised", n_params, cfg.lora is not None)
     per_rank = cfg.batch_size // dist.world
-    micro = cfg.micro_batch_size or per_rank
-    grad_accum = math.ceil(per_rank / micro)
-    engine = make_engine(model, deepspeed_config(
-        micro_batch=micro, grad_accum=grad_accum, world=dist.world, zero_stage=cfg.zero_stage,
-        bf16=dtype == torch.bfloat16, lr=peak_lr, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
-        offload_optimizer=cfg.offload_optimizer, offload_params=cfg.offload_params, cpu=cpu))
-    state = TrainState(step=0, total_steps=cfg.total_steps, seed=job.seed)
-    if job.resume_from:
-        state = load_trainer_state(engine, Path(job.resume_from))
-        events.message(f"Resumed from {job.resume_from} at step {state.step}/{state.total_steps}")
+    policy = prepare_policy(job, cfg, "supervised", per_rank, vision, dist, events)
+    engine, state, micro, peak_lr, n_params = policy.engine, policy.state, policy.micro, policy.peak_lr, policy.n_params
     ckpt = Checkpointer(output_dir, job.model_path, events, dist, cfg.zero_stage, cfg.keep_checkpoints, metric=None)
     events.message(f"SFT: {cfg.total_steps} steps of {cfg.batch_size} examples, lr {peak_lr:g}, ZeRO-{cfg.zero_stage}, "
                    f"{dist.world} rank(s), {n_params:,} parameters; setup {time.perf_counter() - t_setup:.1f} s",
