@@ -1,0 +1,361 @@
+"""The learning benchmark (issue 6): does RFT teach more than SFT from the same few examples?
+
+For each task and seed, through the service's public API only (the openai SDK against a `vrft serve` this
+script starts, or one already answering on --url):
+
+1. generate N training rows (synthetic, short answers) and a held-out set of M rows (an independent split);
+2. **warm start**: an SFT job on the base model (`tiny-qwen2-vl`) over the N rows;
+3. from the warm start, with the same N rows and the same compute budget:
+   (a) **+SFT**: a second SFT job;
+   (b) **+RFT**: a reinforcement (GRPO) job with the task's grader (`synthetic.grader_spec`);
+   the budget is counted in training sequences that go through a forward and backward pass: RFT does
+   N x rft_epochs prompts x G samples, so +SFT gets rft_epochs x G epochs of the N rows (unless --sft-epochs);
+4. evaluate base / warm start / +SFT / +RFT on the held-out rows: each fine-tuned model's weights are fetched
+   from the service's storage (`api.staging.local_model_path`, what the chat endpoint serves) and answered with
+   a local greedy `transformers.generate` (faster on a small CPU than four vLLM engine starts per seed); the
+   answers are scored with the task grader's `task` part: IoU (grounding), Visual-RFT's detection reward
+   (IoU + confidence, detection), exact label (classification).
+
+Writes --out/results.json (every number, every job id, per-seed scores and a few answers), --out/learning.md
+(the table: mean +- sample standard deviation over seeds) and --out/learning.png.
+
+    VRFT_HOME=/tmp/learn-bench .venv/bin/python bench/bench_learning.py --tasks grounding --seeds 0 1 2 --out bench/results
+    .venv/bin/python bench/bench_learning.py --render bench/results/learning.json --out bench/results   # table + plot only
+
+The tables are rewritten after every finished (task, seed), so a run cut short still leaves an honest table of
+what it finished. Trainer rollouts use transformers (VRFT_ROLLOUT_ENGINE=hf unless set): no vLLM engine start
+per RFT job. SFT jobs get the rows repeated `epochs` times in one epoch (see `sft_job`).
+
+The job-driving helpers (server start, upload, follow) are demo/run.py's, imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import synthetic  # noqa: E402
+from demo.run import BASE, api_key, follow, healthy, start_server, stop_server, upload  # noqa: E402
+
+STAGES = ("base", "warm", "sft", "rft")
+LABELS = {"base": "baseline (random init)", "warm": "SFT warm start", "sft": "+SFT (a)", "rft": "+RFT (b)"}
+SCORE_NAMES = {"grounding": "mean IoU", "detection": "detection reward (IoU+conf)", "classification": "accuracy"}
+MAX_TOKENS = {"grounding": 24, "detection": 48, "classification": 12}
+
+
+# ---------------------------------------------------------------- data
+
+def task_options(args: argparse.Namespace) -> dict:
+    """synthetic.generate options: short answers; square images of --image-size pixels (fewer image tokens)."""
+    opts = {"short": True}
+    if args.image_size:
+        opts["sizes"] = ((args.image_size, args.image_size),)
+    if args.plain_background:
+        opts["noise_prob"] = 0.0
+    return opts
+
+
+def datasets(task: str, seed: int, args: argparse.Namespace) -> dict[str, list[dict]]:
+    opts = task_options(args)
+    return {
+        "sft": synthetic.generate(task, args.n_train, seed=seed, sft=True, **opts),
+        "rft": synthetic.generate(task, args.n_train, seed=seed, **opts),  # the same rows, without the answer
+        "eval": synthetic.generate(task, args.n_eval, seed=10_000 + seed, split="valid", **opts),
+    }
+
+
+# ---------------------------------------------------------------- evaluation (local greedy generate)
+
+def model_folder(model_id: str) -> Path:
+    """The HF folder the service serves for `model_id`: a base model's folder, or the fine-tuned weights
+    downloaded once from the service's storage into VRFT_HOME/cache (the chat endpoint's own code path)."""
+    from api.db import session_scope
+    from api.settings import Settings
+    from api.staging import local_model_path
+    from api.storage import storage_for
+    from api.tables import Job
+
+    settings = Settings()
+    storage = storage_for(settings.storage_url, settings.s3_endpoint_url)
+    with session_scope(settings) as session:
+        from sqlmodel import select
+
+        job = session.exec(select(Job).where(Job.fine_tuned_model == model_id)).first()
+        project = job.project_id if job is not None else "default"
+        return local_model_path(session, settings, storage, project, model_id).resolve()
+
+
+def generate_answers(folder: Path, rows: list[dict], max_tokens: int) -> list[str]:
+    """Greedy answers of the model in `folder`, with the trainer's own prompt rendering and HF generation."""
+    import torch
+
+    from trainer.data import ChatData
+    from trainer.grpo import _stop_ids, placeholder_token_ids
+    from trainer.rollout import HFRollout
+    from trainer.runtime import is_vision_model, load_model, load_processor
+
+    vision = is_vision_model(str(folder))
+    processor = load_processor(str(folder), vision)
+    tok = getattr(processor, "tokenizer", processor)
+    model = load_model(str(folder), vision, torch.float32)
+    model.eval()
+    data = ChatData(rows, list(range(1, len(rows) + 1)), processor, vision, "held-out set")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    rollout = HFRollout(lambda: model, tok, _stop_ids(str(folder), tok), pad, torch.device("cpu"), 0,
+                        placeholder_token_ids(model.config))
+    prompts = [data.prompt(i) for i in range(len(rows))]
+    groups = rollout.generate(prompts, 1, max_tokens, 0.0, 1.0, [0] * len(prompts))
+    return [g[0].text for g in groups]
+
+
+def evaluate(model_id: str, rows: list[dict], spec: dict, max_tokens: int) -> dict:
+    import grader
+
+    t0 = time.time()
+    folder = model_folder(model_id)
+    outputs = generate_answers(folder, rows, max_tokens)
+    batch = grader.compile(spec).grade(outputs, rows)
+    task_scores = batch.sub_rewards.get("task", batch.rewards)
+    fmt = batch.sub_rewards.get("format", [])
+    return {"model": model_id, "n": len(rows), "score": statistics.fmean(task_scores),
+            "format_rate": statistics.fmean(fmt) if fmt else None, "mean_reward": statistics.fmean(batch.rewards),
+            "seconds": round(time.time() - t0, 1),
+            "samples": [{"id": r["id"], "reference": r["solution"], "output": o, "score": s}
+                        for r, o, s in list(zip(rows, outputs, task_scores))[:8]]}
+
+
+# ---------------------------------------------------------------- one task, one seed
+
+def sft_job(client, model: str, rows: list[dict], epochs: int, args, seed: int, suffix: str, label: str):
+    """An SFT job over `epochs` passes of `rows`, uploaded as ONE epoch of the rows repeated `epochs` times.
+
+    Why: the SFT trainer checkpoints at every epoch end, and with a few rows an epoch lasts a second or two;
+    the job runner then uploads a checkpoint while the trainer is already deleting that checkpoint's
+    trainer_state/ for the next one, and the job fails ("internal error in the job runner",
+    FileNotFoundError .../trainer_state/state.json in the server log). One long epoch has no intermediate
+    checkpoint. Same rows, same number of sequences; only the shuffling differs (over the whole job)."""
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        file_id = upload(client, Path(tmp), rows * epochs, f"{suffix}-{seed}-x{epochs}.jsonl")
+    job = client.fine_tuning.jobs.create(model=model, training_file=file_id, suffix=suffix, seed=seed,
+                                         method={"type": "supervised", "supervised": {"hyperparameters": {
+                                             "n_epochs": 1, "batch_size": args.batch_size,
+                                             "learning_rate_multiplier": args.sft_lr_multiplier}}})
+    job, metrics = follow(client, job.id, label, poll=2.0)
+    losses = [m.get("train_loss") for m in metrics]
+    return job, {"id": job.id, "model": job.fine_tuned_model, "from": model, "n_epochs": epochs,
+                 "steps": len(metrics), "sequences": args.n_train * epochs, "seconds": round(time.time() - t0, 1),
+                 "trained_tokens": job.trained_tokens, "first_loss": losses[0] if losses else None,
+                 "last_loss": losses[-1] if losses else None}
+
+
+def rft_job(client, model: str, file_id: str, spec: dict, args, seed: int, suffix: str, max_tokens: int):
+    t0 = time.time()
+    hp = {"n_epochs": args.rft_epochs, "batch_size": args.batch_size, "num_generations": args.num_generations,
+          "max_completion_length": max_tokens, "learning_rate_multiplier": args.rft_lr_multiplier,
+          "temperature": args.temperature, "beta": args.beta,
+          "eval_interval": 1_000_000}  # no validation file, no intermediate checkpoint (see sft_job)
+    job = client.fine_tuning.jobs.create(model=model, training_file=file_id, suffix=suffix, seed=seed,
+                                         method={"type": "reinforcement", "reinforcement": {"grader": spec, "hyperparameters": hp}})
+    job, metrics = follow(client, job.id, "+RFT", poll=2.0)
+    rewards = [(m.get("scores") or {}).get("train_reward_mean") for m in metrics]
+    return job, {"id": job.id, "model": job.fine_tuned_model, "from": model, "hyperparameters": hp,
+                 "steps": len(metrics), "sequences": args.n_train * args.rft_epochs * args.num_generations,
+                 "seconds": round(time.time() - t0, 1), "trained_tokens": job.trained_tokens,
+                 "train_reward_first": rewards[0] if rewards else None, "train_reward_last": rewards[-1] if rewards else None,
+                 "train_reward_curve": rewards}
+
+
+def run_one(client, task: str, seed: int, args: argparse.Namespace) -> dict:
+    spec = synthetic.grader_spec(task, short=True)
+    max_tokens = MAX_TOKENS[task]
+    data = datasets(task, seed, args)
+    with tempfile.TemporaryDirectory() as tmp:
+        rft_file = upload(client, Path(tmp), data["rft"], f"learn-{task}-{seed}-rft.jsonl")
+    sft_epochs = args.sft_epochs or args.rft_epochs * args.num_generations
+    print(f"== {task} seed {seed}: warm start {args.warm_epochs} epochs; +SFT {sft_epochs} epochs; "
+          f"+RFT {args.rft_epochs} epochs x G={args.num_generations}", flush=True)
+    warm, warm_info = sft_job(client, BASE, data["sft"], args.warm_epochs, args, seed, f"learn-{task}-warm", "warm SFT")
+    _, sft_info = sft_job(client, warm.fine_tuned_model, data["sft"], sft_epochs, args, seed, f"learn-{task}-sft", "+SFT")
+    _, rft_info = rft_job(client, warm.fine_tuned_model, rft_file, spec, args, seed, f"learn-{task}-rft", max_tokens)
+    models = {"base": BASE, "warm": warm.fine_tuned_model, "sft": sft_info["model"], "rft": rft_info["model"]}
+    evals = {}
+    for stage in STAGES:
+        evals[stage] = evaluate(models[stage], data["eval"], spec, max_tokens)
+        print(f"   {stage:<5} {SCORE_NAMES[task]} {evals[stage]['score']:.4f}  format {evals[stage]['format_rate']:.2f}  "
+              f"({evals[stage]['seconds']} s)", flush=True)
+    return {"task": task, "seed": seed, "jobs": {"warm": warm_info, "sft": sft_info, "rft": rft_info}, "eval": evals}
+
+
+# ---------------------------------------------------------------- outputs
+
+def summarise(runs: list[dict]) -> dict:
+    out: dict = {}
+    for task in dict.fromkeys(r["task"] for r in runs):
+        rs = [r for r in runs if r["task"] == task]
+        out[task] = {}
+        for stage in STAGES:
+            xs = [r["eval"][stage]["score"] for r in rs]
+            out[task][stage] = {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0,
+                                "per_seed": dict(zip([r["seed"] for r in rs], xs))}
+        for stage in ("sft", "rft"):
+            d = [r["eval"][stage]["score"] - r["eval"]["warm"]["score"] for r in rs]
+            out[task][f"{stage}_minus_warm"] = {"mean": statistics.fmean(d), "std": statistics.stdev(d) if len(d) > 1 else 0.0}
+        d = [r["eval"]["rft"]["score"] - r["eval"]["sft"]["score"] for r in rs]
+        out[task]["rft_minus_sft"] = {"mean": statistics.fmean(d), "std": statistics.stdev(d) if len(d) > 1 else 0.0,
+                                      "wins": sum(x > 0 for x in d), "seeds": len(d)}
+    return out
+
+
+def markdown(summary: dict, runs: list[dict], args: argparse.Namespace, command: str, seconds: float) -> str:
+    lines = [f"Held-out score, mean ± sample std over seeds; {args.n_train} training rows, {args.n_eval} held-out rows "
+             f"per seed; model `{BASE}`.", "",
+             "| task (metric) | seeds | baseline | SFT warm start | +SFT (a) | +RFT (b) | RFT − warm start | RFT − SFT (RFT wins) |",
+             "|---|---|---|---|---|---|---|---|"]
+    f = lambda d: f"{d['mean']:.3f} ± {d['std']:.3f}"  # noqa: E731
+    g = lambda d: f"{d['mean']:+.3f} ± {d['std']:.3f}"  # noqa: E731
+    for task, s in summary.items():
+        seeds = ", ".join(map(str, s["base"]["per_seed"]))
+        lines.append(f"| {task} ({SCORE_NAMES[task]}) | {seeds} | {f(s['base'])} | {f(s['warm'])} | {f(s['sft'])} | {f(s['rft'])} | "
+                     f"{g(s['rft_minus_warm'])} | {g(s['rft_minus_sft'])} ({s['rft_minus_sft']['wins']}/{s['rft_minus_sft']['seeds']}) |")
+    lines += ["", "Per seed (baseline / warm / +SFT / +RFT):", ""]
+    for r in runs:
+        e = r["eval"]
+        lines.append(f"- {r['task']} seed {r['seed']}: " + " / ".join(f"{e[s]['score']:.3f}" for s in STAGES)
+                     + f" (format ok: " + " / ".join(f"{e[s]['format_rate']:.2f}" for s in STAGES) + ")")
+    lines += ["", "Compute per seed (training sequences through forward + backward; job wall time, mean over seeds):", ""]
+    for task in summary:
+        rs = [r for r in runs if r["task"] == task]
+        j = rs[0]["jobs"]
+        for stage in ("warm", "sft", "rft"):
+            secs = statistics.fmean(r["jobs"][stage]["seconds"] for r in rs)
+            lines.append(f"- {task}, {LABELS[stage]}: {j[stage]['sequences']} sequences, {j[stage]['steps']} optimizer steps, {secs:.0f} s")
+    lines += ["", f"Command (wall time {seconds / 60:.1f} min on {os.cpu_count()} CPU cores, {platform.machine()}, no GPU):", "",
+              "```bash", command, "```"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(path: Path, summary: dict, runs: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(summary)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        s = summary[task]
+        xs = range(len(STAGES))
+        ax.bar(xs, [s[k]["mean"] for k in STAGES], yerr=[s[k]["std"] for k in STAGES], capsize=4,
+               color=["#bbbbbb", "#88aadd", "#4477aa", "#cc6633"])
+        for r in runs:
+            if r["task"] == task:
+                ax.plot(list(xs), [r["eval"][k]["score"] for k in STAGES], "k.", alpha=0.6)
+        ax.set_xticks(list(xs), [LABELS[k].replace(" (", "\n(") for k in STAGES], fontsize=8)
+        ax.set(title=f"{task}", ylabel=f"held-out {SCORE_NAMES[task]}")
+    fig.suptitle(f"{BASE}: baseline / SFT warm start / +SFT / +RFT (mean ± std over seeds, dots: seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_outputs(runs: list[dict], args: argparse.Namespace, home: Path, command: str, seconds: float) -> str:
+    summary = summarise(runs)
+    results = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "command": command,
+               "vrft_home": str(home), "rollout_engine": os.environ["VRFT_ROLLOUT_ENGINE"],
+               "evaluation": "local greedy transformers.generate of the served weights", "cpu_count": os.cpu_count(),
+               "seconds_total": round(seconds, 1), "summary": summary, "runs": runs}
+    (args.out / "learning.json").write_text(json.dumps(results, indent=2))
+    md = markdown(summary, runs, args, command, seconds)
+    (args.out / "learning.md").write_text(md)
+    plot(args.out / "learning.png", summary, runs)
+    return md
+
+
+# ---------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url", default=os.environ.get("VRFT_URL"),
+                    help="the service (started here, with VRFT_HOME, if none answers; default: a free local port)")
+    ap.add_argument("--api-key", default=None)
+    ap.add_argument("--tasks", nargs="+", default=["grounding"], choices=synthetic.TASKS)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--n-train", type=int, default=32, help="few-shot training rows (warm start, +SFT and +RFT all use them)")
+    ap.add_argument("--n-eval", type=int, default=32, help="held-out rows")
+    ap.add_argument("--warm-epochs", type=int, default=20, help="SFT warm start epochs")
+    ap.add_argument("--rft-epochs", type=int, default=4, help="RFT epochs over the training rows")
+    ap.add_argument("--num-generations", type=int, default=8, help="RFT samples per prompt (G)")
+    ap.add_argument("--sft-epochs", type=int, default=None,
+                    help="+SFT epochs (default: rft_epochs x G, the same training sequences as +RFT)")
+    ap.add_argument("--batch-size", type=int, default=4, help="rows (SFT) / prompts (RFT) per optimizer step")
+    ap.add_argument("--sft-lr-multiplier", type=float, default=1.0)
+    ap.add_argument("--rft-lr-multiplier", type=float, default=1.0)
+    ap.add_argument("--temperature", type=float, default=1.0, help="RFT sampling temperature")
+    ap.add_argument("--beta", type=float, default=0.04, help="RFT KL weight")
+    ap.add_argument("--image-size", type=int, default=112, help="square images of this side (0: the generator's sizes)")
+    ap.add_argument("--plain-background", action="store_true", help="no noisy backgrounds (an easier setting)")
+    ap.add_argument("--nice", type=int, default=15, help="niceness of this process and the server it starts")
+    ap.add_argument("--out", type=Path, default=Path("bench/results"))
+    ap.add_argument("--render", type=Path, default=None,
+                    help="only rebuild learning.md and learning.png in --out from a learning.json this script wrote")
+    args = ap.parse_args(argv)
+
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        run_args = argparse.Namespace(**{**saved["args"], "out": args.out})
+        args.out.mkdir(parents=True, exist_ok=True)
+        md = markdown(summarise(saved["runs"]), saved["runs"], run_args, saved["command"], saved["seconds_total"])
+        (args.out / "learning.md").write_text(md)
+        plot(args.out / "learning.png", summarise(saved["runs"]), saved["runs"])
+        print(md)
+        return 0
+
+    if args.nice:
+        os.nice(args.nice)
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    home = Path(os.environ.get("VRFT_HOME") or tempfile.mkdtemp(prefix="learn-", dir="/tmp")).resolve()
+    os.environ["VRFT_HOME"] = str(home)
+    # HF rollouts in the trainer: no vLLM engine start per RFT job on a small CPU (set VRFT_ROLLOUT_ENGINE to override)
+    os.environ.setdefault("VRFT_ROLLOUT_ENGINE", "hf")
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = f"VRFT_HOME={home} .venv/bin/python bench/bench_learning.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    t_start = time.time()
+
+    import openai
+
+    if not args.url:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            args.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    proc = None if healthy(args.url) else start_server(args.url, home)
+    runs: list[dict] = []
+    try:
+        client = openai.OpenAI(base_url=args.url.rstrip("/") + "/v1", api_key=api_key(args.api_key, home), max_retries=3, timeout=60)
+        for task in args.tasks:
+            for seed in args.seeds:
+                runs.append(run_one(client, task, seed, args))
+                md = write_outputs(runs, args, home, command, time.time() - t_start)  # after every run: a cut-short run leaves its table
+    finally:
+        if proc is not None:
+            stop_server(proc)
+    print()
+    print(md)
+    print(f"outputs: {args.out}/learning.json, learning.md, learning.png ({(time.time() - t_start) / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
