@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict
 from grader.core import BatchResult, CompiledGrader, ModelEndpoint, compile, run
 from grader.errors import GraderValidationError
 from grader.specs import validate_grader
+from grader.wire import GraderRunRequest, GraderValidateRequest
 
 CACHE_SIZE = 16
 
@@ -63,18 +64,6 @@ class GradeRequest(BaseModel):
     """The rows; one per sample, or the distinct ones when `item_index` is given."""
     item_index: Optional[list[int]] = None
     """For each sample, the index of its row in `items`."""
-
-
-class RunRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    grader: dict[str, Any]
-    model_sample: str
-    item: Optional[Any] = None
-
-
-class ValidateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    grader: dict[str, Any]
 
 
 def create_app(*, token: str | None = None, endpoint: ModelEndpoint | None = None, sandbox=None,
@@ -141,7 +130,7 @@ def create_app(*, token: str | None = None, endpoint: ModelEndpoint | None = Non
         return g.grade(body.samples, items).to_dict()
 
     @app.post("/v1/fine_tuning/alpha/graders/validate")
-    def validate(body: ValidateRequest):
+    def validate(body: GraderValidateRequest):
         try:
             spec = validate_grader(body.grader)
         except GraderValidationError as e:
@@ -149,7 +138,7 @@ def create_app(*, token: str | None = None, endpoint: ModelEndpoint | None = Non
         return {"grader": spec.model_dump(mode="json", exclude_none=True)}
 
     @app.post("/v1/fine_tuning/alpha/graders/run")
-    def run_one(body: RunRequest):
+    def run_one(body: GraderRunRequest):
         try:
             spec = validate_grader(body.grader)
         except GraderValidationError as e:

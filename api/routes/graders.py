@@ -7,35 +7,16 @@ caller's key, so any model the service serves can judge.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict
 
 import grader
 from api.deps import ProjectDep
 from api.errors import APIError
+from grader.wire import GraderRunRequest, GraderValidateRequest
 
 router = APIRouter(tags=["graders"])
-
-
-class GraderRunRequest(BaseModel):
-    """openai-python `GraderRunParams`."""
-
-    model_config = ConfigDict(extra="forbid")
-    grader: dict[str, Any]
-    """The grader used for the fine-tuning job."""
-    model_sample: str
-    """The model sample; populates the `sample` namespace (`output_json` when it is valid JSON)."""
-    item: Optional[Any] = None
-    """The dataset item; populates the `item` namespace."""
-
-
-class GraderValidateRequest(BaseModel):
-    """openai-python `GraderValidateParams`."""
-
-    model_config = ConfigDict(extra="forbid")
-    grader: dict[str, Any]
 
 
 def _validated(spec: dict[str, Any]) -> grader.GraderSpec:
@@ -65,8 +46,6 @@ def validate_grader(body: GraderValidateRequest, project: ProjectDep) -> dict[st
 def run_grader(body: GraderRunRequest, request: Request, project: ProjectDep) -> dict[str, Any]:
     """Run a grader on one sample: {reward, metadata, sub_rewards, model_grader_token_usage_per_model}."""
     spec = _validated(body.grader)
-    if body.item is not None and not isinstance(body.item, dict):
-        raise APIError(400, "Invalid type for 'item': expected an object.", param="item", code="invalid_type")
     endpoint = _endpoint(request)
     try:
         return grader.run(spec, body.model_sample, body.item or {}, endpoint=endpoint)
