@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+import aiohttp
 
 from api.settings import Settings
 
@@ -164,7 +164,7 @@ class Engine:
         return cls(key=str(model_path), served_name=served_name, base_url=f"http://127.0.0.1:{port}", model_path=model_path,
                    proc=proc, log_path=log_path, memory_gib=estimate_gib(settings, model_path))
 
-    async def wait_healthy(self, client: httpx.AsyncClient, timeout: float) -> None:
+    async def wait_healthy(self, client: aiohttp.ClientSession, timeout: float) -> None:
         """Poll `/health` until it answers 200 (-> ready), the process exits or `timeout` passes (-> failed)."""
         deadline = time.monotonic() + timeout
         try:
@@ -177,12 +177,13 @@ class Engine:
                     await self.stop()
                     break
                 try:
-                    r = await client.get(self.base_url + "/health", timeout=2)
-                    if r.status_code == 200:
+                    async with client.get(self.base_url + "/health", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                        healthy = r.status == 200
+                    if healthy:
                         self.state = "ready"
                         log.info("vLLM for %s ready in %.1f s", self.served_name, time.monotonic() - self.started_at)
                         break
-                except httpx.HTTPError:
+                except (aiohttp.ClientError, TimeoutError):
                     pass
                 await asyncio.sleep(0.25)
         finally:

@@ -19,7 +19,7 @@ import logging
 import time
 from pathlib import Path
 
-import httpx
+import aiohttp
 from sqlmodel import select
 
 from api.errors import APIError
@@ -41,7 +41,9 @@ class ServingManager:
         self.settings = settings
         self.engines: dict[str, Engine] = {}
         """Managed: by model folder. External: by base URL."""
-        self.client: httpx.AsyncClient | None = None
+        self.client: aiohttp.ClientSession | None = None
+        """One connection pool to every engine. aiohttp rather than httpx: it spends about a fifth of the CPU per
+        request (measured 0.19 vs 0.99 ms), and that CPU is taken from the engine on a small host."""
         self._lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
@@ -57,8 +59,10 @@ class ServingManager:
 
     async def start(self) -> None:
         s = self.settings
-        timeout = httpx.Timeout(connect=10.0, read=s.serving_read_timeout_seconds, write=60.0, pool=None)
-        self.client = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+        # sock_read: the longest silence from an engine (before the first byte or between chunks), no total limit
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=s.serving_read_timeout_seconds)
+        self.client = aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
+                                            read_bufsize=2 ** 20)  # SSE lines up to 2 MiB (logprobs of long answers)
         if not self.external:
             await asyncio.to_thread(self._newly_succeeded)
         self._task = asyncio.create_task(self._monitor(), name="vrft-serving-monitor")
@@ -73,7 +77,7 @@ class ServingManager:
         await asyncio.gather(*(e.stop() for e in self.engines.values()), *self._background, return_exceptions=True)
         self.engines.clear()
         if self.client:
-            await self.client.aclose()
+            await self.client.close()
 
     # ------------------------------------------------------------------ routing
 
@@ -181,10 +185,9 @@ class ServingManager:
         engine = self.engines.get(url)
         if engine is None:
             try:
-                r = await self.client.get(url + "/v1/models", timeout=10)
-                r.raise_for_status()
-                served = [m["id"] for m in r.json()["data"]]
-            except (httpx.HTTPError, ValueError, KeyError) as e:
+                async with self.client.get(url + "/v1/models", timeout=aiohttp.ClientTimeout(total=10), raise_for_status=True) as r:
+                    served = [m["id"] for m in (await r.json(content_type=None))["data"]]
+            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as e:
                 raise APIError(502, f"The model server for '{model_id}' is not reachable ({type(e).__name__}).",
                                code="engine_unreachable", headers=_retry_after(5)) from None
             engine = Engine(key=url, served_name=model_id if model_id in served else served[0], base_url=url, state="ready")

@@ -21,8 +21,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
-import httpx
+import aiohttp
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
@@ -50,15 +49,21 @@ async def read_payload(request: Request) -> tuple[dict[str, Any], bytes]:
     return payload, raw
 
 
+ENGINE_FAILURES = (aiohttp.ClientError, TimeoutError, ValueError)
+"""What talking to an engine can raise: refused or dropped connections and bad payloads (ClientError),
+silence past the read timeout (TimeoutError), an SSE line past the buffer (ValueError)."""
+JSON = {"content-type": "application/json"}
+
+
 async def engine_error(manager: ServingManager, engine: Engine, exc: Exception | None, model_id: str,
                  status: int | None = None, body: bytes = b"") -> APIError:
-    """THE mapper from an engine failure (an httpx exception, or an error status with its body) to our error."""
+    """THE mapper from an engine failure (one of ENGINE_FAILURES, or an error status with its body) to our error."""
     if status is not None:
         message, param = _upstream_message(body, status)
         if status < 500:
             return APIError(status, message, param=param, code="invalid_value" if status == 400 else None)
         return APIError(502, f"The model server for '{model_id}' failed: {message}", code="engine_error")
-    if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+    if isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ConnectionTimeoutError):
         return APIError(504, f"The model server for '{model_id}' did not answer in time ({type(exc).__name__}).",
                         code="engine_timeout", type="server_error")
     if await manager.check_died(engine):
@@ -83,40 +88,44 @@ async def forward(manager: ServingManager, engine: Engine, path: str, payload: d
     stream = bool(payload.get("stream"))
     body = raw if engine.served_name == model_id else json.dumps({**payload, "model": engine.served_name}).encode()
     rename = _renamer(engine.served_name, model_id)
-    req = manager.client.build_request("POST", engine.base_url + path, content=body, headers={"content-type": "application/json"})
     engine.in_flight += 1
     try:
-        resp = await manager.client.send(req, stream=True)
-    except httpx.HTTPError as e:
+        resp = await manager.client.post(engine.base_url + path, data=body, headers=JSON)
+    except ENGINE_FAILURES as e:
         _release(engine)
         raise await engine_error(manager, engine, e, model_id) from None
-    if resp.status_code >= 400 or not stream:
+    if resp.status >= 400 or not stream:
         try:
-            content = await resp.aread()
-        except httpx.HTTPError as e:
+            content = await resp.read()
+        except ENGINE_FAILURES as e:
             raise await engine_error(manager, engine, e, model_id) from None
         finally:
-            await resp.aclose()
+            resp.release()
             _release(engine)
-        if resp.status_code >= 400:
-            raise await engine_error(manager, engine, None, model_id, status=resp.status_code, body=content)
-        return Response(rename(content), status_code=resp.status_code, media_type=resp.headers.get("content-type"))
+        if resp.status >= 400:
+            raise await engine_error(manager, engine, None, model_id, status=resp.status, body=content)
+        return Response(rename(content), status_code=resp.status, media_type=resp.headers.get("content-type"))
 
     async def relay() -> AsyncIterator[bytes]:
         try:
-            chunks = resp.aiter_lines() if rename is not _same else resp.aiter_raw()
+            # as it arrives when nothing is renamed; else line by line, so a name is never split between chunks
+            chunks = resp.content.iter_any() if rename is _same else resp.content
             async for chunk in chunks:
-                yield rename(chunk.encode() + b"\n") if isinstance(chunk, str) else chunk
-        except httpx.HTTPError as e:
+                yield rename(chunk)
+        except ENGINE_FAILURES as e:
             err = await engine_error(manager, engine, e, model_id)
             log.warning("stream from %s broke: %s", engine.served_name, err.message)
             yield b"data: " + json.dumps(error_body(err.message, err.type, err.param, err.code)).encode() + b"\n\n"
         finally:
-            with anyio.CancelScope(shield=True):
-                await resp.aclose()
+            # a stream read to its end gives its connection back to the pool; one cut short (the client left)
+            # is closed, which also tells vLLM to abort the generation
+            if resp.content.at_eof():
+                resp.release()
+            else:
+                resp.close()
             _release(engine)
 
-    return StreamingResponse(relay(), status_code=resp.status_code, media_type=resp.headers.get("content-type", "text/event-stream"),
+    return StreamingResponse(relay(), status_code=resp.status, media_type=resp.headers.get("content-type", "text/event-stream"),
                              headers={"cache-control": "no-cache"})
 
 
