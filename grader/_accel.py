@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 import numpy as np
 
@@ -40,6 +41,7 @@ def _build():
     import numba
 
     jit = numba.njit(cache=True, nogil=True)
+    pow10 = 10.0 ** np.arange(16)
 
     @jit
     def skip_ws(b, i, end):
@@ -68,7 +70,7 @@ def _build():
             i += 1
         if nd == 0 or nd > 15 or (i < end and (b[i] == 46 or b[i] == 101 or b[i] == 69)):
             return np.nan, -1
-        return mant / 10.0 ** frac, i
+        return mant / pow10[frac], i  # a table, not a pow() call: exact powers, same values
 
     @jit
     def key(b, i, end, name):
@@ -152,7 +154,7 @@ def _build():
                     i = skip_ws(b, i + 1, end)
                     good = i == end or tagged
                 else:
-                    while i < end and b[i] == 123:
+                    while i < end and b[i] == 123 and w < out.shape[0]:
                         i = skip_ws(b, i + 1, end)
                         j = key(b, i, end, kp)
                         if j >= 0:  # Position first
@@ -206,38 +208,56 @@ def _build():
         return w
 
     @jit
-    def detection(g, gn, p, c, pn, thr, giou, iou_out, conf_out):
-        """Visual-RFT greedy matching per sample (see boxes.detection_padded), one sample at a time."""
-        for s in range(g.shape[0]):
-            ng, npred = gn[s], pn[s]
+    def detection(g, g_start, g_count, ref_of, p, conf, p_start, p_count, thr, giou, iou_out, conf_out):
+        """Visual-RFT greedy matching per sample (see boxes.detection_padded), one sample at a time.
+
+        Boxes are stored flat: sample s has predictions p[p_start[s]:][:p_count[s]] and the reference
+        boxes of row r = ref_of[s], g[g_start[r]:][:g_count[r]] (samples of one prompt share them).
+        """
+        order = np.empty(max(p_count.max(), 1) if p_count.size else 1, dtype=np.int64)
+        # 0.0 for a free reference box, -inf once matched: added to its IoU, so that picking the best is
+        # branch-free (a third faster than skipping matched boxes with an `if`)
+        taken = np.empty(max(g_count.max(), 1) if g_count.size else 1)
+        for s in range(ref_of.size):
+            r = ref_of[s]
+            g0, ng, p0, npred = g_start[r], g_count[r], p_start[s], p_count[s]
             if ng == 0 and npred == 0:
                 iou_out[s] = 1.0
                 conf_out[s] = 1.0
                 continue
-            order = np.argsort(-c[s, :npred], kind="mergesort")
-            taken = np.zeros(ng, dtype=np.bool_)
+            # confidence descending, ties in input order (= a stable argsort of -conf)
+            if npred <= 64:  # insertion sort: no allocation, fast on the usual handful of boxes
+                for a in range(npred):
+                    x = conf[p0 + a]
+                    j = a
+                    while j > 0 and conf[p0 + order[j - 1]] < x:
+                        order[j] = order[j - 1]
+                        j -= 1
+                    order[j] = a
+            else:
+                order[:npred] = np.argsort(-conf[p0:p0 + npred], kind="mergesort")
+            taken[:ng] = 0.0
             msum = 0.0
             csum = 0.0
-            for r in range(npred):
-                k = order[r]
-                px1, py1, px2, py2 = p[s, k, 0], p[s, k, 1], p[s, k, 2], p[s, k, 3]
+            for rank in range(npred):
+                k = p0 + order[rank]
+                px1, py1, px2, py2 = p[k, 0], p[k, 1], p[k, 2], p[k, 3]
                 best, bj = -1.0, -1
                 for j in range(ng):
-                    if taken[j]:
-                        continue
-                    gx1, gy1, gx2, gy2 = g[s, j, 0], g[s, j, 1], g[s, j, 2], g[s, j, 3]
+                    gx1, gy1, gx2, gy2 = g[g0 + j, 0], g[g0 + j, 1], g[g0 + j, 2], g[g0 + j, 3]
                     iw = min(px2, gx2) - max(px1, gx1)
                     ih = min(py2, gy2) - max(py1, gy1)
                     inter = (iw if iw > 0 else 0.0) * (ih if ih > 0 else 0.0)
                     union = (px2 - px1) * (py2 - py1) + (gx2 - gx1) * (gy2 - gy1) - inter
-                    v = inter / union if union > 0 else 0.0
-                    if v > best:
-                        best, bj = v, j
-                conf = c[s, k]
+                    v = (inter / union if union > 0 else 0.0) + taken[j]
+                    better = v > best
+                    best = v if better else best
+                    bj = j if better else bj
+                c = conf[k]
                 if bj >= 0 and best > thr and best > 0:
-                    taken[bj] = True
+                    taken[bj] = -np.inf
                     if giou:
-                        gx1, gy1, gx2, gy2 = g[s, bj, 0], g[s, bj, 1], g[s, bj, 2], g[s, bj, 3]
+                        gx1, gy1, gx2, gy2 = g[g0 + bj, 0], g[g0 + bj, 1], g[g0 + bj, 2], g[g0 + bj, 3]
                         iw = min(px2, gx2) - max(px1, gx1)
                         ih = min(py2, gy2) - max(py1, gy1)
                         inter = (iw if iw > 0 else 0.0) * (ih if ih > 0 else 0.0)
@@ -247,60 +267,112 @@ def _build():
                         msum += (gv + 1.0) / 2.0
                     else:
                         msum += best
-                    csum += conf
+                    csum += c
                 else:
-                    csum += 1.0 - conf
+                    csum += 1.0 - c
             denom = max(ng, npred)
             iou_out[s] = min(1.0, max(0.0, msum / denom))
             conf_out[s] = min(1.0, max(0.0, csum / npred)) if npred > 0 else 0.0
 
     @jit
-    def dedupe(vals, rows, keep):
-        """keep[i] = False when box i repeats an earlier box of its row (rows grouped, in order)."""
+    def clean(vals, rows, dedupe, max_boxes, keep):
+        """keep[i] = box i is finite, (with dedupe) repeats no earlier kept box of its row, and is among
+        the first max_boxes kept of its row (rows grouped, in order). Returns how many were dropped."""
         start = 0
         n = rows.size
+        dropped = 0
         while start < n:
             end = start
             while end < n and rows[end] == rows[start]:
                 end += 1
-            for i in range(start + 1, end):
-                for j in range(start, i):
-                    if (keep[j] and vals[i, 0] == vals[j, 0] and vals[i, 1] == vals[j, 1]
-                            and vals[i, 2] == vals[j, 2] and vals[i, 3] == vals[j, 3]):
-                        keep[i] = False
-                        break
+            kept = 0
+            for i in range(start, end):
+                good = kept < max_boxes
+                for c in range(vals.shape[1]):
+                    if not np.isfinite(vals[i, c]):
+                        good = False
+                if good and dedupe:
+                    for j in range(start, i):
+                        if (keep[j] and vals[i, 0] == vals[j, 0] and vals[i, 1] == vals[j, 1]
+                                and vals[i, 2] == vals[j, 2] and vals[i, 3] == vals[j, 3]):
+                            good = False
+                            break
+                keep[i] = good
+                kept += good
+                dropped += not good
             start = end
+        return dropped
 
     def u8(s: bytes) -> np.ndarray:
         return np.frombuffer(s, dtype=np.uint8).copy()
 
-    return {"parse": parse, "detection": detection, "dedupe": dedupe, "kp": u8(b"Position"),
+    return {"parse": parse, "detection": detection, "clean": clean, "kp": u8(b"Position"),
             "kc": u8(b"Confidence"), "ta": u8(b"<answer>"), "tb": u8(b"</answer>")}
 
 
-def parse_visual_rft(texts, big: bytes, lens: np.ndarray, starts: np.ndarray, extract: int = 0):
+_local = threading.local()
+SCRATCH_KEEP = 64 << 20
+"""Scratch arrays up to this many bytes are kept per thread for the next batch."""
+CHUNK = 1 << 16
+"""Texts are encoded about this many bytes at a time."""
+
+
+def _scratch(name: str, shape: tuple, dtype) -> np.ndarray:
+    """An uninitialised array of `shape` for `name`, reused across batches on this thread.
+
+    A fresh multi-MB array per batch costs more than the parsing itself: the allocator hands freed memory
+    back to the OS and every page faults in again on the next batch. Valid until the next `_scratch(name)`
+    call on the thread.
+    """
+    buf = getattr(_local, name, None)
+    if buf is None or buf.shape[0] < shape[0] or buf.shape[1:] != shape[1:]:
+        buf = np.empty((max(shape[0], 1024), *shape[1:]), dtype=dtype)
+        if buf.nbytes <= SCRATCH_KEEP:
+            setattr(_local, name, buf)
+    return buf[: shape[0]]
+
+
+def parse_visual_rft(texts: list[str], extract: int = 0, slot: str | None = None):
+    """boxes.parse_visual_rft_batch for ASCII `texts` -> (values [N, 5], counts [n], ok [n]).
+
+    With `slot`, the values are a view of a scratch array of that name (see `_scratch`), else a new array.
+    """
     k = _load()
-    b = np.frombuffer(big, dtype=np.uint8)
     n = len(texts)
-    out = np.empty((b.size // 24 + 1, 5))
+    lens = np.fromiter(map(len, texts), dtype=np.int64, count=n)
+    ends = np.cumsum(lens)
+    starts = ends - lens
+    total = int(ends[-1]) if n else 0
+    b = _scratch("text", (total,), np.uint8)
+    # encoded a slice of texts at a time, into the reused buffer (no separators: the kernel keeps to
+    # starts/lens): a whole-batch str and its bytes would be two more fresh multi-MB buffers
+    cuts = [0, *np.searchsorted(ends, np.arange(CHUNK, total, CHUNK), side="right").tolist(), n]
+    for a, z in zip(cuts, cuts[1:]):
+        if a < z:
+            chunk = "".join(texts[a:z]).encode("ascii")
+            b[starts[a] : starts[a] + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
+    # the shortest box the kernel reads, {'Position':[0,0,0,0],'Confidence':0}, takes 37 bytes: enough rows
+    # (one more for a box being read); the kernel also stops at the end of `out` (that text is then not ok)
+    rows = total // 37 + 2
+    out = _scratch("boxes-" + slot, (rows, 5), np.float64) if slot else np.empty((rows, 5))
     counts = np.zeros(n, dtype=np.int64)
     ok = np.zeros(n, dtype=np.bool_)
     w = k["parse"](b, starts, lens, out, counts, ok, k["kp"], k["kc"], extract, k["ta"], k["tb"])
-    return out[:w].copy(), counts, ok
+    return out[:w], counts, ok
 
 
-def dedupe(vals: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    keep = np.ones(rows.size, dtype=np.bool_)
-    _load()["dedupe"](np.ascontiguousarray(vals), np.ascontiguousarray(rows), keep)
-    return keep
+def clean(vals: np.ndarray, rows: np.ndarray, dedupe: bool, max_boxes: int) -> np.ndarray | None:
+    """Mask of the boxes to keep (see boxes.clean_rows), or None when all are kept."""
+    keep = np.empty(rows.size, dtype=np.bool_)
+    dropped = _load()["clean"](vals, rows, bool(dedupe), int(max_boxes), keep)
+    return keep if dropped else None
 
 
-def detection(g, gmask, p, pmask, c, iou_threshold: float, giou: bool):
-    """Padded inputs whose valid entries come first in each row (as pad_rows makes them)."""
-    k = _load()
-    n = g.shape[0]
-    iou_out = np.zeros(n)
-    conf_out = np.zeros(n)
-    k["detection"](np.ascontiguousarray(g), gmask.sum(1), np.ascontiguousarray(p), np.ascontiguousarray(c),
-                   pmask.sum(1), float(iou_threshold), bool(giou), iou_out, conf_out)
+def detection(g, g_start, g_count, ref_of, p, conf, p_start, p_count, iou_threshold: float, giou: bool):
+    """-> (iou_term [n], confidence_term [n]) of n = ref_of.size samples stored flat (see the kernel)."""
+    n = ref_of.size
+    iou_out = np.empty(n)
+    conf_out = np.empty(n)
+    _load()["detection"](g, g_start, g_count, ref_of, p, conf, p_start, p_count, float(iou_threshold), bool(giou),
+                         iou_out, conf_out)
     return iou_out, conf_out

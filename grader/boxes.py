@@ -101,7 +101,7 @@ _CLASS[46] = 2
 _POW10 = 10.0 ** np.arange(23)
 
 
-def parse_visual_rft_batch(texts: Sequence[str], accel: bool = True, extract: int = 0
+def parse_visual_rft_batch(texts: Sequence[str], accel: bool = True, extract: int = 0, slot: str | None = None
                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Vectorised parser for the common case, Visual-RFT's `[{'Position': [x1,y1,x2,y2], 'Confidence': c}, ...]`.
 
@@ -112,7 +112,9 @@ def parse_visual_rft_batch(texts: Sequence[str], accel: bool = True, extract: in
     counts [n], ok [n]); a text that is not exactly that shape (truncated, other keys, negative or
     exponent numbers, prose) has ok=False and goes through `parse_boxes`. `extract` (compiled kernel
     only, else ignored and ok=False is returned for every text): 1 parses inside the last
-    <answer>...</answer> pair, 2 does too but takes the whole text when there is none.
+    <answer>...</answer> pair, 2 does too but takes the whole text when there is none. `slot` (compiled
+    kernel only): return the values in this thread's reusable scratch array of that name, valid until the
+    next call with the same slot (for a caller that consumes them at once), instead of a new array.
 
     >>> v, c, ok = parse_visual_rft_batch(["[{'Position': [1, 2, 3, 4.5], 'Confidence': 0.25}]", "No Objects"])
     >>> v.tolist(), c.tolist(), ok.tolist()
@@ -128,21 +130,17 @@ def parse_visual_rft_batch(texts: Sequence[str], accel: bool = True, extract: in
 
         if not (accel and _accel.available(n)):
             return np.zeros((0, 5)), counts, ok
-    try:
-        big = "\x00".join(texts).encode("ascii")
-    except UnicodeEncodeError:  # non-ASCII texts never have this shape: parse the others only
-        ascii_idx = [i for i, t in enumerate(texts) if t.isascii()]
-        v, c, o = parse_visual_rft_batch([texts[i] for i in ascii_idx], accel, extract)
-        counts[ascii_idx], ok[ascii_idx] = c, o
-        return v, counts, ok
-    lens = np.fromiter(map(len, texts), dtype=np.int64, count=n)
-    starts = np.zeros(n, dtype=np.int64)
-    np.cumsum(lens[:-1] + 1, out=starts[1:])
+    if not all(map(str.isascii, texts)):  # non-ASCII texts never have this shape: read them as empty texts
+        texts = [t if t.isascii() else "" for t in texts]
     if accel:
         from grader import _accel
 
         if _accel.available(n):
-            return _accel.parse_visual_rft(texts, big, lens, starts, extract)
+            return _accel.parse_visual_rft(texts, extract, slot)
+    big = "\x00".join(texts).encode("ascii")
+    lens = np.fromiter(map(len, texts), dtype=np.int64, count=n)
+    starts = np.zeros(n, dtype=np.int64)
+    np.cumsum(lens[:-1] + 1, out=starts[1:])
     buf = np.frombuffer(big, dtype=np.uint8)
     cls = _CLASS[buf]
     pos = np.flatnonzero(cls)  # every byte of every number run
@@ -270,12 +268,14 @@ def dedupe(boxes: list[tuple[Box, float | None]]) -> list[tuple[Box, float | Non
 
 
 def to_xyxy(b: np.ndarray, box_format: str) -> np.ndarray:
-    """[..., 4] boxes in `box_format` -> corners, ordered so x1 <= x2 and y1 <= y2.
+    """[..., 4] boxes in `box_format` -> corners, ordered so x1 <= x2 and y1 <= y2 (`b` itself when it already is).
 
     >>> to_xyxy(np.array([[10., 10., 4., 2.]]), "cxcywh").tolist()
     [[8.0, 9.0, 12.0, 11.0]]
     """
     b = np.asarray(b, dtype=np.float64)
+    if box_format == "xyxy" and (b[..., 0] <= b[..., 2]).all() and (b[..., 1] <= b[..., 3]).all():
+        return b  # already in order, the usual case: no copy
     if box_format == "xywh":
         b = np.concatenate([b[..., :2], b[..., :2] + b[..., 2:]], axis=-1)
     elif box_format == "cxcywh":
@@ -407,8 +407,12 @@ def detection_padded(g: np.ndarray, gmask: np.ndarray, p: np.ndarray, pmask: np.
     if accel:
         from grader import _accel
 
-        if _accel.available(B):
-            return _accel.detection(g, gmask, p, pmask, c, iou_threshold, giou)
+        if _accel.available(B):  # the flat kernel, reading row s of the padding as sample s's boxes
+            G, P, rows = g.shape[1], p.shape[1], np.arange(B)
+            return _accel.detection(np.ascontiguousarray(g).reshape(-1, 4), rows * G, gmask.sum(1), rows,
+                                    np.ascontiguousarray(p).reshape(-1, 4),
+                                    np.ascontiguousarray(c, dtype=np.float64).reshape(-1), rows * P, pmask.sum(1),
+                                    iou_threshold, giou)
     n_gt = gmask.sum(1)
     n_pred = pmask.sum(1)
     P, G = p.shape[1], g.shape[1]
@@ -443,6 +447,35 @@ def detection_padded(g: np.ndarray, gmask: np.ndarray, p: np.ndarray, pmask: np.
     return np.clip(iou_term, 0.0, 1.0), np.clip(conf_term, 0.0, 1.0)
 
 
+def detection_rows(g: np.ndarray, g_rows: np.ndarray, n_refs: int, ref_of: np.ndarray, p: np.ndarray,
+                   conf: np.ndarray, p_rows: np.ndarray, iou_threshold: float = 0.5, giou: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """`detection_padded` for boxes stored flat -> (iou_term [n], confidence_term [n]), n = len(ref_of).
+
+    g [M, 4] reference boxes of rows g_rows [M] (grouped, in order; n_refs rows in all); p [N, 4]
+    predictions and conf [N] of samples p_rows [N] (grouped, in order); sample i is scored against
+    reference row ref_of[i], so samples of one prompt share its boxes without copies.
+    """
+    n = len(ref_of)
+    from grader import _accel
+
+    if _accel.available(n):
+        g_count = np.bincount(g_rows, minlength=n_refs)
+        p_count = np.bincount(p_rows, minlength=n)
+        return _accel.detection(g, _starts(g_count), g_count, ref_of, p, conf, _starts(p_count), p_count,
+                                iou_threshold, giou)
+    gt_pad, gt_mask = pad_rows(g, g_rows, max(n_refs, 1), 4)
+    p_pad, p_mask = pad_rows(np.concatenate([p, conf[:, None]], axis=1), p_rows, n, 5)
+    return detection_padded(gt_pad[ref_of], gt_mask[ref_of], p_pad[..., :4], p_mask, p_pad[..., 4], iou_threshold,
+                            giou, accel=False)
+
+
+def _starts(counts: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(counts), dtype=np.int64)
+    np.cumsum(counts[:-1], out=out[1:])
+    return out
+
+
 def pad_rows(vals: np.ndarray, rows: np.ndarray, n: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Scatter boxes `vals` [N, width] belonging to `rows` [N] (grouped, in order) into [n, max count, width]."""
     counts = np.bincount(rows, minlength=n) if len(rows) else np.zeros(n, np.int64)
@@ -457,7 +490,28 @@ def pad_rows(vals: np.ndarray, rows: np.ndarray, n: int, width: int) -> tuple[np
     return out, mask
 
 
-def dedupe_rows(vals: np.ndarray, rows: np.ndarray, accel: bool = True) -> np.ndarray:
+def clean_rows(vals: np.ndarray, rows: np.ndarray, dedupe: bool = True, max_boxes: int = 1 << 62) -> np.ndarray | None:
+    """Mask [N] of the boxes `vals` [N, >= 4] of rows `rows` [N] (grouped, in order) to keep, or None for all:
+    drops boxes with a non-finite value, then (with dedupe) repeated positions within a row, keeping the
+    first (Visual-RFT's remove_duplicates), then each row's boxes beyond the first max_boxes.
+    """
+    from grader import _accel
+
+    if _accel.available(len(rows)):
+        return _accel.clean(np.ascontiguousarray(vals), np.ascontiguousarray(rows), dedupe, max_boxes)
+    keep = np.isfinite(vals).all(1)
+    if dedupe:
+        keep[keep] = dedupe_rows(vals[keep], rows[keep])
+    if len(rows):
+        kept_rows = rows[keep]
+        counts = np.bincount(kept_rows)
+        if counts.max(initial=0) > max_boxes:
+            pos = np.arange(len(kept_rows)) - _starts(counts)[kept_rows]
+            keep[keep] = pos < max_boxes
+    return None if keep.all() else keep
+
+
+def dedupe_rows(vals: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Mask [N] keeping the first of boxes with identical coordinates within a row (order kept).
 
     Boxes are grouped by (row, 64-bit hash of the coordinates) with one stable sort; equal neighbours
@@ -466,11 +520,6 @@ def dedupe_rows(vals: np.ndarray, rows: np.ndarray, accel: bool = True) -> np.nd
     keep = np.ones(len(rows), dtype=bool)
     if len(rows) < 2:
         return keep
-    if accel:
-        from grader import _accel
-
-        if _accel.available(len(rows)):
-            return _accel.dedupe(vals, rows)
     bits = np.ascontiguousarray(vals[:, :4] + 0.0).view(np.uint64)  # + 0.0 folds -0.0 into 0.0
     with np.errstate(over="ignore"):
         h = (bits * _HASH_MUL).sum(axis=1, dtype=np.uint64)

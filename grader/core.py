@@ -191,6 +191,8 @@ class BatchResult:
 
 
 def _resolve_all(t: Template, samples, items, raw: bool = False) -> list:
+    if raw:
+        return t.resolve_all(samples, items)
     out = []
     for s, it in zip(samples, items):
         try:
@@ -462,7 +464,7 @@ class CompiledGrader:
         if len(samples) != len(items):
             raise ValueError("samples and items must have the same length")
         t0 = time.perf_counter()
-        samples = [make_sample(s) for s in samples]
+        samples = list(map(make_sample, samples))
         items = [it if it is not None else {} for it in items]
         outs = self._children_outputs(samples, items)
         result = self._combine(len(samples), outs)
@@ -529,12 +531,13 @@ class CompiledGrader:
                 for i, e in outs[k].errors.items():
                     merge_errors(errors.setdefault(i, empty_errors()), e.to_errors())
                     messages[i] = (messages[i] + "; " if i in messages else "") + f"{k}: {e.message}"
-        for i, r in enumerate(rewards):
-            if not math.isfinite(r):
-                errors.setdefault(i, empty_errors())["other_error"] = True
-                why = "the formula has no finite value here" if self.formula is not None else f"the reward is {r}"
-                messages[i] = (messages[i] + "; " if i in messages else "") + why
-                rewards[i] = 0.0
+        if not all(map(math.isfinite, rewards)):  # one C-level pass; the loop only when some are not
+            for i, r in enumerate(rewards):
+                if not math.isfinite(r):
+                    errors.setdefault(i, empty_errors())["other_error"] = True
+                    why = "the formula has no finite value here" if self.formula is not None else f"the reward is {r}"
+                    messages[i] = (messages[i] + "; " if i in messages else "") + why
+                    rewards[i] = 0.0
         usage = models = None
         if any(c.usage for c in outs.values()):
             usage, models = [None] * n, [None] * n

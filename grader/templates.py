@@ -12,7 +12,9 @@ sample raises `SampleError("invalid_variable_error")`; a malformed template fail
 
 from __future__ import annotations
 
+import itertools
 import json
+import operator
 import re
 from typing import Any
 
@@ -151,6 +153,24 @@ class Template:
         if self._single:
             return lookup(*self.vars[0], sample, item)
         return self.render(sample, item)
+
+    def resolve_all(self, samples: list, items: list) -> list:
+        """`resolve` of every (sample, item) pair, with the SampleError in place of a value that fails."""
+        if self._flat:  # one key: a single C-level pass when every row has it (the usual case)
+            ns, (key,) = self.vars[0]
+            try:
+                values = [x[key] for x in (samples if ns == "sample" else items)]
+            except (KeyError, TypeError, IndexError):
+                values = None
+            if values is not None and all(map(operator.is_not, values, itertools.repeat(None))):  # not `in`: no ==
+                return values
+        out = []
+        for s, it in zip(samples, items):
+            try:
+                out.append(self.resolve(s, it))
+            except SampleError as e:
+                out.append(e)
+        return out
 
 
 def render(text: str, sample: dict, item: Any) -> str:

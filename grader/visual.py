@@ -132,7 +132,8 @@ def _strip_answer(text: str) -> str:
     return text.strip()
 
 
-def _parse_texts(texts: list[str], parser: str, max_boxes: int, dedupe: bool = True, extract: int = 0):
+def _parse_texts(texts: list[str], parser: str, max_boxes: int, dedupe: bool = True, extract: int = 0,
+                 slot: str | None = None):
     """Boxes of many texts -> (vals [N, 5] x1 y1 x2 y2 conf, rows [N], found [n] bool, answers {i: text}).
 
     extract 0: the texts are the answers; 1: full model outputs, the boxes are inside the last
@@ -140,6 +141,7 @@ def _parse_texts(texts: list[str], parser: str, max_boxes: int, dedupe: bool = T
     whole (reference fields). The common Visual-RFT JSON shape goes through the vectorised (or compiled)
     parser, anything else through `parse_boxes`, one text at a time. `found[i]` is False when text i
     has no box syntax at all; `answers` holds the extracted answer of each text that took the slow path.
+    With `slot`, `vals` may be a view of a reused scratch array (see `parse_visual_rft_batch`).
     """
     from grader import _accel
 
@@ -149,12 +151,12 @@ def _parse_texts(texts: list[str], parser: str, max_boxes: int, dedupe: bool = T
         texts = [(extract_answer(t) if extract == 1 else _strip_answer(t)) for t in texts]
         extract = 0
     if parser in ("auto", "json") and n:
-        vals, counts, ok = B.parse_visual_rft_batch(texts, extract=extract)
+        vals, counts, ok = B.parse_visual_rft_batch(texts, extract=extract, slot=slot)
     else:
         vals, counts, ok = np.zeros((0, 5)), np.zeros(n, np.int64), np.zeros(n, dtype=bool)
-    rows = [np.repeat(np.flatnonzero(ok), counts[ok])]
-    parts = [vals]
+    rows = np.repeat(np.arange(n), counts)  # counts are 0 where not ok
     answers: dict[int, str] = {}
+    parts, row_parts = [], []
     for i in np.flatnonzero(~ok).tolist():
         t = texts[i]
         t = extract_answer(t) if extract == 1 else _strip_answer(t) if extract == 2 else t
@@ -165,23 +167,15 @@ def _parse_texts(texts: list[str], parser: str, max_boxes: int, dedupe: bool = T
             continue
         arr = np.asarray([b + [1.0 if c is None else c] for b, c in boxes], dtype=np.float64).reshape(-1, 5)
         parts.append(arr)
-        rows.append(np.full(len(arr), i))
-    vals = np.concatenate(parts)
-    rows = np.concatenate(rows).astype(np.int64)
-    if len(parts) > 1:
+        row_parts.append(np.full(len(arr), i))
+    if parts:  # merge the slow path's boxes in, in text order
+        vals, rows = np.concatenate([vals] + parts), np.concatenate([rows] + row_parts)
         order = np.argsort(rows, kind="stable")
         vals, rows = vals[order], rows[order]
-    keep = np.isfinite(vals).all(1)
-    if not keep.all():
-        vals, rows = vals[keep], rows[keep]
-    if dedupe:
-        keep = B.dedupe_rows(vals, rows)
-        vals, rows = vals[keep], rows[keep]
-    if len(rows):
-        counts = np.bincount(rows, minlength=n)
-        if counts.max() > max_boxes:
-            pos = np.arange(len(rows)) - np.concatenate([[0], np.cumsum(counts)[:-1]])[rows]
-            keep = pos < max_boxes
+    # the fast parser reads digits only (always finite): nothing to clean in its boxes unless asked to
+    if parts or dedupe or counts.max(initial=0) > max_boxes:
+        keep = B.clean_rows(vals, rows, dedupe, max_boxes)
+        if keep is not None:
             vals, rows = vals[keep], rows[keep]
     return vals, rows, found, answers
 
@@ -192,48 +186,56 @@ def iou_batch(spec: IouGrader, answers: Sequence[Any], references: Sequence[Any]
 
     `answers` are the resolved `input` values (or SampleError) -- or, with raw_answers, the full model
     outputs whose `<answer>` is to be read --, `references` the resolved `reference` values (or
-    SampleError), `items` the rows (for the image size).
+    SampleError), `items` the rows (for the image size). The parsed boxes are held in this thread's
+    scratch arrays while it runs (see `parse_visual_rft_batch`): nothing it returns refers to them.
     """
     n = len(answers)
     ref_conv = spec.reference_format or spec.input_format.model_copy(update={"resize": None})
     need_size = _needs_size(spec, ref_conv)
-    errors: list[SampleError | None] = [None] * n
+    errors: dict[int, SampleError] = {}
     sizes: dict = {}
+    # per-sample loops below run only where something is off: a clean GRPO batch is all strings
+    a_types, r_types = set(map(type, answers)), set(map(type, references))
+    if SampleError in a_types or SampleError in r_types:
+        for i, (a, r) in enumerate(zip(answers, references)):
+            if type(a) is SampleError or type(r) is SampleError:
+                errors[i] = a if type(a) is SampleError else r
 
-    # reference boxes: parsed once per distinct (reference, item)
-    for i, (a, r) in enumerate(zip(answers, references)):
-        if type(a) is SampleError or type(r) is SampleError:
-            errors[i] = a if type(a) is SampleError else r
-    uniq: dict = {}
-    keys = [id(r) for r in references] if not need_size else [(id(r), id(it)) for r, it in zip(references, items)]
-    ref_of_list = [uniq.setdefault(k, len(uniq)) for k in keys]
-    u_refs: list = [None] * len(uniq)
-    u_items: list = [None] * len(uniq)
-    for r, it, j in zip(references, items, ref_of_list):
-        u_refs[j] = r
-        u_items[j] = it
-    ref_of = np.asarray(ref_of_list, dtype=np.int64)
-    errored_refs = {j for j, r in enumerate(u_refs) if type(r) is SampleError}
-    u_text = [j for j, r in enumerate(u_refs) if type(r) is str]
-    g_vals, g_rows, g_found, _ = _parse_texts([u_refs[j] for j in u_text], "auto", 1 << 30, dedupe=False, extract=2)
-    g_vals_parts, g_rows_parts = [g_vals], [np.asarray(u_text, dtype=np.int64)[g_rows]]
+    # reference boxes: parsed once per distinct (reference, item); the samples of a prompt share them
+    if need_size:
+        keys: list = list(zip(map(id, references), map(id, items)))
+        first = dict(zip(keys, zip(references, items)))  # in order of first use; one key, one (reference, item)
+        u_refs, u_items = [r for r, _ in first.values()], [it for _, it in first.values()]
+    else:  # no per-sample tuples: they would cost more than the rest of this block
+        keys = list(map(id, references))
+        first = dict(zip(keys, references))
+        u_refs, u_items = list(first.values()), []
+    index = dict(zip(first, range(len(first))))
+    ref_of = np.fromiter(map(index.__getitem__, keys), dtype=np.int64, count=n)
+    all_text = r_types <= {str}
+    u_text = list(range(len(u_refs))) if all_text else [j for j, r in enumerate(u_refs) if type(r) is str]
+    g_vals, g_rows, g_found, _ = _parse_texts([u_refs[j] for j in u_text] if not all_text else u_refs, "auto",
+                                              1 << 30, dedupe=False, extract=2, slot="references")
     u_bad: dict[int, SampleError] = {}
-    for j, ok in zip(u_text, g_found):
-        if not ok and _strip_answer(u_refs[j]) not in ("", "[]") and not _is_no_objects(u_refs[j], spec.no_objects):
+    for k in np.flatnonzero(~g_found).tolist():
+        j = u_text[k]
+        if _strip_answer(u_refs[j]) not in ("", "[]") and not _is_no_objects(u_refs[j], spec.no_objects):
             u_bad[j] = SampleError("other_error", "cannot read the reference boxes of the item")
-    for j, r in enumerate(u_refs):
-        if type(r) is str or j in errored_refs:
-            continue
-        parsed = B.boxes_from_value(r)
-        if parsed is None:
-            u_bad[j] = SampleError("other_error", "cannot read the reference boxes of the item")
-            continue
-        arr = np.asarray([b for b, _ in B.finite_boxes(parsed)], dtype=np.float64).reshape(-1, 4)
-        g_vals_parts.append(np.concatenate([arr, np.ones((len(arr), 1))], axis=1))
-        g_rows_parts.append(np.full(len(arr), j))
-    g_vals, g_rows = np.concatenate(g_vals_parts), np.concatenate(g_rows_parts).astype(np.int64)
-    order = np.argsort(g_rows, kind="stable")
-    g_vals, g_rows = g_vals[order], g_rows[order]
+    if not all_text:  # structured references (lists of boxes, dicts) and errors
+        g_vals_parts, g_rows_parts = [g_vals], [np.asarray(u_text, dtype=np.int64)[g_rows]]
+        for j, r in enumerate(u_refs):
+            if type(r) is str or type(r) is SampleError:
+                continue
+            parsed = B.boxes_from_value(r)
+            if parsed is None:
+                u_bad[j] = SampleError("other_error", "cannot read the reference boxes of the item")
+                continue
+            arr = np.asarray([b for b, _ in B.finite_boxes(parsed)], dtype=np.float64).reshape(-1, 4)
+            g_vals_parts.append(np.concatenate([arr, np.ones((len(arr), 1))], axis=1))
+            g_rows_parts.append(np.full(len(arr), j))
+        g_vals, g_rows = np.concatenate(g_vals_parts), np.concatenate(g_rows_parts).astype(np.int64)
+        order = np.argsort(g_rows, kind="stable")
+        g_vals, g_rows = g_vals[order], g_rows[order]
     g_box = B.to_xyxy(g_vals[:, :4], ref_conv.box_format)
     if need_size and len(g_rows):
         div = np.ones((len(u_refs), 4))
@@ -246,13 +248,14 @@ def iou_batch(spec: IouGrader, answers: Sequence[Any], references: Sequence[Any]
             except SampleError as e:
                 u_bad[j] = e
         g_box = g_box / div[g_rows]
-    gt_pad, gt_mask = B.pad_rows(g_box, g_rows, max(len(u_refs), 1), 4)
 
     # predictions
-    texts = [a if type(a) is str else "" if type(a) is SampleError else json.dumps(a) for a in answers]
-    p_vals, p_rows, p_found, p_answers = _parse_texts(texts, spec.parser, spec.max_boxes, extract=1 if raw_answers else 0)
-    for i in np.flatnonzero(~p_found):
-        if errors[i] is not None:
+    texts = list(answers) if a_types <= {str} else [
+        a if type(a) is str else "" if type(a) is SampleError else json.dumps(a) for a in answers]
+    p_vals, p_rows, p_found, p_answers = _parse_texts(texts, spec.parser, spec.max_boxes,
+                                                      extract=1 if raw_answers else 0, slot="answers")
+    for i in np.flatnonzero(~p_found).tolist():
+        if i in errors:
             continue
         t = p_answers.get(i, texts[i]).strip()
         if not (_is_no_objects(t, spec.no_objects) or t in ("[]", "{}")):
@@ -260,8 +263,8 @@ def iou_batch(spec: IouGrader, answers: Sequence[Any], references: Sequence[Any]
     p_box = B.to_xyxy(p_vals[:, :4], spec.input_format.box_format)
     if need_size and len(p_rows):
         div = np.ones((n, 4))
-        for i in np.unique(p_rows):
-            if errors[i] is None:
+        for i in np.unique(p_rows).tolist():
+            if i not in errors:
                 try:
                     sx, sy = _divisor(spec.input_format, items[i], sizes)
                     div[i] = (sx, sy, sx, sy)
@@ -272,19 +275,18 @@ def iou_batch(spec: IouGrader, answers: Sequence[Any], references: Sequence[Any]
         sa = B.scale_for(spec.input_format.coordinates, None)[0]
         sb = B.scale_for(ref_conv.coordinates, None)[0]
         p_box = p_box * (sb / sa)
-    p_pad, p_mask = B.pad_rows(np.concatenate([p_box, p_vals[:, 4:]], axis=1), p_rows, n, 5)
     if u_bad:
-        for i in range(n):
-            if errors[i] is None and int(ref_of[i]) in u_bad:
-                errors[i] = u_bad[int(ref_of[i])]
+        for i in np.flatnonzero(np.isin(ref_of, list(u_bad))).tolist():
+            errors.setdefault(i, u_bad[int(ref_of[i])])
 
-    g, gmask = gt_pad[ref_of], gt_mask[ref_of]
     giou = spec.iou_type == "giou"
-    rewards = np.zeros(n)
     if spec.mode == "grounding":
-        for i in np.flatnonzero(~p_mask[:, 0] if p_mask.shape[1] else np.ones(n, bool)):
-            if errors[i] is None:
-                errors[i] = SampleError("sample_parse_error", "no box found in the sample")
+        p_pad, p_mask = B.pad_rows(p_box, p_rows, n, 4)
+        gt_pad, gt_mask = B.pad_rows(g_box, g_rows, max(len(u_refs), 1), 4)
+        g, gmask = gt_pad[ref_of], gt_mask[ref_of]
+        rewards = np.zeros(n)
+        for i in np.flatnonzero(~p_mask[:, 0] if p_mask.shape[1] else np.ones(n, bool)).tolist():
+            errors.setdefault(i, SampleError("sample_parse_error", "no box found in the sample"))
         if p_pad.shape[1]:
             first = p_pad[:, 0, :4]
             m = B.iou_matrix(first[:, None, :], g, giou=giou)[:, 0, :] if g.shape[1] else np.zeros((n, 0))
@@ -295,11 +297,11 @@ def iou_batch(spec: IouGrader, answers: Sequence[Any], references: Sequence[Any]
             rewards = np.where(np.isfinite(best), np.clip(best, 0.0, 1.0), 0.0)
         comp = {"iou": rewards.tolist()}
     else:
-        it, ct = B.detection_padded(g, gmask, p_pad[..., :4], p_mask, p_pad[..., 4], spec.iou_threshold, giou)
+        it, ct = B.detection_rows(g_box, g_rows, len(u_refs), ref_of, p_box, p_vals[:, 4], p_rows,
+                                  spec.iou_threshold, giou)
         w = spec.confidence_weight
         rewards = (1 - w) * it + w * ct
         comp = {"iou": it.tolist(), "confidence": ct.tolist()}
-    bad = {i: e for i, e in enumerate(errors) if e is not None}
-    for i in bad:
-        rewards[i] = 0.0
-    return rewards, comp, bad
+    if errors:
+        rewards[list(errors)] = 0.0
+    return rewards, comp, dict(sorted(errors.items()))

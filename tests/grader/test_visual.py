@@ -299,3 +299,58 @@ def test_compiled_and_numpy_paths_agree(monkeypatch):
     assert fast.components == slow.components
     for text in odd:  # and both agree with one-at-a-time grading
         assert g.grade([text], [items[0]]).rewards[0] == fast.rewards[contents.index(text)]
+
+
+def test_compiled_kernels_agree_with_numpy_on_large_batches(monkeypatch):
+    """Dedupe + max_boxes cap, the flat matching kernel (also behind detection_padded) and non-ASCII texts,
+    on batches large enough for the numba kernels, against VRFT_GRADER_NUMBA=0."""
+    rng = np.random.default_rng(0)
+    contents, sols = make_detection_samples(96, boxes=8, seed=9)
+    repeated = [{"Position": [i, i, i + 40, i + 40], "Confidence": 0.5} for i in range(0, 60, 3)] * 2
+    box = "[{'Position': [1, 2, 30, 40], 'Confidence': 0.5}]"
+    contents[5:8] = [f"<answer>{repeated}</answer>", f"<answer>{box}</answer> é", f"<think>é</think><answer>{box}</answer>"]
+    items = [{"solution": s} for s in sols]
+    spec = {"type": "iou", "name": "d", "reference": "{{item.solution}}", "max_boxes": 7, "confidence_weight": 0.4}
+    with grader.compile(spec) as g:
+        fast = g.grade(contents, items)
+
+    def boxes(k):  # k random xyxy boxes
+        corners = np.sort(rng.integers(0, 50, (k, 2, 2)).astype(float), axis=1)
+        return corners.transpose(0, 2, 1).reshape(k, 4)
+
+    gts, preds = [boxes(k) for k in rng.integers(0, 6, 80)], [boxes(k) for k in rng.integers(0, 6, 80)]
+    confs = [rng.choice([0.1, 0.5, 0.9], len(p)) for p in preds]  # ties: the stable order decides
+    fast_det = [B.detection_batch(gts, preds, confs, 0.3, giou) for giou in (False, True)]
+    monkeypatch.setenv("VRFT_GRADER_NUMBA", "0")
+    with grader.compile(spec) as g:
+        slow = g.grade(contents, items)
+    assert fast.rewards == slow.rewards and fast.components == slow.components and fast.errors == slow.errors
+    for giou, (it, ct) in zip((False, True), fast_det):
+        want = B.detection_batch(gts, preds, confs, 0.3, giou)
+        assert it.tolist() == want[0].tolist() and ct.tolist() == want[1].tolist()
+
+
+def test_parse_kernel_stops_at_the_end_of_its_output():
+    """The compiled parser never writes past the rows it is given: a text that does not fit is not ok."""
+    from grader import _accel
+
+    k = _accel._load()
+    if k is None:
+        pytest.skip("numba not installed")
+    text = b"[{'Position': [1, 2, 3, 4], 'Confidence': 0.5}, {'Position': [5, 6, 7, 8], 'Confidence': 0.5}]"
+    b = np.frombuffer(text, dtype=np.uint8)
+    for rows, want in ((1, False), (2, True)):
+        out, counts, ok = np.zeros((rows, 5)), np.zeros(1, np.int64), np.zeros(1, bool)
+        k["parse"](b, np.array([0]), np.array([len(text)]), out, counts, ok, k["kp"], k["kc"], 0, k["ta"], k["tb"])
+        assert ok[0] == want
+
+
+def test_template_resolve_all_matches_resolve():
+    from grader.templates import Template, make_sample
+
+    t = Template("{{item.boxes}}", "reference")
+    samples = [make_sample("x")] * 4
+    assert t.resolve_all(samples, [{"boxes": [1]}, {"boxes": "b"}, {"boxes": 0}, {"boxes": {}}]) == [[1], "b", 0, {}]
+    got = t.resolve_all(samples, [{"boxes": [1]}, {"boxes": None}, {}, "not a dict"])
+    assert got[0] == [1] and [type(e).__name__ for e in got[1:]] == ["SampleError"] * 3
+    assert Template("{{sample.answer}}").resolve_all([make_sample("<answer>a</answer>")], [{}]) == ["a"]
