@@ -5,11 +5,15 @@ string_check on the colour, called as a TRL reward function for TRL), the same G
 learning rate, beta 0, loss "dapo", fp32, and the same fixed number of torch threads. Each runs in its own
 subprocess; the first `--warmup` steps are dropped and the median step time of the rest is compared.
 
-    python bench/bench_grpo.py [--steps 30] [--warmup 5] [--threads 1] [--engine hf|vllm|both]
+    python bench/bench_grpo.py [--steps 30] [--warmup 5] [--threads 1] [--engine hf|vllm|both] [--rounds 1]
 
 Ours: `python -m trainer JOB.json`; a step's time is the `timing.step.full_iteration` of its metrics event
 (sampling, grading, loss, optimizer step, weight sync). TRL: wall time between `on_step_end` callbacks
 (generation, reward, loss, optimizer step). Setup (model load, vLLM start) is excluded for both.
+
+On a shared machine the load drifts between the runs; `--rounds R` alternates TRL and ours R times (each
+round in its own folder) and reports, per trainer, the median over rounds of its median step time, and the
+median over rounds of each round's ratio to TRL.
 """
 
 from __future__ import annotations
@@ -180,6 +184,7 @@ def main() -> None:
     p.add_argument("--engine", choices=["hf", "vllm", "both"], default="both")
     p.add_argument("--model", type=Path, default=None, help="model folder (default: build the tiny model)")
     p.add_argument("--work", type=Path, default=None)
+    p.add_argument("--rounds", type=int, default=1, help="alternate TRL and ours this many times")
     args = p.parse_args()
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-grpo-"))
@@ -193,17 +198,31 @@ def main() -> None:
     train = work / "train.jsonl"
     train.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "image_path"}) + "\n" for r in rows))
     per_step = args.prompts * args.generations
-    results = [summary("trl", run_trl(args.model, rows, work, args), args.warmup, per_step)]
-    for engine in (["hf", "vllm"] if args.engine == "both" else [args.engine]):
-        results.append(summary(f"ours-{engine}", run_ours(args.model, train, work, args, engine), args.warmup, per_step))
-    trl = results[0]["median_s"]
+    rounds = []  # per round: [trl, ours-...] summaries
+    for k in range(args.rounds):
+        folder = work if args.rounds == 1 else work / f"round-{k + 1}"
+        folder.mkdir(parents=True, exist_ok=True)
+        res = [summary("trl", run_trl(args.model, rows, folder, args), args.warmup, per_step)]
+        for engine in (["hf", "vllm"] if args.engine == "both" else [args.engine]):
+            res.append(summary(f"ours-{engine}", run_ours(args.model, train, folder, args, engine), args.warmup,
+                               per_step))
+        for r in res:
+            r["x_trl"] = r["median_s"] / res[0]["median_s"]
+        rounds.append(res)
+        if args.rounds > 1:
+            print(f"round {k + 1}: " + ", ".join(f"{r['name']} {r['median_s']:.4f} s ({r['x_trl']:.2f}x)" for r in res),
+                  flush=True)
+    results = [{key: (statistics.median(rnd[i][key] for rnd in rounds) if key != "name" else r[key]) for key in r}
+               for i, r in enumerate(rounds[0])]  # one round: its numbers as they are
     print(f"\nGRPO step time, tiny Qwen2-VL, {args.prompts} prompts x {args.generations} samples, "
-          f"{args.tokens} tokens, {args.threads} thread(s), fp32, beta 0, dapo; median of {args.steps - args.warmup} steps")
+          f"{args.tokens} tokens, {args.threads} thread(s), fp32, beta 0, dapo; median of {args.steps - args.warmup} steps"
+          + (f", median of {args.rounds} rounds" if args.rounds > 1 else ""))
     print(f"{'trainer':<12} {'median s/step':>14} {'mean':>8} {'p90':>8} {'samples/s':>10} {'x TRL time':>11}")
     for r in results:
         print(f"{r['name']:<12} {r['median_s']:>14.4f} {r['mean_s']:>8.4f} {r['p90_s']:>8.4f} "
-              f"{r['samples_per_s']:>10.1f} {r['median_s'] / trl:>11.2f}")
-    (work / "results.json").write_text(json.dumps(results, indent=2))
+              f"{r['samples_per_s']:>10.1f} {r['x_trl']:>11.2f}")
+    (work / "results.json").write_text(json.dumps({"summary": results, "rounds": rounds} if args.rounds > 1 else results,
+                                                  indent=2))
     print(f"(details in {work})")
 
 
