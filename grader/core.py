@@ -203,10 +203,14 @@ def _resolve_all(t: Template, samples, items, raw: bool = False) -> list:
 
 
 class _Node:
+    texts_only = False
+    """True when grade() reads nothing of a sample but its output text: it is then given the texts, not
+    Sample objects (which cost a large batch more than the rest of the `iou` grader's Python work)."""
+
     def __init__(self, spec):
         self.spec, self.name, self.type = spec, spec.name, spec.type
 
-    def grade(self, samples: list[Sample], items: list) -> list[_Out]:
+    def grade(self, samples: list[Sample] | list[str], items: list) -> list[_Out] | _Col:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -364,17 +368,19 @@ class _Iou(_Node):
     def __init__(self, spec: IouGrader):
         super().__init__(spec)
         self.input, self.reference = Template(spec.input, "input"), Template(spec.reference, "reference")
+        # `{{sample.answer}}` is read inside the parser: no per-sample extraction in Python
+        self.raw = self.input.vars == [("sample", ("answer",))] and self.input._single
+        self.texts_only = self.raw and all(ns == "item" for ns, _ in self.reference.vars)
 
     def grade(self, samples, items):
         from grader.visual import iou_batch
 
-        raw = self.input.vars == [("sample", ("answer",))] and self.input._single
-        if raw:  # the answer is read inside the parser: no per-sample extraction in Python
-            answers = [s["output_text"] for s in samples]
+        if self.raw:
+            answers = samples if self.texts_only else [s["output_text"] for s in samples]
         else:
             answers = _resolve_all(self.input, samples, items, raw=True)
         refs = _resolve_all(self.reference, samples, items, raw=True)
-        rewards, comps, errors = iou_batch(self.spec, answers, refs, items, raw_answers=raw)
+        rewards, comps, errors = iou_batch(self.spec, answers, refs, items, raw_answers=self.raw)
         return _Col(rewards.tolist(), errors, comps)
 
 
@@ -464,7 +470,10 @@ class CompiledGrader:
         if len(samples) != len(items):
             raise ValueError("samples and items must have the same length")
         t0 = time.perf_counter()
-        samples = list(map(make_sample, samples))
+        if all(c.texts_only for c in self.children.values()):
+            samples = [s if type(s) is str else make_sample(s)["output_text"] for s in samples]
+        else:
+            samples = list(map(make_sample, samples))
         items = [it if it is not None else {} for it in items]
         outs = self._children_outputs(samples, items)
         result = self._combine(len(samples), outs)

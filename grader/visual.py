@@ -201,17 +201,13 @@ def iou_batch(spec: IouGrader, answers: Sequence[Any], references: Sequence[Any]
             if type(a) is SampleError or type(r) is SampleError:
                 errors[i] = a if type(a) is SampleError else r
 
-    # reference boxes: parsed once per distinct (reference, item); the samples of a prompt share them
+    # reference boxes: parsed once per distinct (reference, item) object; the samples of a prompt share them
+    ids = np.fromiter(map(id, references), dtype=np.int64, count=n)
     if need_size:
-        keys: list = list(zip(map(id, references), map(id, items)))
-        first = dict(zip(keys, zip(references, items)))  # in order of first use; one key, one (reference, item)
-        u_refs, u_items = [r for r, _ in first.values()], [it for _, it in first.values()]
-    else:  # no per-sample tuples: they would cost more than the rest of this block
-        keys = list(map(id, references))
-        first = dict(zip(keys, references))
-        u_refs, u_items = list(first.values()), []
-    index = dict(zip(first, range(len(first))))
-    ref_of = np.fromiter(map(index.__getitem__, keys), dtype=np.int64, count=n)
+        ids = np.stack([ids, np.fromiter(map(id, items), dtype=np.int64, count=n)], axis=1)
+    _, first, ref_of = np.unique(ids, axis=0 if need_size else None, return_index=True, return_inverse=True)
+    first, ref_of = first.tolist(), ref_of.reshape(-1)
+    u_refs, u_items = [references[i] for i in first], [items[i] for i in first] if need_size else []
     all_text = r_types <= {str}
     u_text = list(range(len(u_refs))) if all_text else [j for j, r in enumerate(u_refs) if type(r) is str]
     g_vals, g_rows, g_found, _ = _parse_texts([u_refs[j] for j in u_text] if not all_text else u_refs, "auto",

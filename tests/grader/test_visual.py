@@ -354,3 +354,17 @@ def test_template_resolve_all_matches_resolve():
     got = t.resolve_all(samples, [{"boxes": [1]}, {"boxes": None}, {}, "not a dict"])
     assert got[0] == [1] and [type(e).__name__ for e in got[1:]] == ["SampleError"] * 3
     assert Template("{{sample.answer}}").resolve_all([make_sample("<answer>a</answer>")], [{}]) == ["a"]
+
+
+def test_iou_grader_reads_the_text_of_any_sample_form():
+    """An `iou` grader that reads only the output text gets the texts; dict samples give the same rewards."""
+    text = "<answer>[{'Position': [0, 0, 10, 10], 'Confidence': 0.9}]</answer>"
+    item = {"boxes": [[0, 0, 10, 10]], "answer_boxes": text}
+    samples = [text, {"output_text": text}, {"choices": [{"message": {"role": "assistant", "content": text}}]}]
+    with grader.compile(DET) as g:
+        assert g.children["det"].texts_only
+        assert g.grade(samples, [item] * 3).rewards == [1.0, 1.0, 1.0]
+    both = {**DET, "input": "{{item.answer_boxes}}", "reference": "{{sample.answer}}"}  # needs Sample objects
+    with grader.compile(both) as g:
+        assert not g.children["det"].texts_only
+        assert g.grade(samples, [item] * 3).rewards == [1.0, 1.0, 1.0]
