@@ -138,15 +138,17 @@ def decode(model, ids: torch.Tensor, att: torch.Tensor, mm: dict, *, n: int, max
     stop token are junk (the caller cuts there).
 
     What `model.generate(do_sample=True, top_k=0, num_return_sequences=n, suppress_tokens=...)` does, without
-    its per-token Python overhead (config validation, logits processor objects, stopping criteria, input
-    preparation: ~2/3 of a decode step on a small model), and with the prompt prefilled once instead of n
-    times: its KV cache is copied n times, so the vision tower and the prompt run once per prompt. Greedy
-    tokens equal `generate`'s (tests/trainer/test_decode.py); sampled tokens follow the same distribution.
+    its Python overhead (config validation, logits processor objects, stopping criteria, input preparation:
+    about 40% of its time on a small model), and with the prompt prefilled once instead of n times: its KV
+    cache is copied n times, so the vision tower and the prompt run once per prompt. Greedy tokens equal
+    `generate`'s (tests/trainer/test_decode.py); sampled tokens follow the same distribution (not the same
+    draws: `_sample` uses its random numbers differently from torch.multinomial).
     """
     B, P = ids.shape
     N = B * n
-    # Positions exactly as `generate` builds them: [B, P] counted over the unpadded tokens, or [4, B, P] for
-    # M-RoPE models (Qwen2-VL family: a text row, then the temporal/height/width rows of the image tokens).
+    # Positions exactly as `generate` builds them (its own helper, private API: test_decode.py fails if an
+    # upgrade moves it): [B, P] counted over the unpadded tokens, or [4, B, P] for M-RoPE models (Qwen2-VL
+    # family: a text row, then the temporal/height/width rows of the image tokens). Decode steps then add 1.
     pos = model._prepare_position_ids_for_generation(ids, {"attention_mask": att, **mm})
     out = model(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True, logits_to_keep=1, **mm)
     cache = out.past_key_values  # DynamicCache: keys/values [B, heads, P, head_dim] per layer
