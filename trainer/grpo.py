@@ -1,7 +1,7 @@
 """GRPO for vision-language models (Visual-RFT, DeepSeek-R1), in one file that reads top to bottom.
 
 One optimizer step:
-  1. sample   B prompts of the training file, G completions each (vLLM in this process, or HF generate)
+  1. sample   B prompts of the training file, G completions each (vLLM in this process, or a transformers decode loop)
   2. score    every completion with the job's grader: r [B, G]                 (grader.compile(spec).grade)
   3. advantage A = (r - mean_group(r)) / (std_group(r) + 1e-4)                  (scale_rewards=group)
   4. loss     clipped surrogate  -min(rho * A, clip(rho, 1-eps, 1+eps_high) * A) + beta * KL_k3(pi || pi_ref)
