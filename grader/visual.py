@@ -202,9 +202,9 @@ def iou_batch(spec: IouGrader, answers: Sequence[Any], references: Sequence[Any]
                 errors[i] = a if type(a) is SampleError else r
 
     # reference boxes: parsed once per distinct (reference, item) object; the samples of a prompt share them
-    ids = np.fromiter(map(id, references), dtype=np.int64, count=n)
+    ids = np.fromiter(map(id, references), dtype=np.uint64, count=n)
     if need_size:
-        ids = np.stack([ids, np.fromiter(map(id, items), dtype=np.int64, count=n)], axis=1)
+        ids = np.stack([ids, np.fromiter(map(id, items), dtype=np.uint64, count=n)], axis=1)
     _, first, ref_of = np.unique(ids, axis=0 if need_size else None, return_index=True, return_inverse=True)
     first, ref_of = first.tolist(), ref_of.reshape(-1)
     u_refs, u_items = [references[i] for i in first], [items[i] for i in first] if need_size else []
