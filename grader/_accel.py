@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 MIN_BATCH = 64
 """Smaller batches use numpy: not worth compiling for."""
 
-_kernels = None
+_loaded = None
 _failed = False
 
 
@@ -27,14 +27,14 @@ def available(n: int) -> bool:
 
 
 def _load():
-    global _kernels, _failed
-    if _kernels is None and not _failed:
+    global _loaded, _failed
+    if _loaded is None and not _failed:
         try:
-            _kernels = _build()
+            _loaded = _build()
         except Exception as e:  # numba missing or broken: numpy it is
             _failed = True
             log.info("numba kernels unavailable (%s); using numpy", e)
-    return _kernels
+    return _loaded
 
 
 def _build():
