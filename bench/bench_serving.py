@@ -8,8 +8,11 @@ and a question, greedy, a fixed number of completion tokens), served
     python bench/bench_serving.py [--model DIR] [--tokens 64] [--requests 32] [--rounds 3] [--out results.json]
 
 The API runs in its own process (as in production), the vLLM server is the one its serving manager starts;
-the load generator is an asyncio httpx client. Direct and proxied runs alternate, `--rounds` times each, and
-the median round is reported. Without `--model` the tiny Qwen2-VL is built (seed 0) into a temporary folder.
+the load generator is an asyncio httpx client. The proxy's throughput loss is measured two ways, each
+`--rounds` times, the median round reported: separate direct and proxied runs that alternate (simple, but on
+a shared machine the load drifts between runs), and side by side, direct and proxied requests interleaved in
+one run under the same load (`mixed_load`). Without `--model` the tiny Qwen2-VL is built (seed 0) into a
+temporary folder.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import asyncio
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,6 +76,29 @@ async def load(url: str, model: str, headers: dict, concurrency: int, requests: 
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         wall = time.perf_counter() - t0
     return {"tokens_per_s": completion_tokens / wall, "p50_s": pct(latencies, 0.5), "p95_s": pct(latencies, 0.95), "requests": requests}
+
+
+async def mixed_load(targets: dict[str, tuple[str, dict]], model: str, concurrency: int, requests: int, tokens: int) -> dict:
+    """`requests` chat completions per target, `concurrency` in flight in all, the targets taken in turn, so
+    direct and proxied requests run side by side under the same load from the rest of the machine. At a fixed
+    concurrency throughput is concurrency / mean latency, so the proxy's throughput loss is
+    1 - mean latency direct / mean latency proxied, without the drift between separate runs."""
+    body = {"model": model, "messages": MESSAGES, "max_tokens": tokens, "temperature": 0, "ignore_eos": True}
+    latencies: dict[str, list[float]] = {name: [] for name in targets}
+    queue = [name for _ in range(requests) for name in targets]
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while queue:
+            name = queue.pop()
+            url, headers = targets[name]
+            t = time.perf_counter()
+            r = await client.post(url + "/v1/chat/completions", json=body, headers=headers)
+            r.raise_for_status()
+            latencies[name].append(time.perf_counter() - t)
+
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=concurrency)) as client:
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    return {name: statistics.mean(xs) for name, xs in latencies.items()}
 
 
 def hf_baseline(folder: Path, concurrency: int, requests: int, tokens: int) -> dict:
@@ -158,10 +185,16 @@ def main() -> None:
             # paired: each proxied run against the direct run just before it, the median of those ratios
             ratios = sorted(a["tokens_per_s"] / d["tokens_per_s"] for d, a in zip(runs["direct"], runs["api"]))
             results["runs"][f"api@{c}"]["loss_vs_direct"] = 1 - ratios[len(ratios) // 2]
+            mixed = [asyncio.run(mixed_load({"direct": (engine_url, {}), "api": (api_url, headers)}, MODEL, c, args.requests, args.tokens))
+                     for _ in range(args.rounds)]
+            mixed_losses = sorted(1 - m["direct"] / m["api"] for m in mixed)
+            results["runs"][f"api@{c}"]["mixed_loss_vs_direct"] = mixed_losses[len(mixed_losses) // 2]
+            results["runs"][f"api@{c}"]["mixed_losses"] = mixed_losses
             d, a = results["runs"][f"direct@{c}"], results["runs"][f"api@{c}"]
             print(f"c={c}: direct {d['tokens_per_s']:.0f} tok/s, api {a['tokens_per_s']:.0f} tok/s; paired throughput loss "
                   f"{100 * a['loss_vs_direct']:+.1f}% (per round: {', '.join(f'{100 * (1 - r):+.0f}%' for r in ratios)}); "
-                  f"API process CPU {a['api_cpu_ms_per_request']:.2f} ms per request", flush=True)
+                  f"API process CPU {a['api_cpu_ms_per_request']:.2f} ms per request; side by side: loss "
+                  f"{100 * a['mixed_loss_vs_direct']:+.1f}% (per round: {', '.join(f'{100 * x:+.0f}%' for x in a['mixed_losses'])})", flush=True)
     finally:
         api.terminate()
         api.wait(60)
@@ -169,14 +202,15 @@ def main() -> None:
         results["runs"][f"transformers@{c}"] = hf_baseline(folder, c, args.requests, args.tokens)
         print(f"c={c}: transformers.generate {results['runs'][f'transformers@{c}']['tokens_per_s']:.0f} tok/s", flush=True)
 
-    print("\n| concurrency | server | completion tok/s | p50 s | p95 s | paired loss vs direct | API CPU ms/request |\n|---|---|---|---|---|---|---|")
+    print("\n| concurrency | server | completion tok/s | p50 s | p95 s | loss vs direct, separate runs | loss vs direct, side by side | API CPU ms/request |\n|---|---|---|---|---|---|---|---|")
     for c in args.concurrency:
         for name in ("direct", "api", "transformers"):
             x = results["runs"][f"{name}@{c}"]
             label = {"direct": "vLLM directly", "api": "vLLM through our API", "transformers": "transformers.generate (batch)"}[name]
             loss = f"{100 * x['loss_vs_direct']:+.1f}%" if "loss_vs_direct" in x else ""
             cpu = f"{x['api_cpu_ms_per_request']:.2f}" if "api_cpu_ms_per_request" in x else ""
-            print(f"| {c} | {label} | {x['tokens_per_s']:.0f} | {x['p50_s']:.3f} | {x['p95_s']:.3f} | {loss} | {cpu} |")
+            mixed = f"{100 * x['mixed_loss_vs_direct']:+.1f}%" if "mixed_loss_vs_direct" in x else ""
+            print(f"| {c} | {label} | {x['tokens_per_s']:.0f} | {x['p50_s']:.3f} | {x['p95_s']:.3f} | {loss} | {mixed} | {cpu} |")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     shutil.rmtree(home, ignore_errors=True)
