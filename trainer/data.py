@@ -248,6 +248,8 @@ def pad_per_token(extras: list[dict[str, list[int]]], prompt_lens: list[int], wi
 
 
 def cat_mm(mms: list[dict]) -> dict[str, torch.Tensor]:
-    """Concatenate the processor's extra tensors of several sequences (pixel_values, image_grid_thw...)."""
-    keys = [k for k in mms[0]] if mms else []
-    return {k: torch.cat([m[k] for m in mms], dim=0) for k in keys if all(k in m for m in mms)}
+    """Concatenate the processor's extra tensors of several sequences (pixel_values, image_grid_thw...).
+    Sequences without images have none of them: the images of the others are still all passed, in order,
+    which is how the model pairs them with the image tokens of the batch."""
+    keys = dict.fromkeys(k for m in mms for k in m)
+    return {k: torch.cat([m[k] for m in mms if k in m], dim=0) for k in keys}

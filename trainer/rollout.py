@@ -30,7 +30,7 @@ from typing import Iterable
 
 import torch
 
-from trainer.data import Prompt
+from trainer.data import Prompt, cat_mm
 
 log = logging.getLogger("trainer.rollout")
 
@@ -99,7 +99,7 @@ class HFRollout:
             att[b, P - len(p.input_ids):] = 1
             for k in extra:
                 extra[k][b, P - len(p.input_ids):] = torch.tensor(p.per_token[k])
-        mm = {k: torch.cat([p.mm[k] for p in prompts]).to(self.device) for k in prompts[0].mm}
+        mm = {k: v.to(self.device) for k, v in cat_mm([p.mm for p in prompts]).items()}
         mm.update({k: v.to(self.device) for k, v in extra.items()})
         greedy = temperature == 0  # n identical completions: decode once
         # One seed per call: the step's samples depend on (seed, step, rank) only.
