@@ -249,7 +249,14 @@ class JobRunner:
         if s.exec(select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.step_number == step)).first() is not None:
             return
         key = f"checkpoints/{job.id}/step-{step}"
-        put_tree(self.storage, key, folder)
+        # The trainer goes on while this uploads: it drops an older checkpoint's optimizer state when it writes
+        # a newer one, and whole checkpoints that fall out of retention. What vanished is not an error.
+        skipped = put_tree(self.storage, key, folder, vanishing_ok=True)
+        if not (folder / "config.json").is_file():  # pruned as a whole: its checkpoint_deleted event follows
+            delete_tree(self.storage, key)
+            return
+        if any(rel.startswith("trainer_state/") for rel in skipped):  # superseded: never resume from half of it
+            delete_tree(self.storage, f"{key}/trainer_state")
         project = s.exec(select(Project).where(Project.id == job.project_id)).one()
         svc.register_checkpoint(s, job, project, step=step, metrics=metrics, storage_key=key)
 

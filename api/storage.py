@@ -30,14 +30,27 @@ class Storage(Protocol):
         """Keys under `prefix/` (a checkpoint folder), relative to it."""
 
 
-def put_tree(storage: Storage, prefix: str, folder: Path) -> None:
-    """Copy every file under `folder` to `prefix/<relative path>` (the folder itself stays)."""
+def put_tree(storage: Storage, prefix: str, folder: Path, *, vanishing_ok: bool = False) -> list[str]:
+    """Copy every file under `folder` to `prefix/<relative path>` (the folder itself stays). With
+    `vanishing_ok`, files that disappear while the copy runs are skipped instead of failing it (a trainer
+    prunes its older checkpoints while the runner uploads them); returns the relative paths skipped."""
     import tempfile
 
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    files = sorted(Path(root, name) for root, _, names in os.walk(folder) for name in names)
+    skipped = []
+    for path in files:
+        rel = path.relative_to(folder).as_posix()
         with tempfile.NamedTemporaryFile(dir=folder.parent, delete=False) as tmp:
-            shutil.copyfile(path, tmp.name)
-        storage.put_file(f"{prefix}/{path.relative_to(folder).as_posix()}", Path(tmp.name))
+            try:
+                shutil.copyfile(path, tmp.name)
+            except FileNotFoundError:
+                os.unlink(tmp.name)
+                if not vanishing_ok:
+                    raise
+                skipped.append(rel)
+                continue
+        storage.put_file(f"{prefix}/{rel}", Path(tmp.name))
+    return skipped
 
 
 def get_tree(storage: Storage, prefix: str, dest: Path) -> None:
