@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,9 +124,16 @@ class Prompt:
 class ChatData:
     """Rows of one file plus what turns them into model inputs (the processor or tokenizer)."""
 
+    prompt_cache_bytes = 512 << 20
+    """Rendered prompts (images decoded, tensors made) are kept up to this many bytes, least recently used
+    out first: few-shot RFT files are small and every epoch asks for the same rows again, and the processor
+    costs several ms a prompt, more than a training step's optimizer update on a small model."""
+
     def __init__(self, rows: list[dict], lines: list[int], processor, vision: bool, what: str):
         self.rows, self.lines, self.processor, self.vision, self.what = rows, lines, processor, vision, what
         self.tokenizer = getattr(processor, "tokenizer", processor)
+        self._prompts: OrderedDict[int, tuple[Prompt, int]] = OrderedDict()
+        self._prompt_bytes = 0
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -155,7 +163,22 @@ class ChatData:
                                                   tokenize=False)
 
     def prompt(self, i: int) -> Prompt:
-        """The RFT prompt of row i: its messages up to the last user message, with a generation prompt."""
+        """The RFT prompt of row i: its messages up to the last user message, with a generation prompt.
+        The same object for the same row while it stays in the cache (treat it as read-only)."""
+        hit = self._prompts.get(i)
+        if hit is not None:
+            self._prompts.move_to_end(i)
+            return hit[0]
+        p = self._render_prompt(i)
+        size = sum(t.nbytes for t in p.mm.values()) + sum(img.width * img.height * 3 for img in p.images)  # RGB
+        if size <= self.prompt_cache_bytes:
+            self._prompts[i] = (p, size)
+            self._prompt_bytes += size
+            while self._prompt_bytes > self.prompt_cache_bytes:
+                self._prompt_bytes -= self._prompts.popitem(last=False)[1][1]
+        return p
+
+    def _render_prompt(self, i: int) -> Prompt:
         where = self._where(i)
         messages = self.rows[i]["messages"]
         last_user = max((k for k, m in enumerate(messages) if m.get("role") == "user"), default=None)
@@ -209,27 +232,18 @@ class ChatData:
         return ids, labels, mm, per_token
 
 
-def left_pad_batch(seqs: list[tuple[list[int], list[int]]], pad_id: int):
-    """[(prompt_ids, completion_ids)] -> input_ids, attention_mask [B, P+C], completion_mask [B, C].
-
-    Prompts are left-padded to a common length P and completions right-padded to C, so every completion
-    starts at column P: the logits of the last C+1 positions are all a batch needs (`logits_to_keep`).
-    Per-token extras of the prompts go through `pad_per_token` with the same layout.
-    """
-    P = max(len(p) for p, _ in seqs)
-    C = max(max(len(c) for _, c in seqs), 1)
-    B = len(seqs)
-    input_ids = torch.full((B, P + C), pad_id, dtype=torch.long)
-    attention = torch.zeros((B, P + C), dtype=torch.long)
-    completion_mask = torch.zeros((B, C), dtype=torch.float32)
-    for b, (p, c) in enumerate(seqs):
-        input_ids[b, P - len(p):P] = torch.tensor(p, dtype=torch.long)
-        attention[b, P - len(p):P] = 1
-        if c:
-            input_ids[b, P:P + len(c)] = torch.tensor(c, dtype=torch.long)
-            attention[b, P:P + len(c)] = 1
-            completion_mask[b, :len(c)] = 1
-    return input_ids, attention, completion_mask
+def pack_prompts(prompts: list[Prompt], pad_id: int):
+    """Prompts -> input_ids, attention_mask [B, P] (left-padded, so every prompt ends at column P: what
+    follows, sampled or trained, starts at the same column), the images' tensors concatenated (`cat_mm`) and
+    the per-token extras [B, P] (0 on padding). The one batch layout of rollouts and GRPO training."""
+    P = max(len(p.input_ids) for p in prompts)
+    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
+    att = torch.zeros((len(prompts), P), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, P - len(p.input_ids):] = torch.tensor(p.input_ids, dtype=torch.long)
+        att[b, P - len(p.input_ids):] = 1
+    per_token = pad_per_token([p.per_token for p in prompts], [len(p.input_ids) for p in prompts], P, left_to=P)
+    return ids, att, cat_mm([p.mm for p in prompts]), per_token
 
 
 def pad_per_token(extras: list[dict[str, list[int]]], prompt_lens: list[int], width: int, left_to: int | None):

@@ -5,7 +5,8 @@ One optimizer step:
   2. score    every completion with the job's grader: r [B, G]                 (grader.compile(spec).grade)
   3. advantage A = (r - mean_group(r)) / (std_group(r) + 1e-4)                  (scale_rewards=group)
   4. loss     clipped surrogate  -min(rho * A, clip(rho, 1-eps, 1+eps_high) * A) + beta * KL_k3(pi || pi_ref)
-              per completion token, aggregated by `loss_type` (grpo | dr_grpo | dapo), for num_iterations steps
+              per completion token, aggregated by `loss_type` (grpo | dr_grpo | dapo), for num_iterations steps;
+              a prompt's forward pass runs once for its G completions (`completion_logprobs`)
   5. step     DeepSpeed backward/step (ZeRO 0-3, gradient clipping), learning rate from a pure schedule
   6. sync     the new weights into the rollout engine
 Every `eval_interval` steps the validation prompts are sampled and scored, a checkpoint is written and the
@@ -27,10 +28,10 @@ from pathlib import Path
 import torch
 
 from trainer import hparams
-from trainer.data import ChatData, Prompt, cat_mm, left_pad_batch, pad_per_token, read_jsonl
+from trainer.data import ChatData, Prompt, cat_mm, pack_prompts
 from trainer.hparams import TrainingConfig, get, positive
 from trainer.runtime import (REASONING_EFFORT_TOKENS, Checkpointer, TrainerError, all_gather_tensor, all_reduce, derive_seed,
-                             epoch_order, export_weights, is_vision_model, load_processor, lr_at, make_reference, memory_stats,
+                             epoch_order, export_weights, load_job_data, lr_at, make_reference, memory_stats,
                              prepare_policy, seed_everything, set_lr, write_rank_digest)
 
 
@@ -159,23 +160,63 @@ def agg_dapo(loss, mask, n_seqs, n_tokens, max_len):
 AGGREGATIONS = {"grpo": agg_grpo, "dr_grpo": agg_dr_grpo, "dapo": agg_dapo}
 
 
-def completion_logprobs(model, input_ids, attention_mask, mm, n_completion: int, temperature: float,
-                        suppress_ids: list[int] = ()):
-    """log pi(token) of the last `n_completion` tokens of each row: [B, C].
+def completion_logprobs(model, mb: "MicroBatch", temperature: float, suppress_ids: list[int] = (),
+                        shared_prefix: bool = True) -> torch.Tensor:
+    """log pi(token) of each completion token of the micro-batch: [b, C] (junk on padding: mask it).
 
-    Completions start at the same column in every row (prompts left-padded), so only the last C+1 positions'
-    logits are computed; position t predicts token t+1. The distribution is the one sampled from: logits
-    divided by the temperature, image/video placeholder tokens removed (the rollout engines never sample them).
+    shared_prefix: the G completions of a prompt share its forward pass. The prompts (and their images)
+    run once, batch [Bp, P]; their KV cache is copied to each completion's row and the completions run on
+    top of it, batch [b, C]. Gradients flow through the copies back into the prompt's pass, so the loss and
+    its gradient are those of b full sequences (tests/trainer/test_shared_prefix.py), at the cost of
+    Bp x P + b x C tokens instead of b x (P + C): on image prompts most of a step's compute. Off (full
+    sequences) under gradient checkpointing, which recomputes layers and cannot keep a cache.
+
+    The distribution is the one sampled from: logits divided by the temperature, image/video placeholder
+    tokens removed (the rollout engines never sample them).
     """
-    out = model(input_ids=input_ids, attention_mask=attention_mask, **mm, logits_to_keep=n_completion + 1,
-                use_cache=False)
-    logits = out.logits[:, :-1, :].float()  # [B, C, V]
+    logits = _shared_prefix_logits(model, mb) if shared_prefix else _full_logits(model, mb)  # [b, C, V]
+    logits = logits.float()
     if temperature > 0:
         logits = logits / temperature
     if suppress_ids:
         logits[..., list(suppress_ids)] = float("-inf")
-    targets = input_ids[:, -n_completion:]  # [B, C]
-    return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [B, C]
+    return torch.log_softmax(logits, dim=-1).gather(-1, mb.completion_ids.unsqueeze(-1)).squeeze(-1)  # [b, C]
+
+
+def _shared_prefix_logits(model, mb: "MicroBatch") -> torch.Tensor:
+    """Logits predicting each completion token, [b, C, V]: the prompts once, the completions on their cache."""
+    hf = getattr(model, "module", model)  # a DeepSpeed engine wraps the HF model
+    # Positions as generation builds them ([Bp, P], or [4, Bp, P] for M-RoPE: text row + t/h/w of images);
+    # completion token t sits one past the prompt's last position, plus t, in every row (as in decoding).
+    inputs = {**mb.mm, **mb.per_token}
+    pos = hf._prepare_position_ids_for_generation(mb.prompt_ids, {"attention_mask": mb.prompt_att, **inputs})
+    out = model(input_ids=mb.prompt_ids, attention_mask=mb.prompt_att, position_ids=pos, use_cache=True,
+                logits_to_keep=1, **inputs)
+    cache = out.past_key_values  # keys/values [Bp, heads, P, head_dim] per layer
+    cache.batch_select_indices(mb.owner)  # [b, heads, P, head_dim]: a differentiable copy per completion
+    b, C = mb.completion_ids.shape
+    first = out.logits[mb.owner, -1:]  # [b, 1, V]: the prompt's last position predicts completion token 0
+    if C == 1:
+        return first
+    steps = torch.arange(1, C + 1, device=pos.device)  # [C]
+    cpos = pos[..., -1:].index_select(-2, mb.owner) + steps  # [b, C] or [4, b, C]
+    att = torch.cat([mb.prompt_att.index_select(0, mb.owner), mb.prompt_att.new_ones(b, C)], dim=1)  # [b, P + C]
+    rest = model(input_ids=mb.completion_ids[:, :-1], attention_mask=att[:, :-1], position_ids=cpos[..., :-1],
+                 past_key_values=cache, use_cache=True).logits  # [b, C - 1, V]: token t predicts t + 1
+    return torch.cat([first, rest], dim=1)  # [b, C, V]
+
+
+def _full_logits(model, mb: "MicroBatch") -> torch.Tensor:
+    """The same logits from b full sequences (prompt repeated per completion), [b, C, V]."""
+    owner = mb.owner
+    b, C = mb.completion_ids.shape
+    ids = torch.cat([mb.prompt_ids.index_select(0, owner), mb.completion_ids], dim=1)  # [b, P + C]
+    att = torch.cat([mb.prompt_att.index_select(0, owner), mb.prompt_att.new_ones(b, C)], dim=1)
+    mm = {k: v.to(ids.device) for k, v in cat_mm([mb.prompt_mm[i] for i in owner.tolist()]).items()}
+    for k, v in mb.per_token.items():  # the prompt's, 0 on completion tokens
+        mm[k] = torch.cat([v.index_select(0, owner), v.new_zeros(b, C)], dim=1)
+    out = model(input_ids=ids, attention_mask=att, logits_to_keep=C + 1, use_cache=False, **mm)
+    return out.logits[:, :-1]  # [b, C, V]: position t predicts token t + 1
 
 
 # ----------------------------------------------------------------------------------------- the loop
@@ -188,19 +229,57 @@ class Sequence:
     truncated: bool
 
 
-def make_microbatches(seqs: list[Sequence], size: int, pad_id: int, device):
-    """Chunks of `size` sequences, padded and moved to the device."""
+@dataclass
+class MicroBatch:
+    """A chunk of completions and the distinct prompts they answer, on the device."""
+
+    prompt_ids: torch.Tensor
+    """[Bp, P] the chunk's distinct prompts, left-padded"""
+    prompt_att: torch.Tensor
+    """[Bp, P] 0 on the padding"""
+    mm: dict[str, torch.Tensor]
+    """the prompts' images' tensors, concatenated: pixel_values, image_grid_thw, ..."""
+    per_token: dict[str, torch.Tensor]
+    """the prompts' per-token extras [Bp, P] (e.g. mm_token_type_ids)"""
+    prompt_mm: list[dict[str, torch.Tensor]]
+    """each prompt's own extra inputs (on the host), for the full-sequence path"""
+    owner: torch.Tensor
+    """[b] the prompt row each completion answers"""
+    completion_ids: torch.Tensor
+    """[b, C] right-padded"""
+    mask: torch.Tensor
+    """[b, C] 1 on completion tokens, 0 on padding"""
+    advantages: torch.Tensor
+    """[b]"""
+    truncated: torch.Tensor
+    """[b] 1 where the completion hit max_completion_length"""
+
+
+def make_microbatches(seqs: list[Sequence], size: int, pad_id: int, device) -> list[MicroBatch]:
+    """Chunks of `size` sequences, each with its distinct prompts, padded and moved to the device."""
+    out = []
     for i in range(0, len(seqs), size):
         chunk = seqs[i:i + size]
-        ids, att, mask = left_pad_batch([(s.prompt.input_ids, s.completion_ids) for s in chunk], pad_id)
-        P = ids.shape[1] - mask.shape[1]
-        mm = {**cat_mm([s.prompt.mm for s in chunk]),
-              **pad_per_token([s.prompt.per_token for s in chunk], [len(s.prompt.input_ids) for s in chunk],
-                              ids.shape[1], left_to=P)}
-        mm = {k: v.to(device) for k, v in mm.items()}
-        adv = torch.tensor([s.advantage for s in chunk], dtype=torch.float32, device=device)
-        trunc = torch.tensor([float(s.truncated) for s in chunk], device=device)
-        yield ids.to(device), att.to(device), mask.to(device), mm, adv, trunc
+        prompts: list[Prompt] = []
+        owner = []
+        for s in chunk:  # a group's sequences share one Prompt object
+            if not prompts or s.prompt is not prompts[-1]:
+                prompts.append(s.prompt)
+            owner.append(len(prompts) - 1)
+        ids, att, mm, per_token = pack_prompts(prompts, pad_id)  # [Bp, P], left-padded
+        C = max(max(len(s.completion_ids) for s in chunk), 1)
+        comp = torch.full((len(chunk), C), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), C), dtype=torch.float32)
+        for b, s in enumerate(chunk):
+            comp[b, :len(s.completion_ids)] = torch.tensor(s.completion_ids, dtype=torch.long)
+            mask[b, :len(s.completion_ids)] = 1
+        out.append(MicroBatch(
+            prompt_ids=ids.to(device), prompt_att=att.to(device), mm={k: v.to(device) for k, v in mm.items()},
+            per_token={k: v.to(device) for k, v in per_token.items()}, prompt_mm=[p.mm for p in prompts], owner=torch.tensor(owner, device=device),
+            completion_ids=comp.to(device), mask=mask.to(device),
+            advantages=torch.tensor([s.advantage for s in chunk], dtype=torch.float32, device=device),
+            truncated=torch.tensor([float(s.truncated) for s in chunk], device=device)))
+    return out
 
 
 def main(job, events, dist, signals) -> str:
@@ -211,15 +290,9 @@ def main(job, events, dist, signals) -> str:
 
     t_setup = time.perf_counter()
     output_dir = Path(job.output_dir)
-    vision = is_vision_model(job.model_path)
-    processor = load_processor(job.model_path, vision)
-    tokenizer = getattr(processor, "tokenizer", processor)
-    train_rows, train_lines = read_jsonl(job.train_file, "training file")
-    train = ChatData(train_rows, train_lines, processor, vision, "training file")
-    valid = None
-    if job.validation_file:
-        valid_rows, valid_lines = read_jsonl(job.validation_file, "validation file")
-        valid = ChatData(valid_rows, valid_lines, processor, vision, "validation file")
+    job_data = load_job_data(job)
+    vision, tokenizer, pad_id, train, valid = (job_data.vision, job_data.tokenizer, job_data.pad_id,
+                                             job_data.train, job_data.valid)
     cfg = GRPOConfig.resolve(job.hyperparameters, len(train), dist.world)
 
     if not job.grader:
@@ -240,7 +313,6 @@ def main(job, events, dist, signals) -> str:
     ref = make_reference(job.model_path, vision, dtype, dist.device, cfg.zero_stage, policy.ds_config) if cfg.beta > 0 else None
 
     # The rollout engine, started on the base weights and synced to the policy's before any sampling.
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stop_ids = _stop_ids(job.model_path, tokenizer)
     suppress = placeholder_token_ids(engine.module.config)
     probe = [train.prompt(i) for i in range(min(len(train), 256))]
@@ -310,28 +382,27 @@ def main(job, events, dist, signals) -> str:
         counted = [s for s in seqs if not (cfg.mask_truncated_completions and s.truncated)]
         n_tokens = all_reduce(torch.tensor(float(sum(len(s.completion_ids) for s in counted)), device=dist.device)).item()
         n_seqs = cfg.batch_size * cfg.num_generations
-        batches = list(make_microbatches(seqs, micro, pad_id, dist.device))
+        batches = make_microbatches(seqs, micro, pad_id, dist.device)
+        shared = not cfg.gradient_checkpointing  # checkpointed layers cannot keep the prompt's cache
         old_logps, ref_logps = [], []
         with torch.no_grad():
-            for ids, att, mask, mm, _, _ in batches:
-                C = mask.shape[1]
-                old_logps.append(completion_logprobs(engine.module, ids, att, mm, C, cfg.temperature, suppress)
+            for mb in batches:
+                old_logps.append(completion_logprobs(engine.module, mb, cfg.temperature, suppress, shared)
                                  if cfg.num_iterations > 1 else None)
-                ref_logps.append(completion_logprobs(ref, ids, att, mm, C, cfg.temperature, suppress) if ref is not None else None)
+                ref_logps.append(completion_logprobs(ref, mb, cfg.temperature, suppress, shared) if ref is not None else None)
         lr = lr_at(step, cfg.total_steps, peak_lr, cfg.lr_scheduler, warmup_steps)
         set_lr(engine, lr)
         stats = torch.zeros(5, dtype=torch.float64)  # loss, kl sum, clipped sum, token count, (spare)
         grad_norm = None
         for it in range(cfg.num_iterations):
-            for mb, ((ids, att, mask, mm, a, trunc), old, refl) in enumerate(zip(batches, old_logps, ref_logps)):
-                if cfg.mask_truncated_completions:
-                    mask = mask * (1 - trunc).unsqueeze(1)
-                logp = completion_logprobs(engine, ids, att, mm, mask.shape[1], cfg.temperature, suppress)  # [b, C]
+            for k, (mb, old, refl) in enumerate(zip(batches, old_logps, ref_logps)):
+                mask = mb.mask * (1 - mb.truncated).unsqueeze(1) if cfg.mask_truncated_completions else mb.mask
+                logp = completion_logprobs(engine, mb, cfg.temperature, suppress, shared)  # [b, C]
                 old = logp.detach() if old is None else old
-                loss_tok, clipped, kl = per_token_loss(logp, old, refl, a, cfg.epsilon, eps_high, cfg.beta)
+                loss_tok, clipped, kl = per_token_loss(logp, old, refl, mb.advantages, cfg.epsilon, eps_high, cfg.beta)
                 loss = aggregate(loss_tok, mask, n_seqs, n_tokens, cfg.max_completion_length) * dist.world
                 engine.backward(loss, scale_wrt_gas=False)  # DeepSpeed averages gradients over ranks: x world above
-                if mb == len(batches) - 1 and it == 0:
+                if k == len(batches) - 1 and it == 0:
                     grad_norm = gradient_norm(engine, cfg.zero_stage)
                 engine.step()  # steps the optimizer at the last micro-batch (gradient_accumulation_steps)
                 if it == 0:

@@ -30,7 +30,7 @@ from typing import Iterable
 
 import torch
 
-from trainer.data import Prompt, cat_mm
+from trainer.data import Prompt, pack_prompts
 
 log = logging.getLogger("trainer.rollout")
 
@@ -90,17 +90,8 @@ class HFRollout:
 
     def _generate_chunk(self, model, prompts: list[Prompt], n: int, max_tokens: int, temperature: float,
                         top_p: float, seed: int) -> list[list[Completion]]:
-        P = max(len(p.input_ids) for p in prompts)
-        ids = torch.full((len(prompts), P), self.pad_id, dtype=torch.long)
-        att = torch.zeros((len(prompts), P), dtype=torch.long)
-        extra = {k: torch.zeros((len(prompts), P), dtype=torch.long) for k in prompts[0].per_token}
-        for b, p in enumerate(prompts):
-            ids[b, P - len(p.input_ids):] = torch.tensor(p.input_ids)
-            att[b, P - len(p.input_ids):] = 1
-            for k in extra:
-                extra[k][b, P - len(p.input_ids):] = torch.tensor(p.per_token[k])
-        mm = {k: v.to(self.device) for k, v in cat_mm([p.mm for p in prompts]).items()}
-        mm.update({k: v.to(self.device) for k, v in extra.items()})
+        ids, att, mm, per_token = pack_prompts(prompts, self.pad_id)  # [B, P] left-padded, images' tensors
+        mm = {k: v.to(self.device) for k, v in {**mm, **per_token}.items()}
         greedy = temperature == 0  # n identical completions: decode once
         # One seed per call: the step's samples depend on (seed, step, rank) only.
         generator = torch.Generator(self.device).manual_seed(seed)

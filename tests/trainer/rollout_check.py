@@ -70,9 +70,9 @@ def main(model_dir: str, train_file: str, work: str) -> None:
         for c in o.outputs:
             toks = list(c.token_ids)
             v = [lp[t].logprob for lp, t in zip(c.logprobs, toks)]
-            ((ids, att, mask, mm, _, _),) = list(make_microbatches([Sequence(p, toks, 0.0, False)], 1, tok.pad_token_id, "cpu"))
+            (mb,) = make_microbatches([Sequence(p, toks, 0.0, False)], 1, tok.pad_token_id, "cpu")
             with torch.no_grad():
-                h = completion_logprobs(model, ids, att, mm, mask.shape[1], 1.0)[0, :len(toks)].tolist()
+                h = completion_logprobs(model, mb, 1.0)[0, :len(toks)].tolist()
             diffs.append(max(abs(a - b) for a, b in zip(v, h)))
     result["sampled_logprob_max_diff"] = max(diffs)
     result["sampled_sequences"] = len(diffs)
