@@ -21,6 +21,8 @@ from typing import Any, Iterator
 
 import torch
 
+from trainer.data import ChatData, read_jsonl
+
 log = logging.getLogger("trainer")
 
 
@@ -245,6 +247,34 @@ def load_processor(model_path: str, vision: bool):
     return tok
 
 
+@dataclass
+class JobData:
+    """What both trainers read before anything else: the job's processor and its files, as ChatData."""
+
+    vision: bool
+    processor: Any
+    """the model's processor (vision) or tokenizer (text)"""
+    tokenizer: Any
+    pad_id: int
+    train: ChatData
+    valid: ChatData | None
+
+
+def load_job_data(job) -> JobData:
+    """The processor of `job.model_path` and the job's training and (optional) validation files."""
+    vision = is_vision_model(job.model_path)
+    processor = load_processor(job.model_path, vision)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def read(path: str, what: str) -> ChatData:
+        rows, lines = read_jsonl(path, what)
+        return ChatData(rows, lines, processor, vision, what)
+
+    valid = read(job.validation_file, "validation file") if job.validation_file else None
+    return JobData(vision, processor, tokenizer, pad_id, read(job.train_file, "training file"), valid)
+
+
 def load_model(model_path: str, vision: bool, dtype: torch.dtype, *, freeze_vision: bool = False,
                lora: LoraSpec | None = None, gradient_checkpointing: bool = False):
     """The trainable model (AutoModelForImageTextToText or AutoModelForCausalLM), optionally with LoRA."""
@@ -302,8 +332,11 @@ def deepspeed_config(*, micro_batch: int, grad_accum: int, world: int, zero_stag
         "train_batch_size": micro_batch * grad_accum * world,
         "gradient_clipping": max_grad_norm,
         "bf16": {"enabled": bf16},
+        # torch's AdamW fused into one kernel over all parameters (same update as its per-parameter loop):
+        # 5x faster on the tiny model on CPU, where the loop's overhead is most of the optimizer step.
         "optimizer": {"type": "AdamW", "params": {"lr": lr, "betas": [0.9, 0.999], "eps": 1e-8,
-                                                   "weight_decay": weight_decay, "torch_adam": torch_adam}},
+                                                   "weight_decay": weight_decay, "torch_adam": torch_adam,
+                                                   **({"fused": True} if torch_adam else {})}},
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from trainer import hparams
-from trainer.data import ChatData, cat_mm, pad_per_token, read_jsonl
+from trainer.data import ChatData, cat_mm, pad_per_token
 from trainer.hparams import TrainingConfig, get, positive
-from trainer.runtime import (Checkpointer, TrainerError, all_reduce, epoch_order, is_vision_model, load_processor, lr_at,
+from trainer.runtime import (Checkpointer, TrainerError, all_reduce, epoch_order, load_job_data, lr_at,
                              memory_stats, prepare_policy, seed_everything, set_lr, write_rank_digest)
 
 
@@ -74,16 +74,8 @@ def token_loss_sums(model, input_ids, attention_mask, labels, mm):
 def main(job, events, dist, signals) -> str:
     t_setup = time.perf_counter()
     output_dir = Path(job.output_dir)
-    vision = is_vision_model(job.model_path)
-    processor = load_processor(job.model_path, vision)
-    tokenizer = getattr(processor, "tokenizer", processor)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    train_rows, train_lines = read_jsonl(job.train_file, "training file")
-    train = ChatData(train_rows, train_lines, processor, vision, "training file")
-    valid = None
-    if job.validation_file:
-        valid_rows, valid_lines = read_jsonl(job.validation_file, "validation file")
-        valid = ChatData(valid_rows, valid_lines, processor, vision, "validation file")
+    job_data = load_job_data(job)
+    vision, pad_id, train, valid = job_data.vision, job_data.pad_id, job_data.train, job_data.valid
     cfg = SFTConfig.resolve(job.hyperparameters, len(train), dist.world)
 
     per_rank = cfg.batch_size // dist.world
