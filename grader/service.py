@@ -90,6 +90,11 @@ def create_app(*, token: str | None = None, endpoint: ModelEndpoint | None = Non
         return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": param,
                                        "code": code}}, status)
 
+    @app.exception_handler(GraderValidationError)
+    async def invalid_grader(_request: Request, e: GraderValidationError) -> JSONResponse:
+        """Every endpoint takes a grader spec; a bad one is a 400 naming the field under `grader`."""
+        return error(400, e.message, e.prefixed("grader").param, "invalid_grader")
+
     @app.middleware("http")
     async def auth(request: Request, call_next):
         if token and request.url.path != "/health":
@@ -115,10 +120,7 @@ def create_app(*, token: str | None = None, endpoint: ModelEndpoint | None = Non
 
     @app.post("/v1/grade")
     def grade(body: GradeRequest):
-        try:
-            g = compiled(body.grader)
-        except GraderValidationError as e:
-            return error(400, e.message, e.prefixed("grader").param, "invalid_grader")
+        g = compiled(body.grader)
         if body.item_index is None:
             items = body.items
         else:
@@ -131,18 +133,12 @@ def create_app(*, token: str | None = None, endpoint: ModelEndpoint | None = Non
 
     @app.post("/v1/fine_tuning/alpha/graders/validate")
     def validate(body: GraderValidateRequest):
-        try:
-            spec = validate_grader(body.grader)
-        except GraderValidationError as e:
-            return error(400, e.message, e.prefixed("grader").param, "invalid_grader")
+        spec = validate_grader(body.grader)
         return {"grader": spec.model_dump(mode="json", exclude_none=True)}
 
     @app.post("/v1/fine_tuning/alpha/graders/run")
     def run_one(body: GraderRunRequest):
-        try:
-            spec = validate_grader(body.grader)
-        except GraderValidationError as e:
-            return error(400, e.message, e.prefixed("grader").param, "invalid_grader")
+        spec = validate_grader(body.grader)
         return run(spec, body.model_sample, body.item or {}, endpoint=endpoint, sandbox=sandbox)
 
     return app

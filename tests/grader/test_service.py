@@ -92,6 +92,11 @@ def test_auth_and_errors(service):
     assert r.status_code == 200 and r.json()["reward"] == 1.0
     r = httpx.post(service + "/v1/fine_tuning/alpha/graders/validate", headers=h, json={"grader": SPEC})
     assert r.status_code == 200 and r.json()["grader"]["type"] == "multi"
+    for path, extra in (("/v1/fine_tuning/alpha/graders/validate", {}), ("/v1/fine_tuning/alpha/graders/run", {"model_sample": "x"})):
+        r = httpx.post(service + path, headers=h, json={"grader": {"type": "string_check", "name": "s", "input": "{{sample.output_text}}",
+                                                                   "reference": "a", "operation": "nope"}, **extra})
+        assert r.status_code == 400, path
+        assert r.json()["error"]["code"] == "invalid_grader" and r.json()["error"]["param"] == "grader.operation", r.json()
 
 
 def test_items_are_sent_once_per_batch(service):
