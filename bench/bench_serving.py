@@ -11,7 +11,9 @@ The API runs in its own process (as in production), the vLLM server is the one i
 the load generator is an asyncio httpx client. The proxy's throughput loss is measured two ways, each
 `--rounds` times, the median round reported: separate direct and proxied runs that alternate (simple, but on
 a shared machine the load drifts between runs), and side by side, direct and proxied requests interleaved in
-one run under the same load (`mixed_load`). Without `--model` the tiny Qwen2-VL is built (seed 0) into a
+one run under the same load (`mixed_load`). The side-by-side run also sends requests through a bare
+pass-through proxy (`BARE_HOP_SCRIPT`), the least any proxy can do, so that the cost of a hop as such and
+the cost our code adds to it are told apart. Without `--model` the tiny Qwen2-VL is built (seed 0) into a
 temporary folder.
 """
 
@@ -46,6 +48,27 @@ import uvicorn
 from api.settings import Settings
 from tests.serving.support import serving_app
 uvicorn.run(serving_app(Settings()), host="127.0.0.1", port={port}, log_level="warning")
+"""
+# The peer for the proxy's own cost: the least a proxy can do (aiohttp in, aiohttp out, no auth, no model
+# check, no rename), in its own process like ours. Any hop costs something on a 2-core machine where the
+# engine wants both cores; our API's loss beyond this one is what our code adds.
+BARE_HOP_SCRIPT = """
+import aiohttp
+from aiohttp import web
+
+async def handle(request):
+    body = await request.read()
+    async with request.app["session"].post("{upstream}" + request.path, data=body,
+                                           headers={{"content-type": "application/json"}}) as r:
+        return web.Response(body=await r.read(), status=r.status, content_type="application/json")
+
+async def start(app):
+    app["session"] = aiohttp.ClientSession()
+
+app = web.Application()
+app.on_startup.append(start)
+app.router.add_post("/v1/chat/completions", handle)
+web.run_app(app, host="127.0.0.1", port={port}, print=None)
 """
 
 
@@ -172,6 +195,16 @@ def main() -> None:
         engine_log = next((home / "logs" / "serving").glob(f"{MODEL}-*.log"))
         engine_url = f"http://127.0.0.1:{engine_log.stem.rsplit('-', 1)[1]}"
         print(f"engine ready after {results['cold_start_s']:.1f} s (first request through the API); engine at {engine_url}", flush=True)
+        hop_port = free_port()
+        hop = subprocess.Popen([sys.executable, "-c", BARE_HOP_SCRIPT.format(upstream=engine_url, port=hop_port)],
+                               stdout=open(home / "hop.log", "wb"), stderr=subprocess.STDOUT)
+        hop_url = f"http://127.0.0.1:{hop_port}"
+        for _ in range(100):
+            try:
+                httpx.post(hop_url + "/v1/chat/completions", timeout=60, json={"model": MODEL, "messages": MESSAGES, "max_tokens": 1})
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
         for c in args.concurrency:
             runs: dict[str, list[dict]] = {"direct": [], "api": []}
             for _ in range(args.rounds):
@@ -185,32 +218,39 @@ def main() -> None:
             # paired: each proxied run against the direct run just before it, the median of those ratios
             ratios = sorted(a["tokens_per_s"] / d["tokens_per_s"] for d, a in zip(runs["direct"], runs["api"]))
             results["runs"][f"api@{c}"]["loss_vs_direct"] = 1 - ratios[len(ratios) // 2]
-            mixed = [asyncio.run(mixed_load({"direct": (engine_url, {}), "api": (api_url, headers)}, MODEL, c, args.requests, args.tokens))
-                     for _ in range(args.rounds)]
-            mixed_losses = sorted(1 - m["direct"] / m["api"] for m in mixed)
-            results["runs"][f"api@{c}"]["mixed_loss_vs_direct"] = mixed_losses[len(mixed_losses) // 2]
-            results["runs"][f"api@{c}"]["mixed_losses"] = mixed_losses
-            d, a = results["runs"][f"direct@{c}"], results["runs"][f"api@{c}"]
+            targets = {"direct": (engine_url, {}), "hop": (hop_url, {}), "api": (api_url, headers)}
+            mixed = [asyncio.run(mixed_load(targets, MODEL, c, args.requests, args.tokens)) for _ in range(args.rounds)]
+            a = results["runs"][f"api@{c}"]
+            for key, (slow, fast) in {"mixed_loss_vs_direct": ("api", "direct"), "bare_hop_loss_vs_direct": ("hop", "direct"),
+                                      "mixed_loss_vs_bare_hop": ("api", "hop")}.items():
+                losses = sorted(1 - m[fast] / m[slow] for m in mixed)
+                a[key], a[key + "_rounds"] = losses[len(losses) // 2], losses
+            d = results["runs"][f"direct@{c}"]
             print(f"c={c}: direct {d['tokens_per_s']:.0f} tok/s, api {a['tokens_per_s']:.0f} tok/s; paired throughput loss "
                   f"{100 * a['loss_vs_direct']:+.1f}% (per round: {', '.join(f'{100 * (1 - r):+.0f}%' for r in ratios)}); "
                   f"API process CPU {a['api_cpu_ms_per_request']:.2f} ms per request; side by side: loss "
-                  f"{100 * a['mixed_loss_vs_direct']:+.1f}% (per round: {', '.join(f'{100 * x:+.0f}%' for x in a['mixed_losses'])})", flush=True)
+                  f"{100 * a['mixed_loss_vs_direct']:+.1f}% (per round: {', '.join(f'{100 * x:+.0f}%' for x in a['mixed_loss_vs_direct_rounds'])}), "
+                  f"a bare hop's {100 * a['bare_hop_loss_vs_direct']:+.1f}%, ours vs the bare hop {100 * a['mixed_loss_vs_bare_hop']:+.1f}%",
+                  flush=True)
     finally:
-        api.terminate()
-        api.wait(60)
+        for proc in (api, locals().get("hop")):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(60)
     for c in args.concurrency:
         results["runs"][f"transformers@{c}"] = hf_baseline(folder, c, args.requests, args.tokens)
         print(f"c={c}: transformers.generate {results['runs'][f'transformers@{c}']['tokens_per_s']:.0f} tok/s", flush=True)
 
-    print("\n| concurrency | server | completion tok/s | p50 s | p95 s | loss vs direct, separate runs | loss vs direct, side by side | API CPU ms/request |\n|---|---|---|---|---|---|---|---|")
+    print("\n| concurrency | server | completion tok/s | p50 s | p95 s | loss vs direct, separate runs | loss vs direct, side by side "
+          "| bare hop's loss vs direct, side by side | loss vs bare hop, side by side | API CPU ms/request |\n" + "|---" * 10 + "|")
     for c in args.concurrency:
         for name in ("direct", "api", "transformers"):
             x = results["runs"][f"{name}@{c}"]
             label = {"direct": "vLLM directly", "api": "vLLM through our API", "transformers": "transformers.generate (batch)"}[name]
-            loss = f"{100 * x['loss_vs_direct']:+.1f}%" if "loss_vs_direct" in x else ""
+            cells = [f"{100 * x[k]:+.1f}%" if k in x else "" for k in ("loss_vs_direct", "mixed_loss_vs_direct",
+                                                                        "bare_hop_loss_vs_direct", "mixed_loss_vs_bare_hop")]
             cpu = f"{x['api_cpu_ms_per_request']:.2f}" if "api_cpu_ms_per_request" in x else ""
-            mixed = f"{100 * x['mixed_loss_vs_direct']:+.1f}%" if "mixed_loss_vs_direct" in x else ""
-            print(f"| {c} | {label} | {x['tokens_per_s']:.0f} | {x['p50_s']:.3f} | {x['p95_s']:.3f} | {loss} | {mixed} | {cpu} |")
+            print(f"| {c} | {label} | {x['tokens_per_s']:.0f} | {x['p50_s']:.3f} | {x['p95_s']:.3f} | {' | '.join(cells)} | {cpu} |")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     shutil.rmtree(home, ignore_errors=True)
