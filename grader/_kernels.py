@@ -29,7 +29,9 @@ def skip_ws(b, i, end):
 
 @jit
 def number(b, i, end):
-    """Digits with at most one dot (no sign, no exponent, <= 15 digits) -> (value, next) or (nan, -1)."""
+    """Digits with at most one dot between digits (no sign, no exponent, no `10.` or `.5`, as in JSON and
+    `parse_boxes`; <= 15 digits) -> (value, next) or (nan, -1)."""
+    first = i
     mant = 0.0
     frac = 0
     dot = False
@@ -46,7 +48,7 @@ def number(b, i, end):
         else:
             break
         i += 1
-    if nd == 0 or nd > 15 or (i < end and (b[i] == 46 or b[i] == 101 or b[i] == 69)):
+    if nd == 0 or nd > 15 or (i < end and (b[i] == 46 or b[i] == 101 or b[i] == 69)) or (dot and (frac == 0 or b[first] == 46)):
         return np.nan, -1
     return mant / pow10[frac], i  # a table, not a pow() call: exact powers, same values
 

@@ -163,7 +163,8 @@ def parse_visual_rft_batch(texts: Sequence[str], accel: bool = True, extract: in
     dpos, drun = pos[digit], run[digit]
     after = (r_end[drun] - dpos - 1) - ((dot_at[drun] > dpos) & (ndots[drun] > 0))  # digits after this one
     ndig = r_len - ndots
-    good_run = (ndots <= 1) & (ndig > 0) & (ndig <= 15)
+    bare_dot = (ndots == 1) & ((dot_at == r_start) | (dot_at == r_end - 1))  # `.5` or `10.`: not JSON numbers
+    good_run = (ndots <= 1) & (ndig > 0) & (ndig <= 15) & ~bare_dot
     mant = np.bincount(drun, weights=(buf[dpos] - 48) * _POW10[np.clip(after, 0, 22)], minlength=r_start.size)
     frac = np.where(ndots > 0, r_end - dot_at - 1, 0)
     values = mant / _POW10[np.clip(frac, 0, 22)]

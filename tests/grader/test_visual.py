@@ -127,6 +127,32 @@ def test_vectorised_parser_agrees_with_the_general_one():
             assert got == want  # bit-exact, like float(str)
 
 
+@pytest.mark.parametrize("accel", [False, True])
+def test_fast_parsers_reject_the_numbers_json_rejects(accel):
+    """`10.` and `.5` are not numbers to JSON or to `parse_boxes`' patterns; the batch parsers (numpy and
+    compiled) must not read them either, or a completion would score differently in a small batch (parsed
+    by `parse_boxes`) and a large one."""
+    texts = ["[{'Position': [10., 20, 30, 40], 'Confidence': 0.5}]", "[{'Position': [10, 20, 30, 40], 'Confidence': .5}]",
+             "[{'Position': [10, 20, 30, 40.], 'Confidence': 0.5}]", "[{'Position': [10, 20.5, 30, 40], 'Confidence': 1.}]"] * 40
+    _, _, ok = B.parse_visual_rft_batch(texts, accel=accel)
+    assert not ok.any()  # so they go to parse_boxes, whatever the batch size
+    good = "[{'Position': [10, 20.5, 30, 40], 'Confidence': 1.0}]"
+    assert B.parse_visual_rft_batch([good] * 160, accel=accel)[2].all()
+
+
+def test_a_completion_scores_the_same_alone_and_in_a_large_batch():
+    item = {"boxes": [[10, 20, 30, 40]]}
+    texts = ["<answer>[{'Position': [10., 20, 30, 40], 'Confidence': 0.9}]</answer>",
+             "<answer>[{'Position': [10, 20, 30, 40], 'Confidence': .9}]</answer>",
+             "<answer>[{'Position': [10, 20, 30, 40], 'Confidence': 0.9}]</answer>"]
+    with grader.compile(DET) as g:
+        alone = [g.grade([t], [item]).rewards[0] for t in texts]
+        together = g.grade(texts * 100, [item] * 300).rewards
+    assert together == alone * 100
+    assert alone[0] == 0.0  # `10.` is no number (json.loads in Visual-RFT's reward refuses it too)
+    assert alone[2] == 1.0
+
+
 def test_reference_box_shapes():
     for value in ([[1, 2, 3, 4]], [1, 2, 3, 4], {"bbox": [1, 2, 3, 4]}, [{"Position": [1, 2, 3, 4], "Confidence": 1}],
                   "<answer>[{'Position': [1, 2, 3, 4], 'Confidence': 1}]</answer>", "[[1, 2, 3, 4]]"):
