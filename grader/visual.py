@@ -267,7 +267,7 @@ def iou_batch(spec: IouGrader, answers: Sequence[Any], references: Sequence[Any]
                 except SampleError as e:
                     errors[i] = e
         p_box = p_box / div[p_rows]
-    elif spec.input_format.coordinates != ref_conv.coordinates:  # norm1000 <-> norm1: one constant
+    elif not need_size and spec.input_format.coordinates != ref_conv.coordinates:  # norm1000 <-> norm1: one constant
         sa = B.scale_for(spec.input_format.coordinates, None)[0]
         sb = B.scale_for(ref_conv.coordinates, None)[0]
         p_box = p_box * (sb / sa)

@@ -393,3 +393,17 @@ def test_iou_grader_reads_the_text_of_any_sample_form():
     with grader.compile(both) as g:
         assert not g.children["det"].texts_only
         assert g.grade(samples, [item] * 3).rewards == [1.0, 1.0, 1.0]
+
+
+def test_pixel_answers_against_norm1000_references_when_no_answer_has_a_box():
+    """A batch in which no sample parses still grades each sample (a parse error), pixel space or not."""
+    spec = {"type": "iou", "name": "det", "input": "{{sample.output_text}}", "input_format": {"coordinates": "pixel"},
+            "reference_format": {"coordinates": "norm1000"}}
+    item = {"boxes": [[0, 0, 500, 500]], "image_size": [200, 100]}
+    with grader.compile(spec) as g:
+        none = g.grade([{"output_text": "garbage"}, {"output_text": "No Objects"}], [item, item]).results
+        assert [r.reward for r in none] == [0.0, 0.0]
+        assert none[0].errors["sample_parse_error"] and not none[0].errors["other_error"]
+        assert not any(none[1].errors.values())
+        hit = g.grade([{"output_text": "[[0, 0, 100, 50]]"}, {"output_text": "garbage"}], [item, item]).results
+        assert hit[0].reward == 1.0 and hit[1].errors["sample_parse_error"]
