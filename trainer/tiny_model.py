@@ -25,7 +25,7 @@ preprocessor_config.json): whatever loads this loads a real model given by path,
 
 Usage::
 
-    python -m trainer.tiny_model [--out DIR] [--seed 0] [--family qwen2_vl] [--force]
+    python -m trainer.tiny_model [--out DIR] [--seed 0] [--family qwen2_vl] [--size tiny] [--force]
 
 The default output is ``$VRFT_HOME/models/tiny-qwen2-vl`` (``VRFT_HOME`` defaults to ``./.vrft``). The
 folder is written atomically (built in a temporary folder beside it, then renamed) and carries a marker
@@ -117,6 +117,20 @@ VISION_HEADS = 2
 PATCH_SIZE = 14
 MERGE_SIZE = 2
 TEMPORAL_PATCH = 2
+
+# Sizes (``--size``): "tiny" is the dimensions above (the default model, byte-identical for a seed); larger
+# ones keep the head size (32) and mrope_section, so vLLM's CPU backend still loads them. A non-default
+# size is recorded in the marker file; the default's marker is unchanged.
+DEFAULT_SIZE = "tiny"
+MODEL_SIZES = {
+    "tiny": dict(text_hidden=TEXT_HIDDEN, text_layers=TEXT_LAYERS, text_heads=TEXT_HEADS, text_kv_heads=TEXT_KV_HEADS,
+                 text_intermediate=TEXT_INTERMEDIATE, vision_depth=VISION_DEPTH, vision_embed=VISION_EMBED,
+                 vision_heads=VISION_HEADS),
+    "small": dict(text_hidden=256, text_layers=4, text_heads=8, text_kv_heads=2, text_intermediate=512,
+                  vision_depth=4, vision_embed=128, vision_heads=4),
+    "base": dict(text_hidden=384, text_layers=6, text_heads=12, text_kv_heads=4, text_intermediate=1024,
+                 vision_depth=6, vision_embed=192, vision_heads=6),
+}
 
 
 def default_out_dir(family: str = "qwen2_vl") -> Path:
@@ -222,19 +236,22 @@ def train_tokenizer():
 
 # ----------------------------------------------------------------------------------------------- config
 
-def make_config(family: str, tok):
-    """The architecture's config, scaled down; token ids taken from the tokenizer."""
+def make_config(family: str, tok, size: str = DEFAULT_SIZE):
+    """The architecture's config, scaled down (`size`: a key of MODEL_SIZES); token ids taken from the tokenizer."""
+    if size not in MODEL_SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {tuple(MODEL_SIZES)}")
+    d = MODEL_SIZES[size]
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     vocab = -(-len(tok) // 64) * 64  # pad like the real models (len(tokenizer) < vocab_size)
     text = dict(
         vocab_size=vocab,
-        hidden_size=TEXT_HIDDEN,
-        intermediate_size=TEXT_INTERMEDIATE,
-        num_hidden_layers=TEXT_LAYERS,
-        num_attention_heads=TEXT_HEADS,
-        num_key_value_heads=TEXT_KV_HEADS,
+        hidden_size=d["text_hidden"],
+        intermediate_size=d["text_intermediate"],
+        num_hidden_layers=d["text_layers"],
+        num_attention_heads=d["text_heads"],
+        num_key_value_heads=d["text_kv_heads"],
         max_position_embeddings=4096,
-        max_window_layers=TEXT_LAYERS,
+        max_window_layers=d["text_layers"],
         rms_norm_eps=1e-6,
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": MROPE_SECTION},
         use_sliding_window=False,
@@ -253,17 +270,18 @@ def make_config(family: str, tok):
     if family == "qwen2_vl":
         from transformers import Qwen2VLConfig
 
-        vision = dict(depth=VISION_DEPTH, embed_dim=VISION_EMBED, hidden_size=TEXT_HIDDEN, num_heads=VISION_HEADS,
+        vision = dict(depth=d["vision_depth"], embed_dim=d["vision_embed"], hidden_size=d["text_hidden"],
+                      num_heads=d["vision_heads"],
                       mlp_ratio=2, patch_size=PATCH_SIZE, spatial_merge_size=MERGE_SIZE,
                       temporal_patch_size=TEMPORAL_PATCH, in_channels=3)
         return Qwen2VLConfig(text_config=text, vision_config=vision, **common)
     if family == "qwen2_5_vl":
         from transformers import Qwen2_5_VLConfig
 
-        vision = dict(depth=VISION_DEPTH, hidden_size=VISION_EMBED, intermediate_size=2 * VISION_EMBED,
-                      num_heads=VISION_HEADS, out_hidden_size=TEXT_HIDDEN, patch_size=PATCH_SIZE,
+        vision = dict(depth=d["vision_depth"], hidden_size=d["vision_embed"], intermediate_size=2 * d["vision_embed"],
+                      num_heads=d["vision_heads"], out_hidden_size=d["text_hidden"], patch_size=PATCH_SIZE,
                       spatial_merge_size=MERGE_SIZE, temporal_patch_size=TEMPORAL_PATCH, in_channels=3,
-                      window_size=112, fullatt_block_indexes=[VISION_DEPTH - 1], tokens_per_second=2)
+                      window_size=112, fullatt_block_indexes=[d["vision_depth"] - 1], tokens_per_second=2)
         return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)
     raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
 
@@ -315,12 +333,12 @@ def _current_umask() -> int:
     return 0o022
 
 
-def _build_into(folder: Path, seed: int, family: str) -> None:
+def _build_into(folder: Path, seed: int, family: str, size: str = DEFAULT_SIZE) -> None:
     import torch
     from transformers import AutoModelForImageTextToText, GenerationConfig
 
     tok = train_tokenizer()
-    config = make_config(family, tok)
+    config = make_config(family, tok, size)
 
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
@@ -342,7 +360,8 @@ def _build_into(folder: Path, seed: int, family: str) -> None:
         path.chmod(0o666 & ~umask)
 
     files = sorted(p.name for p in folder.iterdir() if p.is_file())
-    _write_json(folder / MARKER, {
+    extra = {} if size == DEFAULT_SIZE else {"size": size}  # the default model's marker stays as it was
+    _write_json(folder / MARKER, {**extra,
         "builder": "trainer.tiny_model",
         "builder_version": BUILDER_VERSION,
         "family": family,
@@ -353,13 +372,15 @@ def _build_into(folder: Path, seed: int, family: str) -> None:
     })
 
 
-def is_complete(folder: Path, seed: int = 0, family: str = "qwen2_vl") -> bool:
-    """True when ``folder`` holds a model built by this builder version with this family and seed."""
+def is_complete(folder: Path, seed: int = 0, family: str = "qwen2_vl", size: str = DEFAULT_SIZE) -> bool:
+    """True when ``folder`` holds a model built by this builder version with this family, seed and size."""
     try:
         marker = json.loads((Path(folder) / MARKER).read_text())
     except (OSError, ValueError):
         return False
     if (marker.get("builder_version"), marker.get("family"), marker.get("seed")) != (BUILDER_VERSION, family, seed):
+        return False
+    if marker.get("size", DEFAULT_SIZE) != size:
         return False
     files = marker.get("files") or {}
     return bool(files) and all(
@@ -378,31 +399,39 @@ def _lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def swap_into(tmp: Path, out: Path) -> None:
+    """Put the finished folder `tmp` at `out` (same filesystem): renamed in, an older `out` moved aside first,
+    so a reader sees the old folder or the new one, never half of one."""
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.rename(out, old / out.name)
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
+
+
 def build_tiny_model(out_dir: str | os.PathLike | None = None, seed: int = 0, family: str = "qwen2_vl",
-                     force: bool = False) -> Path:
+                     force: bool = False, size: str = DEFAULT_SIZE) -> Path:
     """Build the tiny model into ``out_dir`` (default: :func:`default_out_dir`) unless already there.
 
     Returns the folder's absolute path. Same seed -> byte-identical weights.
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
+    if size not in MODEL_SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {tuple(MODEL_SIZES)}")
     out = Path(out_dir if out_dir is not None else default_out_dir(family)).absolute()
-    if not force and is_complete(out, seed, family):
+    if not force and is_complete(out, seed, family, size):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with _lock(out.parent / f".{out.name}.lock"):
-        if not force and is_complete(out, seed, family):  # another process built it meanwhile
+        if not force and is_complete(out, seed, family, size):  # another process built it meanwhile
             return out
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         try:
-            _build_into(tmp, seed, family)
-            if out.exists():  # an older or different build: move it aside, then swap
-                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-                os.rename(out, old / out.name)
-                os.rename(tmp, out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, out)
+            _build_into(tmp, seed, family, size)
+            swap_into(tmp, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -414,18 +443,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="output folder (default: $VRFT_HOME/models/tiny-qwen2-vl, VRFT_HOME=./.vrft)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     parser.add_argument("--family", choices=FAMILIES, default="qwen2_vl")
+    parser.add_argument("--size", choices=tuple(MODEL_SIZES), default=DEFAULT_SIZE,
+                        help="model dimensions (default tiny: text hidden 128, 2 layers; see MODEL_SIZES)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the folder is complete")
     args = parser.parse_args(argv)
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # transformers may import DeepSpeed, which probes for GPUs
 
     out = Path(args.out if args.out is not None else default_out_dir(args.family)).absolute()
-    if not args.force and is_complete(out, args.seed, args.family):
-        print(f"{out}: up to date (builder v{BUILDER_VERSION}, {args.family}, seed {args.seed})")
+    if not args.force and is_complete(out, args.seed, args.family, args.size):
+        print(f"{out}: up to date (builder v{BUILDER_VERSION}, {args.family}, {args.size}, seed {args.seed})")
         return 0
     start = time.monotonic()
-    build_tiny_model(out, seed=args.seed, family=args.family, force=args.force)
+    build_tiny_model(out, seed=args.seed, family=args.family, force=args.force, size=args.size)
     marker = json.loads((out / MARKER).read_text())
-    print(f"{out}: ready, {args.family} with {marker['parameters']:,} parameters, seed {args.seed} "
+    print(f"{out}: ready, {args.family} ({args.size}) with {marker['parameters']:,} parameters, seed {args.seed} "
           f"({time.monotonic() - start:.1f} s)")
     return 0
 
