@@ -4,7 +4,8 @@ For each task and seed, through the service's public API only (the openai SDK ag
 script starts, or one already answering on --url):
 
 1. generate N training rows (synthetic, short answers) and a held-out set of M rows (an independent split);
-2. **warm start**: an SFT job on the base model (`tiny-qwen2-vl`) over the N rows;
+2. **warm start**: an SFT job on the base model (--base-model: `tiny-qwen2-vl`, random, by default; or a tiny model
+   pretrained by bench/pretrain_base.py on thousands of rows of another split) over the N rows;
 3. from the warm start, with the same N rows and the same compute budget:
    (a) **+SFT**: a second SFT job;
    (b) **+RFT**: a reinforcement (GRPO) job with the task's grader (`synthetic.grader_spec`);
@@ -20,6 +21,10 @@ Writes --out/results.json (every number, every job id, per-seed scores and a few
 (the table: mean +- sample standard deviation over seeds) and --out/learning.png.
 
     VRFT_HOME=/tmp/learn-bench .venv/bin/python bench/bench_learning.py --tasks grounding --seeds 0 1 2 --out bench/results
+    # from a pretrained tiny base (bench/pretrain_base.py, run first when the base's folder is missing), easier scenes:
+    VRFT_HOME=/tmp/learn-pre .venv/bin/python bench/bench_learning.py --base-model tiny-qwen2-vl-pre --pretrain 1500 \
+        --pretrain-stop-after 600 --pretrain-lr 5e-4 --pretrain-rows 8000 --max-objects 2 --plain-background \
+        --tasks grounding --seeds 0 1 2 --out /tmp/learn-pre/out
     .venv/bin/python bench/bench_learning.py --render bench/results/learning.json --out bench/results   # table + plot only
 
 The tables are rewritten after every finished (task, seed), so a run cut short still leaves an honest table of
@@ -48,7 +53,7 @@ import synthetic  # noqa: E402
 from demo.run import BASE, api_key, follow, healthy, start_server, stop_server, upload  # noqa: E402
 
 STAGES = ("base", "warm", "sft", "rft")
-LABELS = {"base": "baseline (random init)", "warm": "SFT warm start", "sft": "+SFT (a)", "rft": "+RFT (b)"}
+LABELS = {"base": "baseline", "warm": "SFT warm start", "sft": "+SFT (a)", "rft": "+RFT (b)"}
 SCORE_NAMES = {"grounding": "mean IoU", "detection": "detection reward (IoU+conf)", "classification": "accuracy"}
 MAX_TOKENS = {"grounding": 24, "detection": 48, "classification": 12}
 
@@ -62,6 +67,8 @@ def task_options(args: argparse.Namespace) -> dict:
         opts["sizes"] = ((args.image_size, args.image_size),)
     if args.plain_background:
         opts["noise_prob"] = 0.0
+    if getattr(args, "max_objects", None):
+        opts["max_objects"] = args.max_objects
     return opts
 
 
@@ -136,7 +143,8 @@ def evaluate(model_id: str, rows: list[dict], spec: dict, max_tokens: int) -> di
 
 # ---------------------------------------------------------------- one task, one seed
 
-def sft_job(client, model: str, rows: list[dict], epochs: int, args, seed: int, suffix: str, label: str):
+def sft_job(client, model: str, rows: list[dict], epochs: int, args, seed: int, suffix: str, label: str,
+            lr_multiplier: float | None = None):
     """An SFT job over `epochs` passes of `rows`, uploaded as ONE epoch of the rows repeated `epochs` times.
 
     Why: the SFT trainer checkpoints at every epoch end, and with a few rows an epoch lasts a second or two;
@@ -150,11 +158,12 @@ def sft_job(client, model: str, rows: list[dict], epochs: int, args, seed: int, 
     job = client.fine_tuning.jobs.create(model=model, training_file=file_id, suffix=suffix, seed=seed,
                                          method={"type": "supervised", "supervised": {"hyperparameters": {
                                              "n_epochs": 1, "batch_size": args.batch_size,
-                                             "learning_rate_multiplier": args.sft_lr_multiplier}}})
+                                             "learning_rate_multiplier": lr_multiplier or args.sft_lr_multiplier}}})
     job, metrics = follow(client, job.id, label, poll=2.0)
     losses = [m.get("train_loss") for m in metrics]
     return job, {"id": job.id, "model": job.fine_tuned_model, "from": model, "n_epochs": epochs,
-                 "steps": len(metrics), "sequences": args.n_train * epochs, "seconds": round(time.time() - t0, 1),
+                 "steps": len(metrics), "sequences": args.n_train * epochs,
+                 "learning_rate_multiplier": lr_multiplier or args.sft_lr_multiplier, "seconds": round(time.time() - t0, 1),
                  "trained_tokens": job.trained_tokens, "first_loss": losses[0] if losses else None,
                  "last_loss": losses[-1] if losses else None}
 
@@ -185,10 +194,11 @@ def run_one(client, task: str, seed: int, args: argparse.Namespace) -> dict:
     sft_epochs = args.sft_epochs or args.rft_epochs * args.num_generations
     print(f"== {task} seed {seed}: warm start {args.warm_epochs} epochs; +SFT {sft_epochs} epochs; "
           f"+RFT {args.rft_epochs} epochs x G={args.num_generations}", flush=True)
-    warm, warm_info = sft_job(client, BASE, data["sft"], args.warm_epochs, args, seed, f"learn-{task}-warm", "warm SFT")
+    warm, warm_info = sft_job(client, args.base_model, data["sft"], args.warm_epochs, args, seed, f"learn-{task}-warm",
+                              "warm SFT", lr_multiplier=args.warm_lr_multiplier)
     _, sft_info = sft_job(client, warm.fine_tuned_model, data["sft"], sft_epochs, args, seed, f"learn-{task}-sft", "+SFT")
     _, rft_info = rft_job(client, warm.fine_tuned_model, rft_file, spec, args, seed, f"learn-{task}-rft", max_tokens)
-    models = {"base": BASE, "warm": warm.fine_tuned_model, "sft": sft_info["model"], "rft": rft_info["model"]}
+    models = {"base": args.base_model, "warm": warm.fine_tuned_model, "sft": sft_info["model"], "rft": rft_info["model"]}
     evals = {}
     for stage in STAGES:
         evals[stage] = evaluate(models[stage], data["eval"], spec, max_tokens)
@@ -217,9 +227,30 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
+def base_note(args: argparse.Namespace) -> str:
+    """How the base model was made, for the table's header."""
+    info = getattr(args, "pretrain_info", None)
+    if not info:
+        return " (random init)" if args.base_model == BASE else ""
+    a = info["args"]
+    ev = info["evals"][-1] if info.get("evals") else {}
+    held = ", ".join(f"{t} {v['score']:.3f}" for t, v in ev.items() if t != "step") or "not recorded"
+    steps = info.get("step", a["steps"])
+    return (f" (`{BASE}`-architecture, size {a['size']}, {info['parameters']:,} parameters, pretrained by "
+            f"bench/pretrain_base.py: {steps} steps (of a {a['steps']}-step schedule, lr {a['lr']:g}) of {a['batch_size']} rows from a corpus of {a['rows']:,} "
+            f"{'/'.join(a['tasks'])} rows of split '{info['split']}'; its own held-out score: {held})")
+
+
+def scene_note(args: argparse.Namespace) -> str:
+    size = f"{args.image_size}x{args.image_size} images" if args.image_size else "the generator's image sizes"
+    objects = f"at most {args.max_objects} shapes" if getattr(args, "max_objects", None) else "up to 5 shapes"
+    background = "plain backgrounds" if args.plain_background else "half of the backgrounds noisy"
+    return f"{size}, {objects}, {background}"
+
+
 def markdown(summary: dict, runs: list[dict], args: argparse.Namespace, command: str, seconds: float) -> str:
     lines = [f"Held-out score, mean ± sample std over seeds; {args.n_train} training rows, {args.n_eval} held-out rows "
-             f"per seed; model `{BASE}`.", "",
+             f"per seed; base model `{args.base_model}`{base_note(args)}. Scenes: {scene_note(args)}.", "",
              "| task (metric) | seeds | baseline | SFT warm start | +SFT (a) | +RFT (b) | RFT − warm start | RFT − SFT (RFT wins) |",
              "|---|---|---|---|---|---|---|---|"]
     f = lambda d: f"{d['mean']:.3f} ± {d['std']:.3f}"  # noqa: E731
@@ -232,7 +263,7 @@ def markdown(summary: dict, runs: list[dict], args: argparse.Namespace, command:
     for r in runs:
         e = r["eval"]
         lines.append(f"- {r['task']} seed {r['seed']}: " + " / ".join(f"{e[s]['score']:.3f}" for s in STAGES)
-                     + f" (format ok: " + " / ".join(f"{e[s]['format_rate']:.2f}" for s in STAGES) + ")")
+                     + " (format ok: " + " / ".join(f"{e[s]['format_rate']:.2f}" for s in STAGES) + ")")
     lines += ["", "Compute per seed (training sequences through forward + backward; job wall time, mean over seeds):", ""]
     for task in summary:
         rs = [r for r in runs if r["task"] == task]
@@ -245,7 +276,7 @@ def markdown(summary: dict, runs: list[dict], args: argparse.Namespace, command:
     return "\n".join(lines) + "\n"
 
 
-def plot(path: Path, summary: dict, runs: list[dict]) -> None:
+def plot(path: Path, summary: dict, runs: list[dict], base_model: str = BASE) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -263,7 +294,7 @@ def plot(path: Path, summary: dict, runs: list[dict]) -> None:
                 ax.plot(list(xs), [r["eval"][k]["score"] for k in STAGES], "k.", alpha=0.6)
         ax.set_xticks(list(xs), [LABELS[k].replace(" (", "\n(") for k in STAGES], fontsize=8)
         ax.set(title=f"{task}", ylabel=f"held-out {SCORE_NAMES[task]}")
-    fig.suptitle(f"{BASE}: baseline / SFT warm start / +SFT / +RFT (mean ± std over seeds, dots: seeds)")
+    fig.suptitle(f"{base_model}: baseline / SFT warm start / +SFT / +RFT (mean ± std over seeds, dots: seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -271,15 +302,42 @@ def plot(path: Path, summary: dict, runs: list[dict]) -> None:
 
 def write_outputs(runs: list[dict], args: argparse.Namespace, home: Path, command: str, seconds: float) -> str:
     summary = summarise(runs)
-    results = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "command": command,
+    results = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "pretrain_info"},
+               "command": command,
                "vrft_home": str(home), "rollout_engine": os.environ["VRFT_ROLLOUT_ENGINE"],
                "evaluation": "local greedy transformers.generate of the served weights", "cpu_count": os.cpu_count(),
-               "seconds_total": round(seconds, 1), "summary": summary, "runs": runs}
+               "seconds_total": round(seconds, 1), "base_model_pretraining": args.pretrain_info,
+               "summary": summary, "runs": runs}
     (args.out / "learning.json").write_text(json.dumps(results, indent=2))
     md = markdown(summary, runs, args, command, seconds)
     (args.out / "learning.md").write_text(md)
-    plot(args.out / "learning.png", summary, runs)
+    plot(args.out / "learning.png", summary, runs, args.base_model)
     return md
+
+
+# ---------------------------------------------------------------- the base model
+
+def ensure_base(args: argparse.Namespace, home: Path) -> dict | None:
+    """The pretraining record of --base-model (bench/pretrain_base.py's marker), building it first if
+    --pretrain asks and the folder is missing. None for a model that was not made by pretrain_base.py."""
+    import subprocess
+
+    from bench.pretrain_base import MARKER
+
+    folder = home / "models" / args.base_model
+    if args.base_model != BASE and not (folder / "config.json").exists():
+        if not args.pretrain:
+            raise SystemExit(f"no base model {folder}: build it with bench/pretrain_base.py or pass --pretrain STEPS")
+        cmd = [sys.executable, str(REPO / "bench" / "pretrain_base.py"), "--name", args.base_model, "--size", args.pretrain_size,
+               "--tasks", *args.tasks, "--rows", str(args.pretrain_rows), "--steps", str(args.pretrain),
+               "--lr", str(args.pretrain_lr), "--image-size", str(args.image_size)]
+        cmd += ["--plain-background"] if args.plain_background else []
+        cmd += ["--max-objects", str(args.max_objects)] if args.max_objects else []
+        cmd += ["--stop-after", str(args.pretrain_stop_after)] if args.pretrain_stop_after else []
+        print("pretraining the base model:", " ".join(cmd), flush=True)
+        subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "VRFT_HOME": str(home)})
+    marker = folder / MARKER
+    return json.loads(marker.read_text()) if marker.exists() else None
 
 
 # ---------------------------------------------------------------- main
@@ -290,6 +348,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="the service (started here, with VRFT_HOME, if none answers; default: a free local port)")
     ap.add_argument("--api-key", default=None)
     ap.add_argument("--tasks", nargs="+", default=["grounding"], choices=synthetic.TASKS)
+    ap.add_argument("--base-model", default=BASE,
+                    help="the model the warm start starts from (a base model the service lists: $VRFT_HOME/models/<id>)")
+    ap.add_argument("--pretrain", type=int, default=0, metavar="STEPS",
+                    help="if --base-model's folder is missing, first build it with bench/pretrain_base.py: this many "
+                         "steps on --pretrain-rows rows of the --tasks, with this run's task options")
+    ap.add_argument("--pretrain-stop-after", type=int, default=None, help="pretrain_base.py --stop-after")
+    ap.add_argument("--pretrain-rows", type=int, default=16_000)
+    ap.add_argument("--pretrain-lr", type=float, default=2e-3)
+    ap.add_argument("--pretrain-size", default="tiny", help="trainer.tiny_model size of the pretrained base")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--n-train", type=int, default=32, help="few-shot training rows (warm start, +SFT and +RFT all use them)")
     ap.add_argument("--n-eval", type=int, default=32, help="held-out rows")
@@ -300,11 +367,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="+SFT epochs (default: rft_epochs x G, the same training sequences as +RFT)")
     ap.add_argument("--batch-size", type=int, default=4, help="rows (SFT) / prompts (RFT) per optimizer step")
     ap.add_argument("--sft-lr-multiplier", type=float, default=1.0)
+    ap.add_argument("--warm-lr-multiplier", type=float, default=None, help="warm start SFT (default: --sft-lr-multiplier)")
     ap.add_argument("--rft-lr-multiplier", type=float, default=1.0)
     ap.add_argument("--temperature", type=float, default=1.0, help="RFT sampling temperature")
     ap.add_argument("--beta", type=float, default=0.04, help="RFT KL weight")
     ap.add_argument("--image-size", type=int, default=112, help="square images of this side (0: the generator's sizes)")
     ap.add_argument("--plain-background", action="store_true", help="no noisy backgrounds (an easier setting)")
+    ap.add_argument("--max-objects", type=int, default=None, help="at most this many shapes a scene (an easier setting)")
     ap.add_argument("--nice", type=int, default=15, help="niceness of this process and the server it starts")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--render", type=Path, default=None,
@@ -313,11 +382,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.render:
         saved = json.loads(args.render.read_text())
-        run_args = argparse.Namespace(**{**saved["args"], "out": args.out})
+        run_args = argparse.Namespace(**{"base_model": BASE, **saved["args"], "out": args.out,
+                                         "pretrain_info": saved.get("base_model_pretraining")})
         args.out.mkdir(parents=True, exist_ok=True)
         md = markdown(summarise(saved["runs"]), saved["runs"], run_args, saved["command"], saved["seconds_total"])
         (args.out / "learning.md").write_text(md)
-        plot(args.out / "learning.png", summarise(saved["runs"]), saved["runs"])
+        plot(args.out / "learning.png", summarise(saved["runs"]), saved["runs"], run_args.base_model)
         print(md)
         return 0
 
@@ -340,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             args.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    args.pretrain_info = ensure_base(args, home)
     proc = None if healthy(args.url) else start_server(args.url, home)
     runs: list[dict] = []
     try:

@@ -1,0 +1,202 @@
+"""Pretrain a tiny Qwen2-VL base model on a large synthetic corpus, for the learning benchmark.
+
+Why: Visual-RFT starts from a model that already perceives (Qwen2-VL is pretrained); GRPO sharpens what the
+model can already sample. `trainer.tiny_model` is random, so RFT from it gets no reward signal (see
+bench/results/learning.md). This script gives the benchmark a base with coarse ability: plain supervised
+next-token training (the SFT trainer's loss, `trainer.sft.token_loss_sums`) of a fresh tiny model on many
+thousands of synthetic rows of the benchmark's tasks, drawn from their own split ("pretrain") and seed, so
+none of them is one of the benchmark's few-shot training rows (split "train") or held-out rows ("valid").
+
+The result is a normal model folder (what `trainer.tiny_model` writes, with trained weights) under
+`$VRFT_HOME/models/<name>`, which the service lists as a base model; the benchmark then starts its jobs from
+it (`bench_learning.py --base-model <name>`). Deterministic for a seed on one machine (fixed corpus, fixed
+order, fixed step count; torch CPU kernels).
+
+    VRFT_HOME=/tmp/learn-bench nice -n 19 .venv/bin/python bench/pretrain_base.py --name tiny-qwen2-vl-pre \\
+        --tasks grounding --rows 16000 --steps 1500
+
+Writes `<folder>/vrft_pretrain.json` (the options, the loss curve and the held-out scores at each eval).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import synthetic  # noqa: E402
+
+PRETRAIN_SPLIT = "pretrain"
+PRETRAIN_SEED = 7_000
+EVAL_SEED = 30_000  # its own held-out rows (split "valid"; the benchmark's are seeds 10_000 + seed)
+MAX_TOKENS = {"grounding": 24, "detection": 48, "classification": 12}
+MARKER = "vrft_pretrain.json"
+
+
+def task_options(args: argparse.Namespace) -> dict:
+    """The same synthetic options as bench_learning.task_options (keep the two in step)."""
+    opts: dict = {"short": True}
+    if args.image_size:
+        opts["sizes"] = ((args.image_size, args.image_size),)
+    if args.plain_background:
+        opts["noise_prob"] = 0.0
+    if args.max_objects:
+        opts["max_objects"] = args.max_objects
+    return opts
+
+
+def corpus(args: argparse.Namespace) -> list[dict]:
+    """args.rows SFT rows, spread evenly over the tasks, interleaved."""
+    opts = task_options(args)
+    per = [args.rows // len(args.tasks) + (i < args.rows % len(args.tasks)) for i in range(len(args.tasks))]
+    parts = [synthetic.generate(t, n, seed=args.data_seed, split=PRETRAIN_SPLIT, sft=True, **opts)
+             for t, n in zip(args.tasks, per)]
+    out = []
+    for i in range(max(per)):
+        out += [p[i] for p in parts if i < len(p)]
+    return out
+
+
+def evaluate(folder: Path, args: argparse.Namespace) -> dict:
+    """Held-out task score (the benchmark's metric) of the model in `folder`, greedy."""
+    import grader
+
+    from bench.bench_learning import generate_answers
+
+    out = {}
+    for task in args.tasks:
+        rows = synthetic.generate(task, args.n_eval, seed=EVAL_SEED, split="valid", **task_options(args))
+        spec = synthetic.grader_spec(task, short=True)
+        answers = generate_answers(folder, rows, MAX_TOKENS[task])
+        batch = grader.compile(spec).grade(answers, rows)
+        scores = batch.sub_rewards.get("task", batch.rewards)
+        out[task] = {"score": statistics.fmean(scores), "format": statistics.fmean(batch.sub_rewards.get("format", [0])),
+                     "samples": [[r["solution"], a] for r, a in list(zip(rows, answers))[:4]]}
+    return out
+
+
+def save(model, init: Path, out: Path, info: dict) -> None:
+    """Atomically replace `out` with the model's weights plus the tokenizer / processor files of `init`."""
+    from trainer.tiny_model import swap_into
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    for f in init.iterdir():
+        if f.is_file() and f.name not in ("model.safetensors", "vrft_tiny_model.json"):
+            shutil.copy2(f, tmp / f.name)
+    model.save_pretrained(tmp)
+    (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
+    tmp.chmod(0o755)
+    swap_into(tmp, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--name", default="tiny-qwen2-vl-pre", help="model id: folder $VRFT_HOME/models/<name>")
+    ap.add_argument("--out", type=Path, default=None, help="output folder (default $VRFT_HOME/models/<name>)")
+    ap.add_argument("--size", default="tiny", help="trainer.tiny_model size (tiny, small, base)")
+    ap.add_argument("--seed", type=int, default=0, help="init weights and batch order")
+    ap.add_argument("--tasks", nargs="+", default=["grounding"], choices=synthetic.TASKS)
+    ap.add_argument("--rows", type=int, default=16_000, help="corpus size (rows of split 'pretrain')")
+    ap.add_argument("--data-seed", type=int, default=PRETRAIN_SEED)
+    ap.add_argument("--steps", type=int, default=1500, help="length of the learning-rate schedule (warmup, cosine to 0.1x)")
+    ap.add_argument("--stop-after", type=int, default=None,
+                    help="stop after this many steps (the weights are then those of that step of the --steps schedule)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--weight-decay", type=float, default=0.01)
+    ap.add_argument("--eval-every", type=int, default=500, help="evaluate and save every this many steps")
+    ap.add_argument("--n-eval", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--image-size", type=int, default=112)
+    ap.add_argument("--plain-background", action="store_true")
+    ap.add_argument("--max-objects", type=int, default=None, help="grounding/detection: at most this many shapes")
+    args = ap.parse_args(argv)
+
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import torch
+
+    from trainer.data import ChatData
+    from trainer.runtime import load_model, load_processor
+    from trainer.sft import collate, token_loss_sums
+    from trainer.tiny_model import build_tiny_model
+
+    torch.set_num_threads(args.threads)
+    home = Path(os.environ.get("VRFT_HOME", REPO / ".vrft"))
+    out = (args.out or home / "models" / args.name).absolute()
+    t0 = time.time()
+    init = build_tiny_model(Path(tempfile.gettempdir()) / f"vrft-pretrain-init-{args.size}-{args.seed}",
+                            seed=args.seed, size=args.size)
+    processor = load_processor(str(init), True)
+    rows = corpus(args)
+    data = ChatData(rows, list(range(1, len(rows) + 1)), processor, True, "pretraining corpus")
+    examples = [data.sft_example(i) for i in range(len(rows))]
+    tok = processor.tokenizer
+    print(f"corpus: {len(rows)} rows ({', '.join(args.tasks)}), encoded in {time.time() - t0:.0f} s", flush=True)
+
+    torch.manual_seed(args.seed)
+    model = load_model(str(init), True, torch.float32)
+    model.train()
+    n_params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    gen = torch.Generator().manual_seed(args.seed)
+    order: list[int] = []
+    history, evals, losses = [], [], []
+    info = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "split": PRETRAIN_SPLIT, "eval_seed": EVAL_SEED, "parameters": n_params, "options": task_options(args)}
+    t_train = time.time()
+    last = min(args.stop_after or args.steps, args.steps)
+    for step in range(1, last + 1):
+        if len(order) < args.batch_size:
+            order += torch.randperm(len(examples), generator=gen).tolist()
+        batch, order = [examples[i] for i in order[:args.batch_size]], order[args.batch_size:]
+        lr = args.lr * (step / args.warmup if step <= args.warmup else
+                        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - args.warmup) / max(args.steps - args.warmup, 1))))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        ids, att, labels, mm = collate(batch, tok.pad_token_id, "cpu")
+        ce, correct, count = token_loss_sums(model, ids, att, labels, mm)
+        loss = ce / count
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if step % 50 == 0:
+            history.append({"step": step, "loss": statistics.fmean(losses[-50:]), "lr": lr,
+                            "seconds": round(time.time() - t_train, 1)})
+            print(f"step {step}/{args.steps}  loss {history[-1]['loss']:.4f}  lr {lr:.2e}  "
+                  f"{time.time() - t_train:.0f} s", flush=True)
+        if step % args.eval_every == 0 or step == last:
+            model.eval()
+            save(model, init, out, {**info, "step": step, "history": history, "evals": evals})
+            try:
+                e = evaluate(out, args)
+            except Exception as exc:  # noqa: BLE001 (an evaluation failure must not lose the training run)
+                print(f"eval step {step} failed: {type(exc).__name__}: {exc}", flush=True)
+                model.train()
+                continue
+            evals.append({"step": step, **{t: {"score": v["score"], "format": v["format"]} for t, v in e.items()}})
+            save(model, init, out, {**info, "step": step, "history": history, "evals": evals,
+                                    "samples": {t: v["samples"] for t, v in e.items()},
+                                    "seconds": round(time.time() - t0, 1)})
+            print(f"eval step {step}: " + ", ".join(f"{t} {v['score']:.3f} (format {v['format']:.2f})" for t, v in e.items())
+                  + f"  samples {e[args.tasks[0]]['samples'][:2]}", flush=True)
+            model.train()
+    print(f"{out}: {n_params:,} parameters, {last} steps, {(time.time() - t0) / 60:.1f} min", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
