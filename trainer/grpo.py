@@ -275,8 +275,8 @@ def make_microbatches(seqs: list[Sequence], size: int, pad_id: int, device) -> l
             mask[b, :len(s.completion_ids)] = 1
         out.append(MicroBatch(
             prompt_ids=ids.to(device), prompt_att=att.to(device), mm={k: v.to(device) for k, v in mm.items()},
-            per_token={k: v.to(device) for k, v in per_token.items()}, prompt_mm=[p.mm for p in prompts], owner=torch.tensor(owner, device=device),
-            completion_ids=comp.to(device), mask=mask.to(device),
+            per_token={k: v.to(device) for k, v in per_token.items()}, prompt_mm=[p.mm for p in prompts],
+            owner=torch.tensor(owner, device=device), completion_ids=comp.to(device), mask=mask.to(device),
             advantages=torch.tensor([s.advantage for s in chunk], dtype=torch.float32, device=device),
             truncated=torch.tensor([float(s.truncated) for s in chunk], device=device)))
     return out
