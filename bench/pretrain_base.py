@@ -35,24 +35,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import synthetic  # noqa: E402
+from bench.bench_learning import generate_answers, task_options  # noqa: E402  the benchmark's scenes and decoding
 
 PRETRAIN_SPLIT = "pretrain"
 PRETRAIN_SEED = 7_000
 EVAL_SEED = 30_000  # its own held-out rows (split "valid"; the benchmark's are seeds 10_000 + seed)
 MAX_TOKENS = {"grounding": 24, "detection": 48, "classification": 12}
 MARKER = "vrft_pretrain.json"
-
-
-def task_options(args: argparse.Namespace) -> dict:
-    """The same synthetic options as bench_learning.task_options (keep the two in step)."""
-    opts: dict = {"short": True}
-    if args.image_size:
-        opts["sizes"] = ((args.image_size, args.image_size),)
-    if args.plain_background:
-        opts["noise_prob"] = 0.0
-    if args.max_objects:
-        opts["max_objects"] = args.max_objects
-    return opts
 
 
 def corpus(args: argparse.Namespace) -> list[dict]:
@@ -70,8 +59,6 @@ def corpus(args: argparse.Namespace) -> list[dict]:
 def evaluate(folder: Path, args: argparse.Namespace) -> dict:
     """Held-out task score (the benchmark's metric) of the model in `folder`, greedy."""
     import grader
-
-    from bench.bench_learning import generate_answers
 
     out = {}
     for task in args.tasks:
