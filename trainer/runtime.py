@@ -153,6 +153,7 @@ class Signals:
 
     def __init__(self):
         self.pause_requested = False
+        self.cancel_requested = False
         signal.signal(signal.SIGUSR1, self._on_usr1)
         signal.signal(signal.SIGTERM, self._on_term)
 
@@ -161,10 +162,16 @@ class Signals:
 
     def _on_term(self, signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills outright
+        # Kept for `should_pause`: code the exception lands in may swallow it (a torch.compile'd frame's
+        # guard code does), and the next step boundary must still stop.
+        self.cancel_requested = True
         raise Cancelled()
 
     def should_pause(self, device: torch.device) -> bool:
-        """True on every rank when any rank was asked to pause (a collective: call it on all ranks)."""
+        """True on every rank when any rank was asked to pause (a collective: call it on all ranks).
+        Raises Cancelled if a SIGTERM came and its exception was lost on the way."""
+        if self.cancel_requested:
+            raise Cancelled()
         flag = torch.tensor([1.0 if self.pause_requested else 0.0], device=device)
         return bool(all_reduce(flag, "max").item() > 0)
 
