@@ -109,7 +109,8 @@ class JobRunner:
             output_dir=str(job_dir / "output"), hyperparameters=params.get("hyperparameters", {}),
             grader=params.get("grader"), response_format=params.get("response_format"), seed=job.seed,
             resume_from=self._resume_point(s, job, job_dir / "output"), grader_url=self.settings.grader_url,
-            rollout_engine=self.settings.rollout_engine, num_ranks=self.settings.trainer_num_ranks,
+            rollout_engine=self.settings.rollout_engine, rollout_compile=self.settings.rollout_compile,
+            num_ranks=self.settings.trainer_num_ranks,
         )
 
     def _resume_point(self, s: Session, job: Job, out_dir: Path) -> str | None:
@@ -137,6 +138,8 @@ class JobRunner:
         else:
             cmd = [sys.executable, "-m", "trainer", job_file]
         env = {**os.environ}
+        # torch.compile's kernels outlive the job (the next trainer start compiles in seconds, not a minute)
+        env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(st.cache_dir / "inductor"))
         (job_dir / "output" / "trainer.pid").unlink(missing_ok=True)  # a stale pid must never be signalled
         log_file = open(job_dir / "trainer.log", "ab")  # noqa: SIM115  (handed to the child)
         log.info("launching %s", " ".join(cmd))

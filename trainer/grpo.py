@@ -331,7 +331,8 @@ def main(job, events, dist, signals) -> str:
             kv_cache_bytes=kv_cache_bytes(engine.module.config, min(256, seqs_at_once) * max_len, dtype.itemsize))
         rollout.load_weights(export_weights(engine.module, cfg.zero_stage))
     else:
-        rollout = HFRollout(lambda: engine.module, tokenizer, stop_ids, pad_id, dist.device, cfg.zero_stage, suppress)
+        rollout = HFRollout(lambda: engine.module, tokenizer, stop_ids, pad_id, dist.device, cfg.zero_stage, suppress,
+                            compile_steps=job.rollout_compile)
     del probe
     eval_subset = _eval_subset(valid, cfg.max_eval_prompts, job.seed)
     ckpt = Checkpointer(output_dir, job.model_path, events, dist, cfg.zero_stage, cfg.keep_checkpoints,

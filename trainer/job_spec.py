@@ -54,6 +54,8 @@ class JobSpec:
     grader_url: str | None = None
     """Grade through a remote grader service instead of in-process."""
     rollout_engine: Literal["vllm", "hf"] = "vllm"
+    rollout_compile: bool = False
+    """`hf` engine: torch.compile its decode step (see trainer/README.md for what it costs and saves)."""
     num_ranks: int = 1
 
     def write(self, path: Path) -> None:

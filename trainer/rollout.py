@@ -62,9 +62,12 @@ class HFRollout:
     """prompts per decode call"""
 
     def __init__(self, get_model, tokenizer, stop_ids: list[int], pad_id: int, device: torch.device,
-                 zero_stage: int = 0, suppress_ids: list[int] = ()):
+                 zero_stage: int = 0, suppress_ids: list[int] = (), compile_steps: bool = False):
         self.get_model, self.tokenizer, self.suppress_ids = get_model, tokenizer, list(suppress_ids)
         self.stop_ids, self.pad_id, self.device, self.zero_stage = list(stop_ids), pad_id, device, zero_stage
+        # torch.compile of the decode step (not under ZeRO-3, whose hooks gather parameters per module).
+        self.compile_steps = compile_steps and zero_stage != 3
+        self._compiled: tuple[object, object] | None = None  # (model, its compiled wrapper)
 
     @torch.no_grad()
     def generate(self, prompts: list[Prompt], n: int, max_tokens: int, temperature: float, top_p: float,
@@ -95,9 +98,14 @@ class HFRollout:
         greedy = temperature == 0  # n identical completions: decode once
         # One seed per call: the step's samples depend on (seed, step, rank) only.
         generator = torch.Generator(self.device).manual_seed(seed)
-        seqs = decode(model, ids.to(self.device), att.to(self.device), mm, n=1 if greedy else n,
-                      max_new_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                      suppress_ids=self.suppress_ids, stop_ids=self.stop_ids, generator=generator)
+        # inference_mode, not only no_grad: no autograd bookkeeping at all (version counters, view tracking),
+        # about a tenth of a small model's decode step. Not under ZeRO-3, whose hooks may create parameter
+        # tensors inside it that training then could not use.
+        with torch.no_grad() if self.zero_stage == 3 else torch.inference_mode():
+            seqs = decode(model, ids.to(self.device), att.to(self.device), mm, n=1 if greedy else n,
+                          max_new_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                          suppress_ids=self.suppress_ids, stop_ids=self.stop_ids, generator=generator,
+                          step_model=self._step_model(model))
         if greedy:
             seqs = seqs.repeat_interleave(n, dim=0)
         rows = seqs.tolist()  # [len(prompts) * n, new tokens], each prompt's n rows together
@@ -110,6 +118,17 @@ class HFRollout:
             out.append(group)
         return out
 
+    def _step_model(self, model):
+        """The model the decode steps call: compiled once (inductor, shapes dynamic) when `compile_steps`.
+
+        The compiled wrapper shares the model's parameters (graph inputs, not constants), so optimizer steps
+        need no recompile; the prefill, with its images, stays eager (it runs once per call)."""
+        if not self.compile_steps:
+            return model
+        if self._compiled is None or self._compiled[0] is not model:
+            self._compiled = (model, torch.compile(model, dynamic=True))
+        return self._compiled[1]
+
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         pass  # generates with the training model itself
 
@@ -120,13 +139,14 @@ class HFRollout:
 @torch.no_grad()
 def decode(model, ids: torch.Tensor, att: torch.Tensor, mm: dict, *, n: int, max_new_tokens: int,
            temperature: float, top_p: float, suppress_ids: list[int], stop_ids: list[int],
-           generator: torch.Generator) -> torch.Tensor:
+           generator: torch.Generator, step_model=None) -> torch.Tensor:
     """Sample n continuations of each left-padded prompt: tokens [B * n, T], a prompt's n rows together.
 
     ids, att: [B, P] prompt tokens and attention mask (0 = left padding); mm: the processor's extra inputs
     (pixel_values, image_grid_thw, mm_token_type_ids, ...), given to the prefill only. temperature 0 = greedy.
     T <= max_new_tokens: the loop stops once every row has sampled a stop token; tokens after a row's first
-    stop token are junk (the caller cuts there).
+    stop token are junk (the caller cuts there). step_model: what the decode steps call instead of `model`
+    (its compiled wrapper; same parameters).
 
     What `model.generate(do_sample=True, top_k=0, num_return_sequences=n, suppress_tokens=...)` does, without
     its Python overhead (config validation, logits processor objects, stopping criteria, input preparation:
@@ -150,6 +170,7 @@ def decode(model, ids: torch.Tensor, att: torch.Tensor, mm: dict, *, n: int, max
     # [N, P]; None when no prompt is padded: the causal mask alone is right, and decode steps skip building one.
     att = att.repeat_interleave(n, dim=0) if not bool(att.all()) else None
 
+    step = model if step_model is None else step_model
     suppress = torch.tensor(list(suppress_ids), dtype=torch.long, device=ids.device)
     stops = torch.tensor(list(stop_ids), dtype=torch.long, device=ids.device)
     finished = torch.zeros(N, dtype=torch.bool, device=ids.device)
@@ -172,7 +193,7 @@ def decode(model, ids: torch.Tensor, att: torch.Tensor, mm: dict, *, n: int, max
         if att is not None:
             att = torch.cat([att, att.new_ones(N, 1)], dim=1)  # [N, P + t + 1]
         pos = pos + 1
-        out = model(input_ids=tok[:, None], attention_mask=att, position_ids=pos, past_key_values=cache,
+        out = step(input_ids=tok[:, None], attention_mask=att, position_ids=pos, past_key_values=cache,
                     use_cache=True)
         logits = out.logits[:, -1].float()  # [N, V]
     return torch.stack(tokens, dim=1)  # [N, T]

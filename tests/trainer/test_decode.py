@@ -141,3 +141,32 @@ def test_sampled_tokens_follow_the_model_distribution(vlm):
         mean, var = -(p * logp.nan_to_num(neginf=0)).sum(), (p * logp.nan_to_num(neginf=0) ** 2).sum()
         var = var - mean ** 2
         assert abs(logp[toks].mean() - (-mean)).item() <= 5 * math.sqrt(var.item() / n) + 1e-6
+
+
+def test_compiled_decode_steps_give_the_eager_tokens_and_follow_weight_updates(vlm):
+    """`compile_steps`: the same tokens as the eager loop (greedy and seeded sampling, padded image and
+    text prompts), and after an in-place update of the weights (what an optimizer step does) the compiled
+    steps use the new weights, with no stale copy baked into the graph."""
+    import copy
+
+    from trainer.rollout import HFRollout
+
+    model = copy.deepcopy(vlm["model"])
+    args = (vlm["tok"], vlm["stop"], vlm["tok"].pad_token_id, torch.device("cpu"), 0, vlm["suppress"])
+    eager, compiled = HFRollout(lambda: model, *args), HFRollout(lambda: model, *args, compile_steps=True)
+    prompts = [vlm["prompts"][3], vlm["prompts"][0], vlm["prompts"][1]]  # text-only first: left padding
+
+    def tokens(engine, temperature):
+        return [[c.token_ids for c in g] for g in engine.generate(prompts, 3, 12, temperature, 1.0, seeds=[4, 5, 6])]
+
+    before = {t: tokens(eager, t) for t in (0.0, 1.0)}
+    for t in (0.0, 1.0):
+        assert tokens(compiled, t) == before[t]
+    with torch.no_grad():  # a large step, so that the samples change
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    after = {t: tokens(eager, t) for t in (0.0, 1.0)}
+    assert after != before
+    for t in (0.0, 1.0):
+        assert tokens(compiled, t) == after[t]
+    assert compiled._compiled is not None and compiled._compiled[0] is model
