@@ -5,11 +5,13 @@ string_check on the colour, called as a TRL reward function for TRL), the same G
 learning rate, beta 0, loss "dapo", fp32, and the same fixed number of torch threads. Each runs in its own
 subprocess; the first `--warmup` steps are dropped and the median step time of the rest is compared.
 
-    python bench/bench_grpo.py [--steps 30] [--warmup 5] [--threads 1] [--engine hf|vllm|both] [--rounds 1]
+    python bench/bench_grpo.py [--steps 30] [--warmup 5] [--threads 1] [--engine hf hf-compile vllm] [--rounds 1]
 
 Ours: `python -m trainer JOB.json`; a step's time is the `timing.step.full_iteration` of its metrics event
 (sampling, grading, loss, optimizer step, weight sync). TRL: wall time between `on_step_end` callbacks
-(generation, reward, loss, optimizer step). Setup (model load, vLLM start) is excluded for both.
+(generation, reward, loss, optimizer step). Setup (model load, vLLM start) is excluded for both, and so
+are the first `--warmup` steps (with `hf-compile`, the first step holds torch.compile's one-off compile of
+the decode step: printed as "first step"). TRL runs on its defaults (transformers' `generate`, no compile).
 
 On a shared machine the load drifts between the runs; `--rounds R` alternates TRL and ours R times (each
 round in its own folder) and reports, per trainer, the median over rounds of its median step time, and the
@@ -74,7 +76,8 @@ def run_ours(model: Path, train: Path, work: Path, args, engine: str) -> list[fl
 
     out = work / f"ours-{engine}"
     job = JobSpec(job_id="bench", method="reinforcement", model_path=str(model), train_file=str(train),
-                  output_dir=str(out), grader=GRADER, seed=0, rollout_engine=engine, hyperparameters={
+                  output_dir=str(out), grader=GRADER, seed=0, rollout_engine=engine.removesuffix("-compile"),
+                  rollout_compile=engine.endswith("-compile"), hyperparameters={
                       "batch_size": args.prompts, "num_generations": args.generations,
                       "max_completion_length": args.tokens, "n_epochs": 1000, "beta": 0.0, "loss_type": "dapo",
                       "learning_rate": args.lr, "lr_scheduler": "constant", "eval_interval": 10 ** 6,
@@ -164,7 +167,7 @@ def run_trl(model: Path, rows: list[dict], work: Path, args) -> list[float]:
 def summary(name: str, times: list[float], warmup: int, samples_per_step: int) -> dict:
     kept = times[warmup:]
     med = statistics.median(kept)
-    return {"name": name, "steps": len(kept), "median_s": med, "mean_s": statistics.fmean(kept),
+    return {"name": name, "steps": len(kept), "median_s": med, "mean_s": statistics.fmean(kept), "first_s": times[0],
             "p90_s": sorted(kept)[int(0.9 * (len(kept) - 1))], "samples_per_s": samples_per_step / med}
 
 
@@ -181,7 +184,8 @@ def main() -> None:
     p.add_argument("--generations", type=int, default=4, help="completions per prompt (G)")
     p.add_argument("--tokens", type=int, default=32, help="max completion length")
     p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--engine", choices=["hf", "vllm", "both"], default="both")
+    p.add_argument("--engine", nargs="+", choices=["hf", "hf-compile", "vllm"], default=["hf", "hf-compile", "vllm"],
+                   help="our rollout engines to time (hf-compile: hf with torch.compile'd decode steps)")
     p.add_argument("--model", type=Path, default=None, help="model folder (default: build the tiny model)")
     p.add_argument("--work", type=Path, default=None)
     p.add_argument("--rounds", type=int, default=1, help="alternate TRL and ours this many times")
@@ -203,7 +207,7 @@ def main() -> None:
         folder = work if args.rounds == 1 else work / f"round-{k + 1}"
         folder.mkdir(parents=True, exist_ok=True)
         res = [summary("trl", run_trl(args.model, rows, folder, args), args.warmup, per_step)]
-        for engine in (["hf", "vllm"] if args.engine == "both" else [args.engine]):
+        for engine in args.engine:
             res.append(summary(f"ours-{engine}", run_ours(args.model, train, folder, args, engine), args.warmup,
                                per_step))
         for r in res:
@@ -217,10 +221,13 @@ def main() -> None:
     print(f"\nGRPO step time, tiny Qwen2-VL, {args.prompts} prompts x {args.generations} samples, "
           f"{args.tokens} tokens, {args.threads} thread(s), fp32, beta 0, dapo; median of {args.steps - args.warmup} steps"
           + (f", median of {args.rounds} rounds" if args.rounds > 1 else ""))
-    print(f"{'trainer':<12} {'median s/step':>14} {'mean':>8} {'p90':>8} {'samples/s':>10} {'x TRL time':>11}")
+    print(f"{'trainer':<16} {'median s/step':>14} {'mean':>8} {'p90':>8} {'samples/s':>10} {'x TRL time':>11} "
+          f"{'first step s':>13}")
     for r in results:
-        print(f"{r['name']:<12} {r['median_s']:>14.4f} {r['mean_s']:>8.4f} {r['p90_s']:>8.4f} "
-              f"{r['samples_per_s']:>10.1f} {r['x_trl']:>11.2f}")
+        print(f"{r['name']:<16} {r['median_s']:>14.4f} {r['mean_s']:>8.4f} {r['p90_s']:>8.4f} "
+              f"{r['samples_per_s']:>10.1f} {r['x_trl']:>11.2f} {r['first_s']:>13.2f}")
+    print("first step: not in the median; it holds one-off costs (hf-compile: torch.compile of the decode step, "
+          "shorter once its kernels are cached)")
     (work / "results.json").write_text(json.dumps({"summary": results, "rounds": rounds} if args.rounds > 1 else results,
                                                   indent=2))
     print(f"(details in {work})")
