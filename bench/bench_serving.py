@@ -15,6 +15,11 @@ one run under the same load (`mixed_load`). The side-by-side run also sends requ
 pass-through proxy (`BARE_HOP_SCRIPT`), the least any proxy can do, so that the cost of a hop as such and
 the cost our code adds to it are told apart. Without `--model` the tiny Qwen2-VL is built (seed 0) into a
 temporary folder.
+
+`--pin` puts the vLLM engine on CPU 0 and everything else (our API, the bare hop, this load generator) on
+CPU 1. On a GPU host the engine's compute does not share cores with the proxy; on a 2-core machine without
+pinning every hop takes CPU from the engine, which is a cost of the machine rather than of the proxy.
+Pinned, the measured loss is the proxy's own latency and CPU, not its competition with the engine.
 """
 
 from __future__ import annotations
@@ -124,6 +129,15 @@ async def mixed_load(targets: dict[str, tuple[str, dict]], model: str, concurren
     return {name: statistics.mean(xs) for name, xs in latencies.items()}
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of a process onto `cpus` (sched_setaffinity on a pid moves only that one thread)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), cpus)
+        except (ProcessLookupError, OSError):
+            pass  # a thread that ended meanwhile
+
+
 def hf_baseline(folder: Path, concurrency: int, requests: int, tokens: int) -> dict:
     """`transformers.generate`, fp32, greedy, the concurrent requests as one batch."""
     import base64
@@ -133,6 +147,7 @@ def hf_baseline(folder: Path, concurrency: int, requests: int, tokens: int) -> d
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    torch.set_num_threads(len(os.sched_getaffinity(0)))  # one per CPU this process may use (one when pinned)
     model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(folder)
     processor.tokenizer.padding_side = "left"
@@ -160,8 +175,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="alternating direct/proxied runs per concurrency; the median is kept")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--pin", action="store_true", help="the engine on CPU 0, API, hop and load generator on CPU 1")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
+    if args.pin and os.cpu_count() < 2:
+        p.error("--pin needs 2 CPUs")
 
     home = Path(tempfile.mkdtemp(prefix="vrft-bench-"))
     folder = home / "models" / MODEL
@@ -175,11 +193,14 @@ def main() -> None:
     env = {**os.environ, "VRFT_HOME": str(home), "VRFT_API_KEY": KEY, "VRFT_EMBEDDED_WORKER": "false", "VRFT_SERVING_DTYPE": args.dtype,
            "VRFT_SERVING_MAX_NUM_SEQS": str(max(args.concurrency)), "VRFT_SERVING_MAX_MODEL_LEN": "1024",
            "VRFT_SERVING_START_WAIT_SECONDS": "900", "PYTHONPATH": str(REPO)}
+    if args.pin:  # the API starts on CPU 0 so that the engine it starts inherits CPU 0; it moves to CPU 1 later
+        env["VLLM_CPU_OMP_THREADS_BIND"] = "0"
     api = subprocess.Popen([sys.executable, "-c", API_SCRIPT.format(port=port)], cwd=REPO, env=env,
-                           stdout=open(home / "api.log", "wb"), stderr=subprocess.STDOUT)
+                           stdout=open(home / "api.log", "wb"), stderr=subprocess.STDOUT,
+                           preexec_fn=(lambda: os.sched_setaffinity(0, {0})) if args.pin else None)
     api_proc = psutil.Process(api.pid)
     api_url, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {KEY}"}
-    results: dict = {"machine": f"{os.cpu_count()} cores", "tokens": args.tokens, "requests": args.requests, "dtype": args.dtype, "runs": {}}
+    results: dict = {"machine": f"{os.cpu_count()} cores", "pinned": args.pin, "tokens": args.tokens, "requests": args.requests, "dtype": args.dtype, "runs": {}}
     try:
         for _ in range(300):
             try:
@@ -195,9 +216,15 @@ def main() -> None:
         engine_log = next((home / "logs" / "serving").glob(f"{MODEL}-*.log"))
         engine_url = f"http://127.0.0.1:{engine_log.stem.rsplit('-', 1)[1]}"
         print(f"engine ready after {results['cold_start_s']:.1f} s (first request through the API); engine at {engine_url}", flush=True)
+        if args.pin:
+            pin(api.pid, {1})
+            pin(os.getpid(), {1})
+            engines = [c for c in api_proc.children(recursive=True)]
+            print(f"pinned: engine pids {[c.pid for c in engines]} on CPUs {sorted({x for c in engines for x in c.cpu_affinity()})}, "
+                  f"API and load generator on CPU 1", flush=True)
         hop_port = free_port()
         hop = subprocess.Popen([sys.executable, "-c", BARE_HOP_SCRIPT.format(upstream=engine_url, port=hop_port)],
-                               stdout=open(home / "hop.log", "wb"), stderr=subprocess.STDOUT)
+                               stdout=open(home / "hop.log", "wb"), stderr=subprocess.STDOUT)  # inherits CPU 1 when pinned
         hop_url = f"http://127.0.0.1:{hop_port}"
         for _ in range(100):
             try:
