@@ -286,7 +286,7 @@ def main(job, events, dist, signals) -> str:
     """Train; returns "finished" or "paused"."""
     import grader as graders
 
-    from trainer.rollout import HFRollout, VLLMRollout, kv_cache_bytes
+    from trainer.rollout import HFRollout, VLLMRollout, constrains, kv_cache_bytes
 
     t_setup = time.perf_counter()
     output_dir = Path(job.output_dir)
@@ -297,6 +297,9 @@ def main(job, events, dist, signals) -> str:
 
     if not job.grader:
         raise TrainerError("invalid_grader", "a reinforcement job needs a grader")
+    if constrains(job.response_format) and job.rollout_engine != "vllm":
+        raise TrainerError("unsupported_response_format", "response_format needs the vLLM rollout engine "
+                           f"(VRFT_ROLLOUT_ENGINE=vllm); the '{job.rollout_engine}' engine cannot constrain its samples")
     try:
         types = grader_types(job.grader)
         grader = graders.compile(job.grader, service_url=job.grader_url) if job.grader_url else graders.compile(job.grader)
@@ -328,7 +331,8 @@ def main(job, events, dist, signals) -> str:
             max_num_seqs=min(256, seqs_at_once), seed=job.seed,
             images_per_prompt=max(len(p.images) for p in probe) if vision else None, world_size=dist.world,
             cpu=cpu, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-            kv_cache_bytes=kv_cache_bytes(engine.module.config, min(256, seqs_at_once) * max_len, dtype.itemsize))
+            kv_cache_bytes=kv_cache_bytes(engine.module.config, min(256, seqs_at_once) * max_len, dtype.itemsize),
+            response_format=job.response_format)
         rollout.load_weights(export_weights(engine.module, cfg.zero_stage))
     else:
         rollout = HFRollout(lambda: engine.module, tokenizer, stop_ids, pad_id, dist.device, cfg.zero_stage, suppress,

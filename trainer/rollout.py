@@ -226,7 +226,8 @@ class VLLMRollout:
     def __init__(self, model_path: str, *, tokenizer, stop_ids: list[int], suppress_ids: list[int], dtype: torch.dtype,
                  max_model_len: int, max_num_seqs: int, seed: int, images_per_prompt: int | None,
                  world_size: int, cpu: bool, gpu_memory_utilization: float = 0.3,
-                 kv_cache_bytes: int | None = None, enforce_eager: bool | None = None):
+                 kv_cache_bytes: int | None = None, enforce_eager: bool | None = None,
+                 response_format: dict | None = None):
         import vllm
         from vllm import LLM
 
@@ -235,6 +236,7 @@ class VLLMRollout:
                         vllm.__version__, VLLM_PINNED)
         self.tokenizer, self.stop_ids = tokenizer, list(stop_ids)
         self.logit_bias = {int(t): -100.0 for t in suppress_ids} or None  # vLLM's floor for a bias
+        self.structured = structured_outputs(response_format)
         kwargs = dict(
             model=model_path,
             dtype={torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype],
@@ -244,6 +246,9 @@ class VLLMRollout:
             enforce_eager=cpu if enforce_eager is None else enforce_eager,
             distributed_executor_backend="uni" if world_size == 1 else "external_launcher",
             enable_prefix_caching=True,
+            # JSON whitespace carries nothing, and a small model would spend its token budget on it (the
+            # per-request flag of StructuredOutputsParams is not read by vLLM 0.32; this one needs the backend named)
+            structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
         )
         if images_per_prompt is not None:
             kwargs["limit_mm_per_prompt"] = {"image": max(images_per_prompt, 1), "video": 0}
@@ -263,7 +268,7 @@ class VLLMRollout:
         greedy = temperature == 0  # vLLM refuses n > 1 with greedy decoding: decode once, repeat
         params = [SamplingParams(n=1 if greedy else n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
                                  max_tokens=max_tokens, seed=s, stop_token_ids=self.stop_ids, detokenize=False,
-                                 logit_bias=self.logit_bias)
+                                 logit_bias=self.logit_bias, structured_outputs=self.structured)
                   for s in seeds]
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         out = []
@@ -289,6 +294,26 @@ class VLLMRollout:
         with contextlib.suppress(Exception):
             self.llm.llm_engine.engine_core.shutdown()
         self.llm = None
+
+
+def constrains(response_format: dict | None) -> bool:
+    """Whether a job's `response_format` constrains the samples (json_object, json_schema; not text)."""
+    return bool(response_format) and response_format.get("type", "text") != "text"
+
+
+def structured_outputs(response_format: dict | None):
+    """OpenAI's `response_format` as vLLM's structured-output constraint (None: unconstrained).
+
+    The samples are drawn from the model's distribution restricted to the grammar, while the trainer's
+    log-probs are the unrestricted model's (as TRL and verl do with guided decoding): the policy learns
+    to put its mass on valid outputs. JSON whitespace is turned off for the engine (`VLLMRollout`)."""
+    if not constrains(response_format):
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if response_format["type"] == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    return StructuredOutputsParams(json=response_format["json_schema"]["schema"])
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ that hands a job to exactly one worker."""
 from __future__ import annotations
 
 import random
+import re
 import time
 from typing import Any
 
@@ -38,6 +39,8 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
     "cancelled": (),
 }
 GRADER_PARAM = "method.reinforcement.grader"
+RESPONSE_FORMAT_PARAM = "method.reinforcement.response_format"
+SCHEMA_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")  # OpenAI's rule for json_schema.name
 
 
 # ---------------------------------------------------------------- wire
@@ -98,7 +101,7 @@ def _check_training_file(session: Session, project: Project, file_id: str, param
     return f
 
 
-def _resolve_method(body: JobCreate) -> dict[str, Any]:
+def _resolve_method(body: JobCreate, settings: Settings) -> dict[str, Any]:
     method = body.method
     if method is None:
         hp = body.hyperparameters.model_dump() if body.hyperparameters else SupervisedMethod().hyperparameters.model_dump()
@@ -117,7 +120,44 @@ def _resolve_method(body: JobCreate) -> dict[str, Any]:
         raise APIError(400, "Missing required parameter: 'method.reinforcement' (with its 'grader').", param="method.reinforcement", code="missing_required_parameter")
     rl = method.reinforcement
     _validate_grader(rl.grader)
+    _validate_response_format(rl.response_format, settings)
     return {"type": "reinforcement", "reinforcement": rl.model_dump(exclude_none=True)}
+
+
+def _validate_response_format(rf: dict[str, Any] | None, settings: Settings) -> None:
+    """OpenAI's shapes: {"type": "text"}, {"type": "json_object"} or {"type": "json_schema", "json_schema":
+    {"name", "schema", "strict"?, "description"?}}, the schema a valid JSON Schema. The samples are then
+    constrained to it (the vLLM rollout engine's structured outputs)."""
+    import jsonschema
+
+    if rf is None:
+        return
+    P = RESPONSE_FORMAT_PARAM
+    kind = rf.get("type")
+    if kind not in ("text", "json_object", "json_schema"):
+        raise APIError(400, f"Invalid value for '{P}.type': {kind!r}; expected 'text', 'json_object' or 'json_schema'.",
+                       param=f"{P}.type", code="invalid_response_format")
+    if kind == "json_schema":
+        js = rf.get("json_schema")
+        if not isinstance(js, dict):
+            raise APIError(400, f"Missing required parameter: '{P}.json_schema' (an object with 'name' and 'schema').",
+                           param=f"{P}.json_schema", code="invalid_response_format")
+        if not isinstance(js.get("name"), str) or not SCHEMA_NAME.match(js["name"]):
+            raise APIError(400, f"Invalid '{P}.json_schema.name': 1-64 characters of a-z, A-Z, 0-9, '_' and '-'.",
+                           param=f"{P}.json_schema.name", code="invalid_response_format")
+        schema = js.get("schema")
+        if not isinstance(schema, dict):
+            raise APIError(400, f"Invalid '{P}.json_schema.schema': a JSON Schema object is required.",
+                           param=f"{P}.json_schema.schema", code="invalid_response_format")
+        try:
+            jsonschema.validators.validator_for(schema).check_schema(schema)
+        except jsonschema.SchemaError as e:
+            where = "/".join(str(x) for x in e.path) or "(root)"
+            raise APIError(400, f"Invalid '{P}.json_schema.schema' at {where}: {e.message}",
+                           param=f"{P}.json_schema.schema", code="invalid_response_format") from None
+    if kind != "text" and settings.rollout_engine != "vllm":
+        raise APIError(400, f"'{P}' needs the vLLM rollout engine to constrain the samples; this server samples "
+                       f"with '{settings.rollout_engine}' (VRFT_ROLLOUT_ENGINE).", param=P, code="unsupported_response_format")
 
 
 def _validate_grader(spec: dict[str, Any]) -> None:
@@ -131,7 +171,7 @@ def _validate_grader(spec: dict[str, Any]) -> None:
 
 
 def create_job(session: Session, settings: Settings, project: Project, body: JobCreate) -> Job:
-    method = _resolve_method(body)
+    method = _resolve_method(body, settings)
     if models_registry.resolve_trainable(session, settings, project, body.model) is None:
         raise APIError(400, f"Model '{body.model}' is not available for fine-tuning. GET /v1/models lists the base models.", param="model", code="model_not_found")
     _check_training_file(session, project, body.training_file, "training_file", method["type"])

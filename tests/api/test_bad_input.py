@@ -63,6 +63,16 @@ def rft(grader: dict | None = None, **hp) -> dict:
     return body
 
 
+def rft_rf(response_format: dict) -> dict:
+    body = rft()
+    body["reinforcement"]["response_format"] = response_format
+    return body
+
+
+def json_schema(schema, name: str = "answer") -> dict:
+    return {"type": "json_schema", "json_schema": {"name": name, "strict": True, "schema": schema}}
+
+
 def job(files: dict, **over) -> dict:
     body = {"model": "tiny-qwen2-vl", "training_file": files["rl"], "method": rft()}
     body.update(over)
@@ -106,6 +116,11 @@ CASES: list[Case] = [
     ("job-group-of-one", lambda f: ("POST", "/fine_tuning/jobs", {"json": job(f, method=rft(num_generations=1))}), 400, "method.reinforcement.hyperparameters.num_generations", ">= 2"),
     ("job-unknown-hyperparameter", lambda f: ("POST", "/fine_tuning/jobs", {"json": job(f, method=rft(warp_speed=9))}), 400, "method.reinforcement.hyperparameters.warp_speed", "Unrecognized"),
     ("job-bad-reasoning-effort", lambda f: ("POST", "/fine_tuning/jobs", {"json": job(f, method=rft(reasoning_effort="extreme"))}), 400, "method.reinforcement.hyperparameters.reasoning_effort", "reasoning_effort"),
+    ("job-response-format-unknown-type", lambda f: ("POST", "/fine_tuning/jobs", {"json": job(f, method=rft_rf({"type": "xml"}))}), 400, "method.reinforcement.response_format.type", "'xml'"),
+    ("job-response-format-no-json-schema", lambda f: ("POST", "/fine_tuning/jobs", {"json": job(f, method=rft_rf({"type": "json_schema"}))}), 400, "method.reinforcement.response_format.json_schema", "name"),
+    ("job-response-format-bad-name", lambda f: ("POST", "/fine_tuning/jobs", {"json": job(f, method=rft_rf(json_schema({"type": "object"}, name="a b")))}), 400, "method.reinforcement.response_format.json_schema.name", "1-64"),
+    ("job-response-format-no-schema", lambda f: ("POST", "/fine_tuning/jobs", {"json": job(f, method=rft_rf(json_schema(None)))}), 400, "method.reinforcement.response_format.json_schema.schema", "JSON Schema"),
+    ("job-response-format-invalid-schema", lambda f: ("POST", "/fine_tuning/jobs", {"json": job(f, method=rft_rf(json_schema({"type": "object", "properties": {"box": {"type": "objekt"}}})))}), 400, "method.reinforcement.response_format.json_schema.schema", "properties/box/type"),
     ("job-legacy-negative-epochs", lambda f: ("POST", "/fine_tuning/jobs", {"json": {"model": "tiny-qwen2-vl", "training_file": f["sft"], "hyperparameters": {"n_epochs": -3}}}), 400, "hyperparameters.n_epochs", ">= 1"),
     ("job-legacy-and-method", lambda f: ("POST", "/fine_tuning/jobs", {"json": job(f, hyperparameters={"n_epochs": 2})}), 400, "hyperparameters", "not both"),
     ("job-suffix-too-long", lambda f: ("POST", "/fine_tuning/jobs", {"json": job(f, suffix="s" * 65)}), 400, "suffix", "64"),

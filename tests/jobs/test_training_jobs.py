@@ -96,6 +96,38 @@ def test_rft_job_end_to_end(client: openai.OpenAI, tmp_path: Path) -> None:
     assert "scores.train_reward_mean" in table[0]
 
 
+COLOURS = ["blue", "green", "red"]
+VALID_JSON_GRADER = {"type": "python", "name": "valid", "source": f"""
+import json
+
+def grade(sample, item):
+    try:
+        answer = json.loads(sample["output_text"])
+    except ValueError:
+        return 0.0
+    return 1.0 if isinstance(answer, dict) and set(answer) == {{"colour"}} and answer["colour"] in {COLOURS!r} else 0.0
+"""}
+
+
+def test_rft_response_format_constrains_every_sample(client: openai.OpenAI, tmp_path: Path) -> None:
+    """A json_schema response_format: every training and validation sample of the random tiny model (which
+    never writes JSON on its own) is an object of exactly the schema, as the grader scores it."""
+    train = upload(client, tmp_path, synthetic.generate("classification", 4, seed=5, short=True), "train.jsonl")
+    valid = upload(client, tmp_path, synthetic.generate("classification", 2, seed=6, short=True, split="valid"), "valid.jsonl")
+    method = rft_method(max_completion_length=32)
+    method["reinforcement"]["grader"] = VALID_JSON_GRADER
+    method["reinforcement"]["response_format"] = {"type": "json_schema", "json_schema": {"name": "colour", "strict": True, "schema": {
+        "type": "object", "properties": {"colour": {"type": "string", "enum": COLOURS}},
+        "required": ["colour"], "additionalProperties": False}}}
+    job = client.fine_tuning.jobs.create(model="tiny-qwen2-vl", training_file=train, validation_file=valid, method=method, seed=1)
+    job = wait(client, job.id, lambda j: j.status in TERMINAL)
+    assert job.status == "succeeded", job.error
+    metrics = [e.data for e in events_of(client, job.id) if e.type == "metrics"]
+    assert len(metrics) == 2
+    for m in metrics:
+        assert m["scores"]["train_reward_mean"] == 1.0 and m["scores"]["valid_reward_mean"] == 1.0, m["scores"]
+
+
 def test_sft_then_rft_from_the_sft_model(client: openai.OpenAI, tmp_path: Path) -> None:
     sft_file = upload(client, tmp_path, synthetic.generate("classification", 6, seed=4, short=True, sft=True), "sft.jsonl")
     sft = client.fine_tuning.jobs.create(model="tiny-qwen2-vl", training_file=sft_file, suffix="warm",

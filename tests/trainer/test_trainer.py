@@ -187,6 +187,16 @@ def test_bad_row_found_late_gives_an_actionable_error(tiny_model, dataset, tmp_p
     assert "line 6" in err["message"] and "image" in err["message"]
 
 
+def test_response_format_on_the_hf_engine_fails_with_an_actionable_error(tiny_model, dataset, tmp_path):
+    """The API refuses this combination at job creation; a JOB.json written by other means still gets a clear error."""
+    job = write_job(tmp_path, tiny_model, dataset, response_format={"type": "json_object"})
+    rc, events, log = run_trainer(job, tmp_path)
+    assert rc == 1, log[-3000:]
+    err = events[-1]
+    assert err["type"] == "error" and err["code"] == "unsupported_response_format"
+    assert "VRFT_ROLLOUT_ENGINE=vllm" in err["message"]
+
+
 def test_two_cpu_ranks_under_the_deepspeed_launcher_stay_identical(tiny_model, dataset, tmp_path):
     job = write_job(tmp_path, tiny_model, dataset, rollout_engine="vllm",
                     hyperparameters={"n_epochs": 1, "batch_size": 2, "eval_interval": 2, "zero_stage": 2})
