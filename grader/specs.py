@@ -19,6 +19,9 @@ from grader.formula import Formula, FormulaError
 from grader.templates import check_template
 
 MAX_PYTHON_SOURCE_BYTES = 256 * 1024
+PYTHON_IMAGE_TAGS = ("2025-05-08",)
+"""OpenAI's python grader image tags this sandbox stands in for: its packages are those of that image,
+installed from PyPI (pyproject), except rdkit and scikit-bio (not installed)."""
 """OpenAI's limit on a python grader's source."""
 
 
@@ -128,7 +131,8 @@ class PythonGrader(_Spec):
     """The source code of the python script; must define `grade(sample, item)`."""
     type: Literal["python"]
     image_tag: Optional[str] = None
-    """Accepted for compatibility; the sandbox runs the service's own Python and packages."""
+    """OpenAI's package image; one of `PYTHON_IMAGE_TAGS` (the sandbox runs the service's Python with that
+    image's packages)."""
 
 
 class ScoreModelGrader(_Spec):
@@ -460,6 +464,10 @@ def _check_semantics(model: BaseModel, join) -> None:
         check_template(model.reference, join("reference"))
     elif isinstance(model, PythonGrader):
         _check_python(model.source, join)
+        if model.image_tag is not None and model.image_tag not in PYTHON_IMAGE_TAGS:
+            raise GraderValidationError(
+                f"Invalid value for '{join('image_tag')}': {model.image_tag!r}; this server provides "
+                f"{', '.join(map(repr, PYTHON_IMAGE_TAGS))} (or leave it out).", join("image_tag"))
     elif isinstance(model, ScoreModelGrader):
         if not model.input:
             raise GraderValidationError(f"Invalid value for '{join('input')}': must not be empty.", join("input"))

@@ -282,3 +282,20 @@ def test_compiled_grader_reports_sandbox_unavailable():
     g.close()
     assert r.reward == 0.0
     assert r.errors["python_grader_server_error"] and r.errors["python_grader_server_error_type"] == "sandbox_unavailable"
+
+
+def test_grader_image_packages_import_in_the_sandbox(cfg):
+    """The packages of OpenAI's grader image 2025-05-08 that this server provides run inside the sandbox."""
+    source = src("""
+        import deepdiff, jsonschema, nltk, numpy, pandas, pydantic, rapidfuzz, scipy, sklearn, sqlparse, sympy, yaml
+        from rouge_score import rouge_scorer
+        from ast_grep_py import SgRoot
+        r = rouge_scorer.RougeScorer(["rouge1"]).score("a red circle", sample["output_text"])["rouge1"].fmeasure
+        assert SgRoot("x = 1", "python").root().find(pattern="x = $A") is not None
+        assert not deepdiff.DeepDiff({"a": 1}, {"a": 1}) and sqlparse.format("select 1", keyword_case="upper") == "SELECT 1"
+        return r
+    """)
+    cfg2 = SandboxConfig(timeout_s=60, grace_s=2, memory_bytes=2 << 30, disk_bytes=64 << 20, workers=1)
+    with PythonGraderPool(source, cfg2) as pool:
+        res = pool.grade([{"output_text": "a red circle"}], [{}])[0]
+    assert res.kind is None and res.score == 1.0, res

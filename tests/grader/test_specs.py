@@ -74,6 +74,8 @@ def test_python_source_checks():
     validate_grader({**PY, "source": "from math import sqrt as grade\n"})
     validate_grader({**PY, "source": "grade = lambda s, i: 1.0\n"})
     validate_grader({**PY, "source": "def grade(*args):\n    return 1\n", "image_tag": "2025-05-08"})
+    e = err({**PY, "source": "def grade(*args):\n    return 1\n", "image_tag": "2031-01-01"})
+    assert e.param == "image_tag" and "2025-05-08" in e.message
 
 
 def test_templates_are_checked():
