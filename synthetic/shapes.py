@@ -53,7 +53,7 @@ Row fields (every row)
 ``solution``      the reference answer, the text that goes inside ``<answer></answer>``, in ``coordinates``.
 ``objects``       the whole scene: ``[{"colour": str, "shape": str, "box": [x1, y1, x2, y2]}, ...]`` in
     drawing order.
-``background``    ``"{grey name}"`` or ``"{grey name} noise"``.
+``background``    ``"{grey name}"`` or ``"{grey name} noise"``, plus ``" gradient"`` with ``gradient`` > 0.
 Detection adds ``category`` (``"red circle"``); grounding adds ``expression`` (``"the red circle left of the
 blue square"``), ``target`` / ``anchor`` (indices into ``objects``) and ``relation`` (``left`` / ``right`` /
 ``above`` / ``below``); classification adds ``label`` (``"dark red circle"``), ``colour`` and ``shape``.
@@ -123,6 +123,9 @@ FINE_PAIRS = (("red", "dark red"), ("green", "dark green"), ("blue", "light blue
 BACKGROUNDS: dict[str, int] = {"white": 250, "light gray": 210, "gray": 128, "dark gray": 60, "black": 8}
 """Grey levels; noisy backgrounds add per-pixel noise of +-NOISE_AMPLITUDE, equal on R, G and B."""
 NOISE_AMPLITUDE = 14
+GRADIENT_MAX = 96
+"""Largest `Options.gradient`: R - B of a background pixel stays within +-GRADIENT_MAX, below the 100 that
+separates every shape colour's channels, so a background pixel never takes a shape's colour."""
 
 SIZES: tuple[tuple[int, int], ...] = (
     (112, 112), (140, 140), (168, 168), (196, 196), (224, 224),
@@ -162,6 +165,13 @@ class Options:
     """Detection: share of scenes without the asked category (answer: No Objects)."""
     noise_prob: float = 0.5
     """Share of noisy backgrounds."""
+    gradient: int = 0
+    """Amplitude (grey levels, 0..GRADIENT_MAX) of an absolute-position cue in every background: the red channel
+    ramps by this much from the left edge to the right one, the blue channel from the top edge to the bottom one
+    (up for dark greys, down for light ones), so a background pixel's colour tells where it is. 0 (default):
+    grey backgrounds. The ramp is deterministic (no random draw), so a scene is the same with or without it
+    except for its background pixels; the channel spread stays below 100, so no background pixel can equal a
+    shape colour."""
     overlap: float = 0.0
     """Largest IoU allowed between two shapes' squares (0: no overlap, a 2-pixel gap)."""
     colours: tuple[str, ...] = tuple(COLOURS)
@@ -176,6 +186,8 @@ class Options:
             raise ValueError("need 1 <= min_objects <= max_objects")
         if self.max_targets < 1:
             raise ValueError("max_targets must be at least 1")
+        if not 0 <= self.gradient <= GRADIENT_MAX:
+            raise ValueError(f"gradient must be in [0, {GRADIENT_MAX}]")
         if not 0 <= self.empty_prob <= 1 or not 0 <= self.noise_prob <= 1 or not 0 <= self.overlap < 1:
             raise ValueError("empty_prob and noise_prob must be in [0, 1], overlap in [0, 1)")
         unknown = [c for c in self.colours if c not in COLOURS] + [s for s in self.shapes if s not in SHAPES]
@@ -310,15 +322,32 @@ def place_regions(rng: random.Random, n: int, width: int, height: int, lo: float
     return out
 
 
-def _background(rng: random.Random, width: int, height: int, noise_prob: float) -> tuple[np.ndarray, str]:
+def _background(rng: random.Random, width: int, height: int, noise_prob: float,
+                gradient: int = 0) -> tuple[np.ndarray, str]:
     name = rng.choice(sorted(BACKGROUNDS))
     level = BACKGROUNDS[name]
     if rng.random() < noise_prob:
         g = np.random.default_rng(rng.getrandbits(64))
         grey = level + g.integers(-NOISE_AMPLITUDE, NOISE_AMPLITUDE + 1, size=(height, width))
         grey = np.clip(grey, 0, 255).astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2), f"{name} noise"
-    return np.full((height, width, 3), level, dtype=np.uint8), name
+        bg, label = np.repeat(grey[:, :, None], 3, axis=2), f"{name} noise"
+    else:
+        bg, label = np.full((height, width, 3), level, dtype=np.uint8), name
+    if gradient:
+        bg, label = _position_ramp(bg, gradient, up=level < 128), f"{label} gradient"
+    return bg, label
+
+
+def _position_ramp(bg: np.ndarray, amplitude: int, up: bool) -> np.ndarray:
+    """`bg` with red ramping by `amplitude` along x and blue along y (up from dark greys, down from light ones)."""
+    height, width = bg.shape[:2]
+    sign = 1 if up else -1
+    rx = np.rint(np.linspace(0, amplitude, width)).astype(np.int16) * sign
+    ry = np.rint(np.linspace(0, amplitude, height)).astype(np.int16) * sign
+    out = bg.astype(np.int16)
+    out[:, :, 0] += rx[None, :]
+    out[:, :, 2] += ry[:, None]
+    return np.clip(out, 0, 255).astype(np.uint8)
 
 
 def render(objects: Sequence[Obj], background: np.ndarray) -> Image.Image:
@@ -417,7 +446,7 @@ def _distinct(rng: random.Random, opts: Options, avoid: set[str], shape: str | N
 def _scene_base(rng: random.Random, opts: Options, n: int, lo: float, hi: float) -> tuple[int, int, list, np.ndarray, str]:
     width, height = rng.choice(opts.sizes)
     regions = place_regions(rng, n, width, height, lo, hi, opts.overlap)
-    bg, bg_name = _background(rng, width, height, opts.noise_prob)
+    bg, bg_name = _background(rng, width, height, opts.noise_prob, opts.gradient)
     return width, height, regions, bg, bg_name
 
 
@@ -601,7 +630,7 @@ def generate(task: str, n: int, seed: int = 0, *, sft: bool = False, split: str 
              **options: Any) -> list[dict]:
     """`n` rows of `task` (see the module docstring for the fields). `options`: fields of `Options`
     (short, coordinates, system, sizes, min_objects, max_objects, max_targets, empty_prob, noise_prob,
-    overlap, colours, shapes, list_classes)."""
+    gradient, overlap, colours, shapes, list_classes)."""
     opts = _options(options)
     return [make_row(task, i, seed, sft=sft, split=split, opts=opts) for i in range(n)]
 

@@ -181,3 +181,45 @@ def test_options_overlap_system_and_errors():
             generate("detection", 1, **bad)
     with pytest.raises(ValueError):
         generate("segmentation", 1)
+
+
+@pytest.mark.parametrize("noise_prob", [0.0, 1.0])
+def test_gradient_background_encodes_position_and_keeps_boxes(noise_prob):
+    """Options.gradient: the same scenes (objects, boxes, answers), only the background changes; its red channel
+    ramps along x and its blue channel along y (so a pixel's colour tells where it is), G stays the grey level,
+    and no background pixel takes a shape colour (the boxes stay exact, see the first test)."""
+    amp = 60
+    plain = generate("grounding", 12, seed=5, noise_prob=noise_prob, max_objects=3)
+    ramped = generate("grounding", 12, seed=5, noise_prob=noise_prob, max_objects=3, gradient=amp)
+    for p, r in zip(plain, ramped):
+        assert (p["objects"], p["boxes"], p["solution"], p["messages"][-1]["content"][1]) == \
+               (r["objects"], r["boxes"], r["solution"], r["messages"][-1]["content"][1])
+        assert r["background"] == p["background"] + " gradient"
+        a, b = image_of(p).astype(int), image_of(r).astype(int)
+        h, w = a.shape[:2]
+        painted = np.zeros((h, w), dtype=bool)
+        for o in r["objects"]:
+            same = np.all(b == COLOURS[o["colour"]], axis=-1)
+            inside = np.zeros_like(same)
+            x1, y1, x2, y2 = o["box"]
+            inside[y1:y2, x1:x2] = same[y1:y2, x1:x2]
+            assert mask_box(inside) == o["box"]
+            if [q["colour"] for q in r["objects"]].count(o["colour"]) == 1:
+                assert mask_box(same) == o["box"]  # no background pixel has the shape's colour
+            painted |= inside
+        assert np.array_equal(a[painted], b[painted])  # shapes untouched
+        bg, grey = b[~painted], a[~painted]
+        assert np.array_equal(bg[:, 1], grey[:, 1])  # green: the grey itself
+        assert np.all(bg.max(axis=1) - bg.min(axis=1) <= amp)  # faint: never a saturated (shape) colour
+        if noise_prob == 0.0:  # plain grey: the ramp is exactly readable, monotone in x (red) and y (blue)
+            level = int(grey[0, 0])
+            dx, dy = b[:, :, 0] - level, b[:, :, 2] - level
+            sign = 1 if level < 128 else -1
+            ys, xs = np.nonzero(~painted)
+            want_x = np.rint(np.linspace(0, amp, w)).astype(int)[xs] * sign
+            want_y = np.rint(np.linspace(0, amp, h)).astype(int)[ys] * sign
+            assert np.array_equal(dx[ys, xs], want_x) and np.array_equal(dy[ys, xs], want_y)
+            assert abs(int(dx[ys, xs].max() - dx[ys, xs].min())) >= amp - 2  # spans the image
+    with pytest.raises(ValueError):
+        generate("grounding", 1, gradient=100)  # could reach a shape colour's channel spread
+    assert generate("grounding", 3, seed=5) == generate("grounding", 3, seed=5, gradient=0)  # default: unchanged
