@@ -25,7 +25,11 @@ Writes --out/results.json (every number, every job id, per-seed scores and a few
     VRFT_HOME=/tmp/learn-pre .venv/bin/python bench/bench_learning.py --base-model tiny-qwen2-vl-pre --pretrain 1500 \
         --pretrain-stop-after 600 --pretrain-lr 5e-4 --pretrain-rows 8000 --max-objects 2 --plain-background \
         --tasks grounding --seeds 0 1 2 --out /tmp/learn-pre/out
+    # an absolute-position cue in the pixels (a faint red/blue background ramp; Qwen2-VL's positions are relative):
+    ... --image-size 56 --gradient-background 96 --max-objects 2 --plain-background ...
     .venv/bin/python bench/bench_learning.py --render bench/results/learning.json --out bench/results   # table + plot only
+    # one process per seed side by side (each with its own VRFT_HOME and --out), then one table from their files:
+    .venv/bin/python bench/bench_learning.py --merge /tmp/s0/learning.json /tmp/s1/learning.json --out /tmp/merged
 
 The tables are rewritten after every finished (task, seed), so a run cut short still leaves an honest table of
 what it finished. Trainer rollouts use transformers (VRFT_ROLLOUT_ENGINE=hf unless set): no vLLM engine start
@@ -69,6 +73,8 @@ def task_options(args: argparse.Namespace) -> dict:
         opts["noise_prob"] = 0.0
     if getattr(args, "max_objects", None):
         opts["max_objects"] = args.max_objects
+    if getattr(args, "gradient_background", 0):
+        opts["gradient"] = args.gradient_background
     return opts
 
 
@@ -245,6 +251,8 @@ def scene_note(args: argparse.Namespace) -> str:
     size = f"{args.image_size}x{args.image_size} images" if args.image_size else "the generator's image sizes"
     objects = f"at most {args.max_objects} shapes" if getattr(args, "max_objects", None) else "up to 5 shapes"
     background = "plain backgrounds" if args.plain_background else "half of the backgrounds noisy"
+    if getattr(args, "gradient_background", 0):
+        background += f", with a position ramp of {args.gradient_background} levels (red along x, blue along y)"
     return f"{size}, {objects}, {background}"
 
 
@@ -333,11 +341,57 @@ def ensure_base(args: argparse.Namespace, home: Path) -> dict | None:
                "--lr", str(args.pretrain_lr), "--image-size", str(args.image_size)]
         cmd += ["--plain-background"] if args.plain_background else []
         cmd += ["--max-objects", str(args.max_objects)] if args.max_objects else []
+        cmd += ["--gradient-background", str(args.gradient_background)] if args.gradient_background else []
         cmd += ["--stop-after", str(args.pretrain_stop_after)] if args.pretrain_stop_after else []
         print("pretraining the base model:", " ".join(cmd), flush=True)
         subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "VRFT_HOME": str(home)})
     marker = folder / MARKER
     return json.loads(marker.read_text()) if marker.exists() else None
+
+
+# ---------------------------------------------------------------- merging runs made side by side
+
+PER_RUN_ARGS = {"seeds", "out", "url", "api_key", "render", "merge"}
+
+
+def merge(paths: list[Path], out: Path, argv: list[str]) -> int:
+    """One table from several learning.json files of this script that differ only in seeds (and --out):
+    their runs side by side, in the order given; refuses files whose other options differ."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    first = parts[0]
+    same = lambda a: {k: v for k, v in a.items() if k not in PER_RUN_ARGS}  # noqa: E731
+    for p, part in zip(paths, parts):
+        if same(part["args"]) != same(first["args"]):
+            diff = sorted(k for k in set(same(part["args"])) | set(same(first["args"]))
+                          if part["args"].get(k) != first["args"].get(k))
+            raise SystemExit(f"{p}: options differ from {paths[0]}'s ({', '.join(diff)}); not merging")
+        if part.get("base_model_pretraining") != first.get("base_model_pretraining"):
+            raise SystemExit(f"{p}: another base model than {paths[0]}'s; not merging")
+    runs = [r for part in parts for r in part["runs"]]
+    keys = [(r["task"], r["seed"]) for r in runs]
+    if len(set(keys)) != len(keys):
+        raise SystemExit(f"a (task, seed) appears twice: {keys}")
+    seeds = [s for part in parts for s in part["args"]["seeds"]]
+    command = "\n".join([f"# side by side, one process per seed ({len(parts)} processes):"]
+                         + [part["command"] for part in parts]
+                         + [".venv/bin/python bench/bench_learning.py " + " ".join(argv)])
+    seconds = max(part["seconds_total"] for part in parts)
+    run_args = argparse.Namespace(**{"base_model": BASE, **first["args"], "seeds": seeds, "out": out,
+                                     "pretrain_info": first.get("base_model_pretraining")})
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarise(runs)
+    results = {**{k: v for k, v in first.items() if k not in ("runs", "summary", "command", "seconds_total", "vrft_home")},
+               "args": {**first["args"], "seeds": seeds}, "command": command, "merged_from": [
+                   {"file": str(p), "command": part["command"], "vrft_home": part.get("vrft_home"),
+                    "seconds_total": part["seconds_total"]} for p, part in zip(paths, parts)],
+               "seconds_total": seconds, "summary": summary, "runs": runs}
+    (out / "learning.json").write_text(json.dumps(results, indent=2))
+    md = markdown(summary, runs, run_args, command, seconds)
+    md = md.replace("Command (wall time", "Commands (wall time of the longest process; they ran side by side,", 1)
+    (out / "learning.md").write_text(md)
+    plot(out / "learning.png", summary, runs, run_args.base_model)
+    print(md)
+    return 0
 
 
 # ---------------------------------------------------------------- main
@@ -374,11 +428,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-size", type=int, default=112, help="square images of this side (0: the generator's sizes)")
     ap.add_argument("--plain-background", action="store_true", help="no noisy backgrounds (an easier setting)")
     ap.add_argument("--max-objects", type=int, default=None, help="at most this many shapes a scene (an easier setting)")
+    ap.add_argument("--gradient-background", type=int, default=0, metavar="AMPLITUDE",
+                    help="backgrounds carry a faint red (x) / blue (y) ramp of this many grey levels: an absolute-position "
+                         "cue in the pixels (synthetic Options.gradient; 0: plain greys)")
     ap.add_argument("--nice", type=int, default=15, help="niceness of this process and the server it starts")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--render", type=Path, default=None,
                     help="only rebuild learning.md and learning.png in --out from a learning.json this script wrote")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="LEARNING_JSON",
+                    help="combine the runs of several learning.json files this script wrote with the same options "
+                         "(e.g. one process per seed, run side by side) into one learning.json/md/png in --out")
     args = ap.parse_args(argv)
+
+    if args.merge:
+        return merge(args.merge, args.out, argv if argv is not None else sys.argv[1:])
 
     if args.render:
         saved = json.loads(args.render.read_text())

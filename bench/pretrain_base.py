@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="output folder (default $VRFT_HOME/models/<name>)")
     ap.add_argument("--size", default="tiny", help="trainer.tiny_model size (tiny, small, base)")
     ap.add_argument("--seed", type=int, default=0, help="init weights and batch order")
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="start from this model folder's weights (e.g. an earlier run of this script) instead of random ones")
     ap.add_argument("--tasks", nargs="+", default=["grounding"], choices=synthetic.TASKS)
     ap.add_argument("--rows", type=int, default=16_000, help="corpus size (rows of split 'pretrain')")
     ap.add_argument("--data-seed", type=int, default=PRETRAIN_SEED)
@@ -109,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-size", type=int, default=112)
     ap.add_argument("--plain-background", action="store_true")
     ap.add_argument("--max-objects", type=int, default=None, help="grounding/detection: at most this many shapes")
+    ap.add_argument("--gradient-background", type=int, default=0, help="synthetic Options.gradient (position ramp)")
     args = ap.parse_args(argv)
 
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"corpus: {len(rows)} rows ({', '.join(args.tasks)}), encoded in {time.time() - t0:.0f} s", flush=True)
 
     torch.manual_seed(args.seed)
-    model = load_model(str(init), True, torch.float32)
+    model = load_model(str(args.init_from or init), True, torch.float32)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -142,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     history, evals, losses = [], [], []
     info = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "split": PRETRAIN_SPLIT, "eval_seed": EVAL_SEED, "parameters": n_params, "options": task_options(args)}
+    if args.init_from:
+        marker = Path(args.init_from) / MARKER
+        info["init_from"] = json.loads(marker.read_text()) if marker.exists() else str(args.init_from)
     t_train = time.time()
     last = min(args.stop_after or args.steps, args.steps)
     for step in range(1, last + 1):

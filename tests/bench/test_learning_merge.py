@@ -1,0 +1,48 @@
+"""bench_learning.py's pure parts: --merge of per-seed result files, and the scene options it passes on."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from bench import bench_learning as bl
+
+
+def part(seed: int, scores: dict, **extra_args) -> dict:
+    args = {"tasks": ["grounding"], "seeds": [seed], "n_train": 32, "n_eval": 32, "base_model": "m", "image_size": 56,
+            "plain_background": True, "max_objects": 2, "gradient_background": 96, "out": f"/tmp/x{seed}", **extra_args}
+    ev = {s: {"score": v, "format_rate": 1.0} for s, v in scores.items()}
+    jobs = {s: {"sequences": 1, "steps": 1, "seconds": 1.0} for s in ("warm", "sft", "rft")}
+    return {"args": args, "command": f"cmd {seed}", "seconds_total": 60.0 * (seed + 1), "base_model_pretraining": None,
+            "runs": [{"task": "grounding", "seed": seed, "jobs": jobs, "eval": ev}]}
+
+
+def test_merge_combines_seeds_and_refuses_other_options(tmp_path):
+    a = tmp_path / "a.json"
+    b = tmp_path / "b.json"
+    a.write_text(json.dumps(part(0, {"base": 0.1, "warm": 0.2, "sft": 0.3, "rft": 0.5})))
+    b.write_text(json.dumps(part(1, {"base": 0.1, "warm": 0.2, "sft": 0.1, "rft": 0.3})))
+    assert bl.main(["--merge", str(a), str(b), "--out", str(tmp_path / "out")]) == 0
+    got = json.loads((tmp_path / "out" / "learning.json").read_text())
+    assert got["args"]["seeds"] == [0, 1] and [r["seed"] for r in got["runs"]] == [0, 1]
+    s = got["summary"]["grounding"]
+    assert s["rft_minus_warm"]["mean"] == pytest.approx(0.2)
+    assert s["rft_minus_sft"]["mean"] == pytest.approx(0.2) and s["rft_minus_sft"]["wins"] == 2
+    assert got["seconds_total"] == 120.0 and "cmd 0" in got["command"] and "cmd 1" in got["command"]
+    md = (tmp_path / "out" / "learning.md").read_text()
+    assert "| grounding (mean IoU) | 0, 1 |" in md and "position ramp of 96 levels" in md
+    c = tmp_path / "c.json"
+    c.write_text(json.dumps(part(2, {"base": 0.1, "warm": 0.2, "sft": 0.3, "rft": 0.5}, image_size=112)))
+    with pytest.raises(SystemExit, match="image_size"):
+        bl.main(["--merge", str(a), str(c), "--out", str(tmp_path / "out2")])
+    with pytest.raises(SystemExit, match="twice"):
+        bl.main(["--merge", str(a), str(a), "--out", str(tmp_path / "out3")])
+
+
+def test_task_options_pass_the_gradient_on():
+    ns = argparse.Namespace(image_size=56, plain_background=True, max_objects=2, gradient_background=96)
+    assert bl.task_options(ns) == {"short": True, "sizes": ((56, 56),), "noise_prob": 0.0, "max_objects": 2, "gradient": 96}
+    ns.gradient_background = 0
+    assert "gradient" not in bl.task_options(ns)
