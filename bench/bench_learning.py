@@ -375,23 +375,29 @@ def merge(paths: list[Path], out: Path, argv: list[str]) -> int:
     command = "\n".join([f"# side by side, one process per seed ({len(parts)} processes):"]
                          + [part["command"] for part in parts]
                          + [".venv/bin/python bench/bench_learning.py " + " ".join(argv)])
-    seconds = max(part["seconds_total"] for part in parts)
-    run_args = argparse.Namespace(**{"base_model": BASE, **first["args"], "seeds": seeds, "out": out,
-                                     "pretrain_info": first.get("base_model_pretraining")})
-    out.mkdir(parents=True, exist_ok=True)
-    summary = summarise(runs)
     results = {**{k: v for k, v in first.items() if k not in ("runs", "summary", "command", "seconds_total", "vrft_home")},
                "args": {**first["args"], "seeds": seeds}, "command": command, "merged_from": [
                    {"file": str(p), "command": part["command"], "vrft_home": part.get("vrft_home"),
                     "seconds_total": part["seconds_total"]} for p, part in zip(paths, parts)],
-               "seconds_total": seconds, "summary": summary, "runs": runs}
+               "seconds_total": max(part["seconds_total"] for part in parts), "summary": summarise(runs), "runs": runs}
+    out.mkdir(parents=True, exist_ok=True)
     (out / "learning.json").write_text(json.dumps(results, indent=2))
-    md = markdown(summary, runs, run_args, command, seconds)
-    md = md.replace("Command (wall time", "Commands (wall time of the longest process; they ran side by side,", 1)
-    (out / "learning.md").write_text(md)
-    plot(out / "learning.png", summary, runs, run_args.base_model)
-    print(md)
+    print(render(results, out))
     return 0
+
+
+def render(saved: dict, out: Path) -> str:
+    """learning.md and learning.png in `out` from what a learning.json of this script holds; returns the table."""
+    run_args = argparse.Namespace(**{"base_model": BASE, **saved["args"], "out": out,
+                                     "pretrain_info": saved.get("base_model_pretraining")})
+    summary = summarise(saved["runs"])
+    md = markdown(summary, saved["runs"], run_args, saved["command"], saved["seconds_total"])
+    if saved.get("merged_from"):
+        md = md.replace("Command (wall time", "Commands (wall time of the longest process; they ran side by side,", 1)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "learning.md").write_text(md)
+    plot(out / "learning.png", summary, saved["runs"], run_args.base_model)
+    return md
 
 
 # ---------------------------------------------------------------- main
@@ -444,14 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         return merge(args.merge, args.out, argv if argv is not None else sys.argv[1:])
 
     if args.render:
-        saved = json.loads(args.render.read_text())
-        run_args = argparse.Namespace(**{"base_model": BASE, **saved["args"], "out": args.out,
-                                         "pretrain_info": saved.get("base_model_pretraining")})
-        args.out.mkdir(parents=True, exist_ok=True)
-        md = markdown(summarise(saved["runs"]), saved["runs"], run_args, saved["command"], saved["seconds_total"])
-        (args.out / "learning.md").write_text(md)
-        plot(args.out / "learning.png", summarise(saved["runs"]), saved["runs"], run_args.base_model)
-        print(md)
+        print(render(json.loads(args.render.read_text()), args.out))
         return 0
 
     if args.nice:

@@ -219,7 +219,7 @@ def main() -> None:
         if args.pin:
             pin(api.pid, {1})
             pin(os.getpid(), {1})
-            engines = [c for c in api_proc.children(recursive=True)]
+            engines = api_proc.children(recursive=True)
             print(f"pinned: engine pids {[c.pid for c in engines]} on CPUs {sorted({x for c in engines for x in c.cpu_affinity()})}, "
                   f"API and load generator on CPU 1", flush=True)
         hop_port = free_port()
