@@ -172,6 +172,9 @@ class Options:
     grey backgrounds. The ramp is deterministic (no random draw), so a scene is the same with or without it
     except for its background pixels; the channel spread stays below 100, so no background pixel can equal a
     shape colour."""
+    shape_scale: tuple[float, float] | None = None
+    """Side of each shape's square as a fraction (lo, hi) of the image's shorter side; None: the task's default
+    (0.16-0.30 for detection and grounding, 0.35-0.70 for classification's single shape)."""
     overlap: float = 0.0
     """Largest IoU allowed between two shapes' squares (0: no overlap, a 2-pixel gap)."""
     colours: tuple[str, ...] = tuple(COLOURS)
@@ -195,6 +198,8 @@ class Options:
             raise ValueError(f"unknown colours or shapes: {unknown}")
         if len(self.colours) < 2 or len(self.shapes) < 2:
             raise ValueError("need at least two colours and two shapes")
+        if self.shape_scale is not None and not 0 < self.shape_scale[0] <= self.shape_scale[1] <= 0.9:
+            raise ValueError("shape_scale must be (lo, hi) with 0 < lo <= hi <= 0.9")
         for w, h in self.sizes:
             if w < 56 or h < 56:
                 raise ValueError("image sides must be at least 56 pixels")
@@ -444,6 +449,8 @@ def _distinct(rng: random.Random, opts: Options, avoid: set[str], shape: str | N
 
 
 def _scene_base(rng: random.Random, opts: Options, n: int, lo: float, hi: float) -> tuple[int, int, list, np.ndarray, str]:
+    """Size, shape squares, background of a scene; `lo`, `hi`: the task's shape scale unless Options sets one."""
+    lo, hi = opts.shape_scale or (lo, hi)
     width, height = rng.choice(opts.sizes)
     regions = place_regions(rng, n, width, height, lo, hi, opts.overlap)
     bg, bg_name = _background(rng, width, height, opts.noise_prob, opts.gradient)
@@ -630,7 +637,7 @@ def generate(task: str, n: int, seed: int = 0, *, sft: bool = False, split: str 
              **options: Any) -> list[dict]:
     """`n` rows of `task` (see the module docstring for the fields). `options`: fields of `Options`
     (short, coordinates, system, sizes, min_objects, max_objects, max_targets, empty_prob, noise_prob,
-    gradient, overlap, colours, shapes, list_classes)."""
+    gradient, shape_scale, overlap, colours, shapes, list_classes)."""
     opts = _options(options)
     return [make_row(task, i, seed, sft=sft, split=split, opts=opts) for i in range(n)]
 
@@ -640,6 +647,8 @@ def _options(options: dict, base: Options | None = None) -> Options:
     for key in ("sizes", "colours", "shapes"):
         if key in options and options[key] is not None:
             options[key] = tuple(tuple(v) if key == "sizes" else v for v in options[key])
+    if options.get("shape_scale") is not None:
+        options["shape_scale"] = tuple(float(v) for v in options["shape_scale"])
     unknown = set(options) - set(Options.__dataclass_fields__)
     if unknown:
         raise TypeError(f"unknown options: {', '.join(sorted(unknown))}")

@@ -223,3 +223,25 @@ def test_gradient_background_encodes_position_and_keeps_boxes(noise_prob):
     with pytest.raises(ValueError):
         generate("grounding", 1, gradient=100)  # could reach a shape colour's channel spread
     assert generate("grounding", 3, seed=5) == generate("grounding", 3, seed=5, gradient=0)  # default: unchanged
+
+
+def test_shape_scale_sets_the_shape_sizes_and_keeps_boxes_exact():
+    """Options.shape_scale: each shape's square is that fraction of the image side (boxes still exact, shapes
+    apart); None keeps the task's default; bad ranges are refused."""
+    rows = generate("grounding", 20, seed=3, sizes=((56, 56),), max_objects=2, shape_scale=(0.3, 0.45))
+    sides = [max(o["box"][2] - o["box"][0], o["box"][3] - o["box"][1]) for r in rows for o in r["objects"]]
+    assert min(sides) >= round(0.3 * 56) - 2 and max(sides) <= round(0.45 * 56)
+    default = generate("grounding", 20, seed=3, sizes=((56, 56),), max_objects=2)
+    assert max(max(o["box"][2] - o["box"][0], o["box"][3] - o["box"][1]) for r in default for o in r["objects"]) <= 17
+    for r in rows:
+        img = image_of(r)
+        for o in r["objects"]:
+            same = np.all(img == COLOURS[o["colour"]], axis=-1)
+            inside = np.zeros_like(same)
+            x1, y1, x2, y2 = o["box"]
+            inside[y1:y2, x1:x2] = same[y1:y2, x1:x2]
+            assert mask_box(inside) == o["box"]
+    assert generate("grounding", 3, seed=5) == generate("grounding", 3, seed=5, shape_scale=None)
+    for bad in ((0.5, 0.3), (0.0, 0.2), (0.5, 0.95)):
+        with pytest.raises(ValueError, match="shape_scale"):
+            generate("grounding", 1, shape_scale=bad)
