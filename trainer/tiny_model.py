@@ -25,7 +25,7 @@ preprocessor_config.json): whatever loads this loads a real model given by path,
 
 Usage::
 
-    python -m trainer.tiny_model [--out DIR] [--seed 0] [--family qwen2_vl] [--size tiny] [--force]
+    python -m trainer.tiny_model [--out DIR] [--seed 0] [--family qwen2_vl] [--size tiny] [--number-tokens] [--force]
 
 The default output is ``$VRFT_HOME/models/tiny-qwen2-vl`` (``VRFT_HOME`` defaults to ``./.vrft``). The
 folder is written atomically (built in a temporary folder beside it, then renamed) and carries a marker
@@ -200,8 +200,12 @@ def synthetic_corpus(seed: int = CORPUS_SEED, lines: int = 6000) -> list[str]:
     return out
 
 
-def train_tokenizer():
-    """Byte-level BPE with the Qwen2 pipeline, wrapped as a ``Qwen2Tokenizer`` with Qwen2-VL's tokens."""
+def train_tokenizer(number_tokens: bool = False):
+    """Byte-level BPE with the Qwen2 pipeline, wrapped as a ``Qwen2Tokenizer`` with Qwen2-VL's tokens.
+
+    `number_tokens`: also one added token for each integer 0..999 (after the tags), so a coordinate is one
+    token instead of one token a digit (Llama 3 splits numbers in runs of up to 3 digits; PaliGemma has location
+    tokens): a small model then predicts a box coordinate as one choice instead of a digit decomposition."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
 
@@ -225,6 +229,8 @@ def train_tokenizer():
     # Appended in this order after the BPE vocabulary, as in the real tokenizer; then the plain tags.
     tok.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS}, replace_extra_special_tokens=True)
     tok.add_tokens(TAG_TOKENS, special_tokens=False)
+    if number_tokens:
+        tok.add_tokens([str(i) for i in range(1000)], special_tokens=False)
     tok.eos_token, tok.pad_token = "<|im_end|>", "<|endoftext|>"  # as in Qwen2-VL-*-Instruct
     expected = list(range(len(state["vocab"]), len(state["vocab"]) + len(SPECIAL_TOKENS) + len(TAG_TOKENS)))
     if tok.convert_tokens_to_ids(SPECIAL_TOKENS + TAG_TOKENS) != expected:
@@ -333,11 +339,11 @@ def _current_umask() -> int:
     return 0o022
 
 
-def _build_into(folder: Path, seed: int, family: str, size: str = DEFAULT_SIZE) -> None:
+def _build_into(folder: Path, seed: int, family: str, size: str = DEFAULT_SIZE, number_tokens: bool = False) -> None:
     import torch
     from transformers import AutoModelForImageTextToText, GenerationConfig
 
-    tok = train_tokenizer()
+    tok = train_tokenizer(number_tokens)
     config = make_config(family, tok, size)
 
     torch.manual_seed(seed)
@@ -361,6 +367,7 @@ def _build_into(folder: Path, seed: int, family: str, size: str = DEFAULT_SIZE) 
 
     files = sorted(p.name for p in folder.iterdir() if p.is_file())
     extra = {} if size == DEFAULT_SIZE else {"size": size}  # the default model's marker stays as it was
+    extra.update({"number_tokens": True} if number_tokens else {})
     _write_json(folder / MARKER, {**extra,
         "builder": "trainer.tiny_model",
         "builder_version": BUILDER_VERSION,
@@ -372,15 +379,16 @@ def _build_into(folder: Path, seed: int, family: str, size: str = DEFAULT_SIZE) 
     })
 
 
-def is_complete(folder: Path, seed: int = 0, family: str = "qwen2_vl", size: str = DEFAULT_SIZE) -> bool:
-    """True when ``folder`` holds a model built by this builder version with this family, seed and size."""
+def is_complete(folder: Path, seed: int = 0, family: str = "qwen2_vl", size: str = DEFAULT_SIZE,
+                number_tokens: bool = False) -> bool:
+    """True when ``folder`` holds a model built by this builder version with this family, seed, size and vocabulary."""
     try:
         marker = json.loads((Path(folder) / MARKER).read_text())
     except (OSError, ValueError):
         return False
     if (marker.get("builder_version"), marker.get("family"), marker.get("seed")) != (BUILDER_VERSION, family, seed):
         return False
-    if marker.get("size", DEFAULT_SIZE) != size:
+    if (marker.get("size", DEFAULT_SIZE), marker.get("number_tokens", False)) != (size, number_tokens):
         return False
     files = marker.get("files") or {}
     return bool(files) and all(
@@ -412,7 +420,7 @@ def swap_into(tmp: Path, out: Path) -> None:
 
 
 def build_tiny_model(out_dir: str | os.PathLike | None = None, seed: int = 0, family: str = "qwen2_vl",
-                     force: bool = False, size: str = DEFAULT_SIZE) -> Path:
+                     force: bool = False, size: str = DEFAULT_SIZE, number_tokens: bool = False) -> Path:
     """Build the tiny model into ``out_dir`` (default: :func:`default_out_dir`) unless already there.
 
     Returns the folder's absolute path. Same seed -> byte-identical weights.
@@ -422,15 +430,15 @@ def build_tiny_model(out_dir: str | os.PathLike | None = None, seed: int = 0, fa
     if size not in MODEL_SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {tuple(MODEL_SIZES)}")
     out = Path(out_dir if out_dir is not None else default_out_dir(family)).absolute()
-    if not force and is_complete(out, seed, family, size):
+    if not force and is_complete(out, seed, family, size, number_tokens):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with _lock(out.parent / f".{out.name}.lock"):
-        if not force and is_complete(out, seed, family, size):  # another process built it meanwhile
+        if not force and is_complete(out, seed, family, size, number_tokens):  # another process built it meanwhile
             return out
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         try:
-            _build_into(tmp, seed, family, size)
+            _build_into(tmp, seed, family, size, number_tokens)
             swap_into(tmp, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -445,16 +453,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--family", choices=FAMILIES, default="qwen2_vl")
     parser.add_argument("--size", choices=tuple(MODEL_SIZES), default=DEFAULT_SIZE,
                         help="model dimensions (default tiny: text hidden 128, 2 layers; see MODEL_SIZES)")
+    parser.add_argument("--number-tokens", action="store_true", help="one token for each integer 0..999")
     parser.add_argument("--force", action="store_true", help="rebuild even if the folder is complete")
     args = parser.parse_args(argv)
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # transformers may import DeepSpeed, which probes for GPUs
 
     out = Path(args.out if args.out is not None else default_out_dir(args.family)).absolute()
-    if not args.force and is_complete(out, args.seed, args.family, args.size):
+    if not args.force and is_complete(out, args.seed, args.family, args.size, args.number_tokens):
         print(f"{out}: up to date (builder v{BUILDER_VERSION}, {args.family}, {args.size}, seed {args.seed})")
         return 0
     start = time.monotonic()
-    build_tiny_model(out, seed=args.seed, family=args.family, force=args.force, size=args.size)
+    build_tiny_model(out, seed=args.seed, family=args.family, force=args.force, size=args.size,
+                     number_tokens=args.number_tokens)
     marker = json.loads((out / MARKER).read_text())
     print(f"{out}: ready, {args.family} ({args.size}) with {marker['parameters']:,} parameters, seed {args.seed} "
           f"({time.monotonic() - start:.1f} s)")
