@@ -27,6 +27,9 @@ Writes --out/results.json (every number, every job id, per-seed scores and a few
         --tasks grounding --seeds 0 1 2 --out /tmp/learn-pre/out
     # an absolute-position cue in the pixels (a faint red/blue background ramp; Qwen2-VL's positions are relative):
     ... --image-size 56 --gradient-background 96 --max-objects 2 --plain-background ...
+    # big shapes, and a relational task (3 shapes, a decoy of the target's class) on a base pretrained on 2-shape
+    # scenes (its two pretrain_base.py commands are in bench/results/learning.relational.md):
+    ... --base-model e6 --image-size 56 --plain-background --shape-scale 0.3 0.45 --min-objects 3 --max-objects 3 ...
     .venv/bin/python bench/bench_learning.py --render bench/results/learning.json --out bench/results   # table + plot only
     # one process per seed side by side (each with its own VRFT_HOME and --out), then one table from their files:
     .venv/bin/python bench/bench_learning.py --merge /tmp/s0/learning.json /tmp/s1/learning.json --out /tmp/merged
@@ -71,8 +74,12 @@ def task_options(args: argparse.Namespace) -> dict:
         opts["sizes"] = ((args.image_size, args.image_size),)
     if args.plain_background:
         opts["noise_prob"] = 0.0
+    if getattr(args, "min_objects", None):
+        opts["min_objects"] = args.min_objects
     if getattr(args, "max_objects", None):
         opts["max_objects"] = args.max_objects
+    if getattr(args, "shape_scale", None):
+        opts["shape_scale"] = tuple(args.shape_scale)
     if getattr(args, "gradient_background", 0):
         opts["gradient"] = args.gradient_background
     return opts
@@ -249,7 +256,11 @@ def base_note(args: argparse.Namespace) -> str:
 
 def scene_note(args: argparse.Namespace) -> str:
     size = f"{args.image_size}x{args.image_size} images" if args.image_size else "the generator's image sizes"
-    objects = f"at most {args.max_objects} shapes" if getattr(args, "max_objects", None) else "up to 5 shapes"
+    lo, hi = getattr(args, "min_objects", None), getattr(args, "max_objects", None)
+    objects = (f"{lo} to {hi or 5} shapes" if lo and lo != hi else f"{lo} shapes" if lo else
+               f"at most {hi} shapes" if hi else "up to 5 shapes")
+    if getattr(args, "shape_scale", None):
+        objects += f" of {args.shape_scale[0]:g}-{args.shape_scale[1]:g} of the image's side"
     background = "plain backgrounds" if args.plain_background else "half of the backgrounds noisy"
     if getattr(args, "gradient_background", 0):
         background += f", with a position ramp of {args.gradient_background} levels (red along x, blue along y)"
@@ -291,7 +302,7 @@ def plot(path: Path, summary: dict, runs: list[dict], base_model: str = BASE) ->
     import matplotlib.pyplot as plt
 
     tasks = list(summary)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(5 * len(tasks), 8), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         s = summary[task]
         xs = range(len(STAGES))
@@ -302,7 +313,8 @@ def plot(path: Path, summary: dict, runs: list[dict], base_model: str = BASE) ->
                 ax.plot(list(xs), [r["eval"][k]["score"] for k in STAGES], "k.", alpha=0.6)
         ax.set_xticks(list(xs), [LABELS[k].replace(" (", "\n(") for k in STAGES], fontsize=8)
         ax.set(title=f"{task}", ylabel=f"held-out {SCORE_NAMES[task]}")
-    fig.suptitle(f"{base_model}: baseline / SFT warm start / +SFT / +RFT (mean ± std over seeds, dots: seeds)")
+    fig.suptitle(f"{base_model}: baseline / SFT warm start / +SFT / +RFT\n(mean ± std over seeds, dots: seeds)",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -325,6 +337,22 @@ def write_outputs(runs: list[dict], args: argparse.Namespace, home: Path, comman
 
 # ---------------------------------------------------------------- the base model
 
+def pretrain_command(args: argparse.Namespace) -> list[str]:
+    """bench/pretrain_base.py's command line for --base-model with this run's scene options (the shapes' count
+    capped by --pretrain-max-objects, never raised by --min-objects)."""
+    cmd = [sys.executable, str(REPO / "bench" / "pretrain_base.py"), "--name", args.base_model, "--size", args.pretrain_size,
+           "--tasks", *args.tasks, "--rows", str(args.pretrain_rows), "--steps", str(args.pretrain),
+           "--lr", str(args.pretrain_lr), "--image-size", str(args.image_size)]
+    cmd += ["--plain-background"] if args.plain_background else []
+    cmd += ["--number-tokens"] if args.pretrain_number_tokens else []
+    pretrain_max = args.pretrain_max_objects or args.max_objects
+    cmd += ["--max-objects", str(pretrain_max)] if pretrain_max else []
+    cmd += ["--shape-scale", *map(str, args.shape_scale)] if args.shape_scale else []
+    cmd += ["--gradient-background", str(args.gradient_background)] if args.gradient_background else []
+    cmd += ["--stop-after", str(args.pretrain_stop_after)] if args.pretrain_stop_after else []
+    return cmd
+
+
 def ensure_base(args: argparse.Namespace, home: Path) -> dict | None:
     """The pretraining record of --base-model (bench/pretrain_base.py's marker), building it first if
     --pretrain asks and the folder is missing. None for a model that was not made by pretrain_base.py."""
@@ -336,13 +364,7 @@ def ensure_base(args: argparse.Namespace, home: Path) -> dict | None:
     if args.base_model != BASE and not (folder / "config.json").exists():
         if not args.pretrain:
             raise SystemExit(f"no base model {folder}: build it with bench/pretrain_base.py or pass --pretrain STEPS")
-        cmd = [sys.executable, str(REPO / "bench" / "pretrain_base.py"), "--name", args.base_model, "--size", args.pretrain_size,
-               "--tasks", *args.tasks, "--rows", str(args.pretrain_rows), "--steps", str(args.pretrain),
-               "--lr", str(args.pretrain_lr), "--image-size", str(args.image_size)]
-        cmd += ["--plain-background"] if args.plain_background else []
-        cmd += ["--max-objects", str(args.max_objects)] if args.max_objects else []
-        cmd += ["--gradient-background", str(args.gradient_background)] if args.gradient_background else []
-        cmd += ["--stop-after", str(args.pretrain_stop_after)] if args.pretrain_stop_after else []
+        cmd = pretrain_command(args)
         print("pretraining the base model:", " ".join(cmd), flush=True)
         subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "VRFT_HOME": str(home)})
     marker = folder / MARKER
@@ -415,8 +437,14 @@ def main(argv: list[str] | None = None) -> int:
                          "steps on --pretrain-rows rows of the --tasks, with this run's task options")
     ap.add_argument("--pretrain-stop-after", type=int, default=None, help="pretrain_base.py --stop-after")
     ap.add_argument("--pretrain-rows", type=int, default=16_000)
-    ap.add_argument("--pretrain-lr", type=float, default=2e-3)
+    ap.add_argument("--pretrain-lr", type=float, default=5e-4,
+                    help="pretrain_base.py --lr (2e-3 collapses the tiny vision tower: learning.relational.md)")
+    ap.add_argument("--pretrain-max-objects", type=int, default=None,
+                    help="pretrain on scenes of at most this many shapes (default --max-objects; --min-objects is "
+                         "not passed on: the base learns to find named shapes, the benchmark may ask for more)")
     ap.add_argument("--pretrain-size", default="tiny", help="trainer.tiny_model size of the pretrained base")
+    ap.add_argument("--pretrain-number-tokens", action="store_true",
+                    help="the pretrained base has one token for each integer 0..999 (pretrain_base.py --number-tokens)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--n-train", type=int, default=32, help="few-shot training rows (warm start, +SFT and +RFT all use them)")
     ap.add_argument("--n-eval", type=int, default=32, help="held-out rows")
@@ -434,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-size", type=int, default=112, help="square images of this side (0: the generator's sizes)")
     ap.add_argument("--plain-background", action="store_true", help="no noisy backgrounds (an easier setting)")
     ap.add_argument("--max-objects", type=int, default=None, help="at most this many shapes a scene (an easier setting)")
+    ap.add_argument("--min-objects", type=int, default=None, help="at least this many shapes a scene")
+    ap.add_argument("--shape-scale", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                    help="shape sides as a fraction of the image side (synthetic Options.shape_scale)")
     ap.add_argument("--gradient-background", type=int, default=0, metavar="AMPLITUDE",
                     help="backgrounds carry a faint red (x) / blue (y) ramp of this many grey levels: an absolute-position "
                          "cue in the pixels (synthetic Options.gradient; 0: plain greys)")

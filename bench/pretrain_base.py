@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="output folder (default $VRFT_HOME/models/<name>)")
     ap.add_argument("--size", default="tiny", help="trainer.tiny_model size (tiny, small, base)")
     ap.add_argument("--seed", type=int, default=0, help="init weights and batch order")
+    ap.add_argument("--number-tokens", action="store_true", help="trainer.tiny_model --number-tokens")
     ap.add_argument("--init-from", type=Path, default=None,
                     help="start from this model folder's weights (e.g. an earlier run of this script) instead of random ones")
     ap.add_argument("--tasks", nargs="+", default=["grounding"], choices=synthetic.TASKS)
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stop-after", type=int, default=None,
                     help="stop after this many steps (the weights are then those of that step of the --steps schedule)")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (2e-3 collapses the tiny vision tower)")
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--eval-every", type=int, default=500, help="evaluate and save every this many steps")
@@ -111,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-size", type=int, default=112)
     ap.add_argument("--plain-background", action="store_true")
     ap.add_argument("--max-objects", type=int, default=None, help="grounding/detection: at most this many shapes")
+    ap.add_argument("--min-objects", type=int, default=None, help="at least this many shapes a scene")
+    ap.add_argument("--shape-scale", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                    help="shape sides as a fraction of the image side (synthetic Options.shape_scale)")
     ap.add_argument("--gradient-background", type=int, default=0, help="synthetic Options.gradient (position ramp)")
     args = ap.parse_args(argv)
 
@@ -126,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     home = Path(os.environ.get("VRFT_HOME", REPO / ".vrft"))
     out = (args.out or home / "models" / args.name).absolute()
     t0 = time.time()
-    init = build_tiny_model(Path(tempfile.gettempdir()) / f"vrft-pretrain-init-{args.size}-{args.seed}",
-                            seed=args.seed, size=args.size)
+    init = build_tiny_model(Path(tempfile.gettempdir()) / "-".join(
+        ["vrft-pretrain-init", args.size, str(args.seed)] + ["numbers"] * args.number_tokens),
+        seed=args.seed, size=args.size, number_tokens=args.number_tokens)
     processor = load_processor(str(init), True)
     rows = corpus(args)
     data = ChatData(rows, list(range(1, len(rows) + 1)), processor, True, "pretraining corpus")

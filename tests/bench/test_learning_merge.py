@@ -46,3 +46,27 @@ def test_task_options_pass_the_gradient_on():
     assert bl.task_options(ns) == {"short": True, "sizes": ((56, 56),), "noise_prob": 0.0, "max_objects": 2, "gradient": 96}
     ns.gradient_background = 0
     assert "gradient" not in bl.task_options(ns)
+    ns.min_objects, ns.max_objects, ns.shape_scale = 3, 3, [0.3, 0.45]
+    assert bl.task_options(ns) == {"short": True, "sizes": ((56, 56),), "noise_prob": 0.0, "max_objects": 3,
+                                   "min_objects": 3, "shape_scale": (0.3, 0.45)}
+
+
+def test_pretrain_command_passes_the_scene_on_but_not_the_benchmarks_minimum():
+    """--pretrain builds the base on the benchmark's scenes, capped by --pretrain-max-objects and never with
+    --min-objects (the relational benchmark asks for 3 shapes; its base learns on 2); every flag exists in
+    pretrain_base.py."""
+    import re
+    from pathlib import Path
+
+    ns = argparse.Namespace(base_model="b", pretrain_size="tiny", tasks=["grounding"], pretrain_rows=100, pretrain=10,
+                            pretrain_lr=5e-4, image_size=56, plain_background=True, pretrain_number_tokens=True,
+                            pretrain_max_objects=2, max_objects=3, min_objects=3, shape_scale=[0.3, 0.45],
+                            gradient_background=0, pretrain_stop_after=None)
+    cmd = bl.pretrain_command(ns)
+    assert cmd[cmd.index("--max-objects") + 1] == "2" and "--min-objects" not in cmd
+    assert cmd[cmd.index("--shape-scale") + 1:cmd.index("--shape-scale") + 3] == ["0.3", "0.45"]
+    assert "--number-tokens" in cmd and "--plain-background" in cmd and cmd[cmd.index("--lr") + 1] == "0.0005"
+    ns.pretrain_max_objects = None
+    assert bl.pretrain_command(ns)[bl.pretrain_command(ns).index("--max-objects") + 1] == "3"
+    known = set(re.findall(r'add_argument\("(--[a-z-]+)"', (Path(bl.__file__).parent / "pretrain_base.py").read_text()))
+    assert {a for a in cmd if a.startswith("--")} <= known
