@@ -152,6 +152,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class LoraConfig(_Strict):
+    r: _range(int, minimum=1, maximum=512) = 8
+    alpha: _range(float, minimum=0, exclusive=True) = 16
+    dropout: _range(float, minimum=0, maximum=1) = 0.0
+    target_modules: list[str] | None = None
+
+
 class SupervisedHyperparameters(_Strict):
     batch_size: _auto_or_number(int, minimum=1, maximum=4096) = "auto"
     """Examples per optimizer step."""
@@ -159,13 +166,11 @@ class SupervisedHyperparameters(_Strict):
     """Times the per-model base learning rate."""
     n_epochs: _auto_or_number(int, minimum=1, maximum=100) = "auto"
     """Passes over the training file."""
-
-
-class LoraConfig(_Strict):
-    r: _range(int, minimum=1, maximum=512) = 8
-    alpha: _range(float, minimum=0, exclusive=True) = 16
-    dropout: _range(float, minimum=0, maximum=1) = 0.0
-    target_modules: list[str] | None = None
+    # Our extras for every method (not in OpenAI's API), optional.
+    freeze_vision: bool | None = None
+    """Keep the vision tower fixed; train the language model only."""
+    lora: LoraConfig | None = None
+    """Train LoRA adapters instead of all weights."""
 
 
 class ReinforcementHyperparameters(SupervisedHyperparameters):
@@ -187,8 +192,6 @@ class ReinforcementHyperparameters(SupervisedHyperparameters):
     loss_type: Literal["grpo", "dr_grpo", "dapo"] | None = None
     scale_rewards: Literal["group", "batch", "none"] | None = None
     num_iterations: _range(int, minimum=1, maximum=16) | None = None
-    freeze_vision: bool | None = None
-    lora: LoraConfig | None = None
 
 
 class SupervisedMethod(_Strict):

@@ -144,6 +144,27 @@ def test_sft_then_rft_from_the_sft_model(client: openai.OpenAI, tmp_path: Path) 
     assert rft.fine_tuned_model.startswith("ft:tiny-qwen2-vl:default::")  # the root base, no suffix
 
 
+def test_sft_freeze_vision_trains_the_language_model_only(client: openai.OpenAI, trainer_server: LiveServer,
+                                                          tiny_model: Path, tmp_path: Path) -> None:
+    """Our `freeze_vision` extra, on a supervised job: the vision tower's weights come back as they went in,
+    the language model's do not."""
+    import torch
+    from safetensors.torch import load_file
+
+    train = upload(client, tmp_path, synthetic.generate("classification", 4, seed=8, short=True, sft=True), "fv.jsonl")
+    job = client.fine_tuning.jobs.create(model="tiny-qwen2-vl", training_file=train, method={
+        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 2, "freeze_vision": True}}})
+    job = wait(client, job.id, lambda j: j.status in TERMINAL)
+    assert job.status == "succeeded", job.error
+    assert job.method.supervised.hyperparameters.model_dump().get("freeze_vision") is True  # stored and shown
+    base, tuned = load_file(tiny_model / "model.safetensors"), _final_weights(trainer_server.home, job)
+    vision = [k for k in base if ".visual." in k or k.startswith("visual.")]
+    assert vision and set(vision) <= tuned.keys()
+    for k in vision:
+        torch.testing.assert_close(tuned[k], base[k], rtol=0, atol=0, msg=k)
+    assert any(not torch.equal(tuned[k], base[k]) for k in base if k not in vision)
+
+
 def test_cancel_stops_the_trainer_within_seconds(client: openai.OpenAI, trainer_server: LiveServer, tmp_path: Path) -> None:
     train = upload(client, tmp_path, synthetic.generate("grounding", 8, seed=6, short=True), "long.jsonl")
     job = client.fine_tuning.jobs.create(model="tiny-qwen2-vl", training_file=train, method=rft_method(n_epochs=50, batch_size=1))
