@@ -144,19 +144,22 @@ def test_sft_then_rft_from_the_sft_model(client: openai.OpenAI, tmp_path: Path) 
     assert rft.fine_tuned_model.startswith("ft:tiny-qwen2-vl:default::")  # the root base, no suffix
 
 
-def test_sft_freeze_vision_trains_the_language_model_only(client: openai.OpenAI, trainer_server: LiveServer,
-                                                          tiny_model: Path, tmp_path: Path) -> None:
-    """Our `freeze_vision` extra, on a supervised job: the vision tower's weights come back as they went in,
-    the language model's do not."""
+@pytest.mark.parametrize("extra", [{"freeze_vision": True}, {"lora": {"r": 4, "alpha": 8}}], ids=["freeze_vision", "lora"])
+def test_sft_extras_train_the_language_model_only(client: openai.OpenAI, trainer_server: LiveServer,
+                                                  tiny_model: Path, tmp_path: Path, extra: dict) -> None:
+    """Our `freeze_vision` and `lora` extras, on a supervised job: the vision tower's weights come back as they
+    went in (LoRA adapts the language model's projections, merged into the checkpoint), the language model's
+    do not."""
     import torch
     from safetensors.torch import load_file
 
     train = upload(client, tmp_path, synthetic.generate("classification", 4, seed=8, short=True, sft=True), "fv.jsonl")
     job = client.fine_tuning.jobs.create(model="tiny-qwen2-vl", training_file=train, method={
-        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 2, "freeze_vision": True}}})
+        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 2, **extra}}})
     job = wait(client, job.id, lambda j: j.status in TERMINAL)
     assert job.status == "succeeded", job.error
-    assert job.method.supervised.hyperparameters.model_dump().get("freeze_vision") is True  # stored and shown
+    shown = job.method.supervised.hyperparameters.model_dump()
+    assert all(shown.get(k) == v or shown.get(k, {}).items() >= v.items() for k, v in extra.items()), shown
     base, tuned = load_file(tiny_model / "model.safetensors"), _final_weights(trainer_server.home, job)
     vision = [k for k in base if ".visual." in k or k.startswith("visual.")]
     assert vision and set(vision) <= tuned.keys()
