@@ -157,7 +157,7 @@ def evaluate(model_id: str, rows: list[dict], spec: dict, max_tokens: int) -> di
 # ---------------------------------------------------------------- one task, one seed
 
 def sft_job(client, model: str, rows: list[dict], epochs: int, args, seed: int, suffix: str, label: str,
-            lr_multiplier: float | None = None):
+            lr_multiplier: float | None = None, extra: dict | None = None):
     """An SFT job over `epochs` passes of `rows`, uploaded as ONE epoch of the rows repeated `epochs` times.
 
     Why: the SFT trainer checkpoints at every epoch end, and with a few rows an epoch lasts a second or two;
@@ -171,14 +171,21 @@ def sft_job(client, model: str, rows: list[dict], epochs: int, args, seed: int, 
     job = client.fine_tuning.jobs.create(model=model, training_file=file_id, suffix=suffix, seed=seed,
                                          method={"type": "supervised", "supervised": {"hyperparameters": {
                                              "n_epochs": 1, "batch_size": args.batch_size,
-                                             "learning_rate_multiplier": lr_multiplier or args.sft_lr_multiplier}}})
+                                             "learning_rate_multiplier": lr_multiplier or args.sft_lr_multiplier,
+                                             **(extra or {})}}})
     job, metrics = follow(client, job.id, label, poll=2.0)
     losses = [m.get("train_loss") for m in metrics]
     return job, {"id": job.id, "model": job.fine_tuned_model, "from": model, "n_epochs": epochs,
                  "steps": len(metrics), "sequences": args.n_train * epochs,
-                 "learning_rate_multiplier": lr_multiplier or args.sft_lr_multiplier, "seconds": round(time.time() - t0, 1),
+                 "learning_rate_multiplier": lr_multiplier or args.sft_lr_multiplier, **(extra or {}),
+                 "seconds": round(time.time() - t0, 1),
                  "trained_tokens": job.trained_tokens, "first_loss": losses[0] if losses else None,
                  "last_loss": losses[-1] if losses else None}
+
+
+def branch_hyperparameters(args) -> dict:
+    """Hyperparameters that +SFT and +RFT share (not the warm start)."""
+    return {"freeze_vision": True} if getattr(args, "freeze_vision", False) else {}
 
 
 def rft_job(client, model: str, file_id: str, spec: dict, args, seed: int, suffix: str, max_tokens: int):
@@ -186,7 +193,8 @@ def rft_job(client, model: str, file_id: str, spec: dict, args, seed: int, suffi
     hp = {"n_epochs": args.rft_epochs, "batch_size": args.batch_size, "num_generations": args.num_generations,
           "max_completion_length": max_tokens, "learning_rate_multiplier": args.rft_lr_multiplier,
           "temperature": args.temperature, "beta": args.beta,
-          "eval_interval": 1_000_000}  # no validation file, no intermediate checkpoint (see sft_job)
+          "eval_interval": 1_000_000,  # no validation file, no intermediate checkpoint (see sft_job)
+          **branch_hyperparameters(args)}
     job = client.fine_tuning.jobs.create(model=model, training_file=file_id, suffix=suffix, seed=seed,
                                          method={"type": "reinforcement", "reinforcement": {"grader": spec, "hyperparameters": hp}})
     job, metrics = follow(client, job.id, "+RFT", poll=2.0)
@@ -209,7 +217,8 @@ def run_one(client, task: str, seed: int, args: argparse.Namespace) -> dict:
           f"+RFT {args.rft_epochs} epochs x G={args.num_generations}", flush=True)
     warm, warm_info = sft_job(client, args.base_model, data["sft"], args.warm_epochs, args, seed, f"learn-{task}-warm",
                               "warm SFT", lr_multiplier=args.warm_lr_multiplier)
-    _, sft_info = sft_job(client, warm.fine_tuned_model, data["sft"], sft_epochs, args, seed, f"learn-{task}-sft", "+SFT")
+    _, sft_info = sft_job(client, warm.fine_tuned_model, data["sft"], sft_epochs, args, seed, f"learn-{task}-sft", "+SFT",
+                          extra=branch_hyperparameters(args))
     _, rft_info = rft_job(client, warm.fine_tuned_model, rft_file, spec, args, seed, f"learn-{task}-rft", max_tokens)
     models = {"base": args.base_model, "warm": warm.fine_tuned_model, "sft": sft_info["model"], "rft": rft_info["model"]}
     evals = {}
@@ -459,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rft-lr-multiplier", type=float, default=1.0)
     ap.add_argument("--temperature", type=float, default=1.0, help="RFT sampling temperature")
     ap.add_argument("--beta", type=float, default=0.04, help="RFT KL weight")
+    ap.add_argument("--freeze-vision", action="store_true",
+                    help="+SFT and +RFT train the language model only (hyperparameter freeze_vision)")
     ap.add_argument("--image-size", type=int, default=112, help="square images of this side (0: the generator's sizes)")
     ap.add_argument("--plain-background", action="store_true", help="no noisy backgrounds (an easier setting)")
     ap.add_argument("--max-objects", type=int, default=None, help="at most this many shapes a scene (an easier setting)")
