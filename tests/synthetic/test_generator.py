@@ -17,6 +17,16 @@ def image_of(row: dict) -> np.ndarray:
     return np.asarray(decode_data_url(url))
 
 
+def shape_pixels(img: np.ndarray, obj: dict) -> np.ndarray:
+    """The pixels of `obj`'s colour inside its box (a boolean mask of the image); its box must enclose them exactly."""
+    same = np.all(img == COLOURS[obj["colour"]], axis=-1)
+    inside = np.zeros_like(same)
+    x1, y1, x2, y2 = obj["box"]
+    inside[y1:y2, x1:x2] = same[y1:y2, x1:x2]
+    assert mask_box(inside) == obj["box"]
+    return inside
+
+
 @pytest.fixture(scope="module")
 def scenes() -> dict[str, list[dict]]:
     return {task: generate(task, 40, seed=11) for task in TASKS}
@@ -199,13 +209,9 @@ def test_gradient_background_encodes_position_and_keeps_boxes(noise_prob):
         h, w = a.shape[:2]
         painted = np.zeros((h, w), dtype=bool)
         for o in r["objects"]:
-            same = np.all(b == COLOURS[o["colour"]], axis=-1)
-            inside = np.zeros_like(same)
-            x1, y1, x2, y2 = o["box"]
-            inside[y1:y2, x1:x2] = same[y1:y2, x1:x2]
-            assert mask_box(inside) == o["box"]
+            inside = shape_pixels(b, o)
             if [q["colour"] for q in r["objects"]].count(o["colour"]) == 1:
-                assert mask_box(same) == o["box"]  # no background pixel has the shape's colour
+                assert mask_box(np.all(b == COLOURS[o["colour"]], axis=-1)) == o["box"]  # no background pixel has it
             painted |= inside
         assert np.array_equal(a[painted], b[painted])  # shapes untouched
         bg, grey = b[~painted], a[~painted]
@@ -234,13 +240,8 @@ def test_shape_scale_sets_the_shape_sizes_and_keeps_boxes_exact():
     default = generate("grounding", 20, seed=3, sizes=((56, 56),), max_objects=2)
     assert max(max(o["box"][2] - o["box"][0], o["box"][3] - o["box"][1]) for r in default for o in r["objects"]) <= 17
     for r in rows:
-        img = image_of(r)
         for o in r["objects"]:
-            same = np.all(img == COLOURS[o["colour"]], axis=-1)
-            inside = np.zeros_like(same)
-            x1, y1, x2, y2 = o["box"]
-            inside[y1:y2, x1:x2] = same[y1:y2, x1:x2]
-            assert mask_box(inside) == o["box"]
+            shape_pixels(image_of(r), o)
     assert generate("grounding", 3, seed=5) == generate("grounding", 3, seed=5, shape_scale=None)
     for bad in ((0.5, 0.3), (0.0, 0.2), (0.5, 0.95)):
         with pytest.raises(ValueError, match="shape_scale"):
