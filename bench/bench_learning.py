@@ -67,6 +67,19 @@ MAX_TOKENS = {"grounding": 24, "detection": 48, "classification": 12}
 
 # ---------------------------------------------------------------- data
 
+def add_scene_arguments(ap: argparse.ArgumentParser) -> None:
+    """The scene options `task_options` reads (this script's and pretrain_base.py's)."""
+    ap.add_argument("--image-size", type=int, default=112, help="square images of this side (0: the generator's sizes)")
+    ap.add_argument("--plain-background", action="store_true", help="no noisy backgrounds (an easier setting)")
+    ap.add_argument("--max-objects", type=int, default=None, help="at most this many shapes a scene (an easier setting)")
+    ap.add_argument("--min-objects", type=int, default=None, help="at least this many shapes a scene")
+    ap.add_argument("--shape-scale", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                    help="shape sides as a fraction of the image side (synthetic Options.shape_scale)")
+    ap.add_argument("--gradient-background", type=int, default=0, metavar="AMPLITUDE",
+                    help="backgrounds carry a faint red (x) / blue (y) ramp of this many grey levels: an absolute-position "
+                         "cue in the pixels (synthetic Options.gradient; 0: plain greys)")
+
+
 def task_options(args: argparse.Namespace) -> dict:
     """synthetic.generate options: short answers; square images of --image-size pixels (fewer image tokens)."""
     opts = {"short": True}
@@ -470,15 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--beta", type=float, default=0.04, help="RFT KL weight")
     ap.add_argument("--freeze-vision", action="store_true",
                     help="+SFT and +RFT train the language model only (hyperparameter freeze_vision)")
-    ap.add_argument("--image-size", type=int, default=112, help="square images of this side (0: the generator's sizes)")
-    ap.add_argument("--plain-background", action="store_true", help="no noisy backgrounds (an easier setting)")
-    ap.add_argument("--max-objects", type=int, default=None, help="at most this many shapes a scene (an easier setting)")
-    ap.add_argument("--min-objects", type=int, default=None, help="at least this many shapes a scene")
-    ap.add_argument("--shape-scale", type=float, nargs=2, default=None, metavar=("LO", "HI"),
-                    help="shape sides as a fraction of the image side (synthetic Options.shape_scale)")
-    ap.add_argument("--gradient-background", type=int, default=0, metavar="AMPLITUDE",
-                    help="backgrounds carry a faint red (x) / blue (y) ramp of this many grey levels: an absolute-position "
-                         "cue in the pixels (synthetic Options.gradient; 0: plain greys)")
+    add_scene_arguments(ap)
     ap.add_argument("--nice", type=int, default=15, help="niceness of this process and the server it starts")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--render", type=Path, default=None,

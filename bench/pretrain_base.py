@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import synthetic  # noqa: E402
-from bench.bench_learning import generate_answers, task_options  # noqa: E402  the benchmark's scenes and decoding
+from bench.bench_learning import add_scene_arguments, generate_answers, task_options  # noqa: E402  the benchmark's scenes and decoding
 
 PRETRAIN_SPLIT = "pretrain"
 PRETRAIN_SEED = 7_000
@@ -87,7 +87,7 @@ def save(model, init: Path, out: Path, info: dict) -> None:
     swap_into(tmp, out)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--name", default="tiny-qwen2-vl-pre", help="model id: folder $VRFT_HOME/models/<name>")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default $VRFT_HOME/models/<name>)")
@@ -109,14 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-every", type=int, default=500, help="evaluate and save every this many steps")
     ap.add_argument("--n-eval", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--image-size", type=int, default=112)
-    ap.add_argument("--plain-background", action="store_true")
-    ap.add_argument("--max-objects", type=int, default=None, help="grounding/detection: at most this many shapes")
-    ap.add_argument("--min-objects", type=int, default=None, help="at least this many shapes a scene")
-    ap.add_argument("--shape-scale", type=float, nargs=2, default=None, metavar=("LO", "HI"),
-                    help="shape sides as a fraction of the image side (synthetic Options.shape_scale)")
-    ap.add_argument("--gradient-background", type=int, default=0, help="synthetic Options.gradient (position ramp)")
-    args = ap.parse_args(argv)
+    add_scene_arguments(ap)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
 
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import torch
