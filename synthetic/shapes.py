@@ -134,7 +134,6 @@ SIZES: tuple[tuple[int, int], ...] = (
 """(width, height): sides multiples of 28, 28*28*16 .. 28*28*64 pixels (smart_resize leaves them as they are)."""
 
 RELATIONS = {"left": "left of", "right": "right of", "above": "above", "below": "below"}
-OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 SHORT_FORMAT_PATTERN = r"<answer>\s*\S.*?</answer>"
@@ -389,6 +388,15 @@ def holds(relation: str, a: Sequence[int], b: Sequence[int]) -> bool:
     raise ValueError(relation)
 
 
+def opposite_side(relation: str, a: Sequence[int], b: Sequence[int]) -> bool:
+    """Whether box `a` stands on the side of box `b` opposite to `relation`: its centre beyond `b`'s centre
+    that way, and `a` not `relation` of `b`."""
+    axis = 0 if relation in ("left", "right") else 1
+    centre = lambda box: box[axis] + box[axis + 2]  # noqa: E731  twice the centre, integer
+    beyond = centre(a) > centre(b) if relation in ("left", "above") else centre(a) < centre(b)
+    return beyond and not holds(relation, a, b)
+
+
 def referents(objects: Sequence[dict], target: str, relation: str, anchor: str) -> list[int]:
     """Indices of the objects named `target` ("red circle") that are `relation` of an object named
     `anchor`; objects are ``{"colour", "shape", "box"}`` dicts (a row's ``objects``)."""
@@ -485,8 +493,8 @@ def _grounding(rng: random.Random, opts: Options) -> tuple[_Scene, dict]:
     for _attempt in range(100):
         n = rng.randint(max(2, opts.min_objects), max(2, opts.max_objects))
         width, height, regions, bg, bg_name = _scene_base(rng, opts, n, 0.16, 0.30)
-        if len(regions) < 2:
-            continue
+        if len(regions) < max(2, opts.min_objects):
+            continue  # the image was full: draw the scene again rather than give fewer shapes than asked
         objects = [Obj(rng.choice(opts.shapes), rng.choice(opts.colours), r).paint(width, height) for r in regions]
         triples = [(t, a, rel) for t in range(len(objects)) for a in range(len(objects)) if t != a
                    for rel in RELATIONS if holds(rel, objects[t].box, objects[a].box)]
@@ -494,10 +502,12 @@ def _grounding(rng: random.Random, opts: Options) -> tuple[_Scene, dict]:
             continue
 
         def decoys_for(t: int, a: int, rel: str) -> list[int]:
-            """Objects that, drawn as the target's shape, lie on the OPPOSITE side of the anchor."""
-            return [i for i in range(len(objects)) if i not in (t, a) and holds(
-                OPPOSITE[rel], shape_box(objects[t].shape, objects[i].region),
-                objects[a].box)]
+            """Objects that, drawn as the target's shape, stand on the OPPOSITE side of the anchor: centre
+            beyond the anchor's centre, and not `rel` of it. Not "strictly opposite" (no overlap along the
+            axis): three big shapes seldom fit in a row, and with shapes of a third of the side that rule
+            left no scene with a decoy at all."""
+            return [i for i in range(len(objects)) if i not in (t, a) and opposite_side(
+                rel, shape_box(objects[t].shape, objects[i].region), objects[a].box)]
 
         # most of the time, a decoy of the target's class stands on the other side: the relation is needed
         with_decoy = [(tr, d) for tr in triples for d in [decoys_for(*tr)] if d]

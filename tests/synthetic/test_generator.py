@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from synthetic import COLOURS, generate, make_row, referents, to_jsonl
-from synthetic.shapes import RELATIONS, SIZES, Options, decode_data_url, holds, mask_box, to_space
+from synthetic.shapes import RELATIONS, SIZES, Options, decode_data_url, holds, mask_box, opposite_side, to_space
 
 TASKS = ("detection", "grounding", "classification")
 
@@ -107,6 +107,33 @@ def test_grounding_referent_is_unique_and_needs_the_relation(scenes):
         needs_relation += len(same_class) > 1
         assert row["expression"] in row["messages"][-1]["content"][1]["text"]
     assert needs_relation >= 15  # decoys of the target's class exist, on the other side of the anchor
+
+
+def test_grounding_with_three_big_shapes_keeps_three_and_mostly_needs_the_relation():
+    """The learning benchmark's relational scenes: 3 shapes of a third of a 56-pixel side. They seldom fit in
+    a row, so a decoy stands on the anchor's far side by centre, not strictly beyond it; and a full image is
+    drawn again rather than given 2 shapes."""
+    rows = generate("grounding", 80, seed=3, sizes=((56, 56),), noise_prob=0.0, min_objects=3, max_objects=3,
+                    shape_scale=(0.3, 0.45))
+    name = lambda o: f"{o['colour']} {o['shape']}"  # noqa: E731
+    with_decoy = 0
+    for row in rows:
+        objects, t, a, rel = row["objects"], row["target"], row["anchor"], row["relation"]
+        assert len(objects) == 3, row["id"]
+        assert referents(objects, name(objects[t]), rel, name(objects[a])) == [t], row["id"]
+        for i, o in enumerate(objects):
+            if i != t and name(o) == name(objects[t]):
+                with_decoy += 1
+                assert opposite_side(rel, o["box"], objects[a]["box"]), row["id"]
+    assert with_decoy >= 0.6 * len(rows)  # the generator aims at 75%
+
+
+def test_opposite_side_is_beyond_the_centre_and_not_in_the_relation():
+    anchor = [20, 20, 36, 36]
+    assert opposite_side("left", [30, 0, 46, 16], anchor)  # overlaps the anchor's columns, centre to its right
+    assert not opposite_side("left", [10, 0, 26, 16], anchor)  # centre to its left
+    assert not opposite_side("left", [0, 0, 16, 16], anchor)  # left of it
+    assert opposite_side("above", [0, 30, 16, 46], anchor) and not opposite_side("below", [0, 30, 16, 46], anchor)
 
 
 def test_classification_is_fine_grained():
