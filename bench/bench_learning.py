@@ -130,6 +130,13 @@ def model_folder(model_id: str) -> Path:
 
 def generate_answers(folder: Path, rows: list[dict], max_tokens: int) -> list[str]:
     """Greedy answers of the model in `folder`, with the trainer's own prompt rendering and HF generation."""
+    return [group[0] for group in sample_answers(folder, rows, max_tokens)]
+
+
+def sample_answers(folder: Path, rows: list[dict], max_tokens: int, samples: int = 1,
+                   temperature: float = 0.0) -> list[list[str]]:
+    """`samples` answers a row of the model in `folder` (greedy at temperature 0; seeded by the row's index),
+    with the trainer's own prompt rendering and HF generation."""
     import torch
 
     from trainer.data import ChatData
@@ -147,8 +154,9 @@ def generate_answers(folder: Path, rows: list[dict], max_tokens: int) -> list[st
     rollout = HFRollout(lambda: model, tok, _stop_ids(str(folder), tok), pad, torch.device("cpu"), 0,
                         placeholder_token_ids(model.config))
     prompts = [data.prompt(i) for i in range(len(rows))]
-    groups = rollout.generate(prompts, 1, max_tokens, 0.0, 1.0, [0] * len(prompts))
-    return [g[0].text for g in groups]
+    seeds = list(range(len(prompts))) if temperature > 0 else [0] * len(prompts)
+    groups = rollout.generate(prompts, samples, max_tokens, temperature, 1.0, seeds)
+    return [[completion.text for completion in g] for g in groups]
 
 
 def evaluate(model_id: str, rows: list[dict], spec: dict, max_tokens: int) -> dict:

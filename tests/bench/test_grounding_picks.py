@@ -1,0 +1,55 @@
+"""bench/grounding_picks.py's pure parts: which shape an answer picks, and the summary of a set of answers."""
+
+from __future__ import annotations
+
+import pytest
+
+import synthetic
+from bench import grounding_picks as gp
+
+SCENE = dict(short=True, sizes=((56, 56),), noise_prob=0.0, min_objects=3, max_objects=3, shape_scale=(0.3, 0.45))
+
+
+@pytest.fixture(scope="module")
+def decoy_row() -> dict:
+    """A generated 3-shape row with a decoy of the target's class."""
+    return next(r for r in synthetic.generate("grounding", 20, seed=3, **SCENE) if gp.has_decoy(r))
+
+
+def box_text(box) -> str:
+    return "<answer>[{}, {}, {}, {}]</answer>".format(*box)
+
+
+def test_each_shape_of_a_decoy_row_is_classified_by_what_it_is(decoy_row) -> None:
+    objects, target = decoy_row["objects"], decoy_row["target"]
+    decoy = next(i for i, o in enumerate(objects) if i != target and gp.class_of(o) == gp.class_of(objects[target]))
+    anchor = decoy_row["anchor"]
+    assert {target, decoy, anchor} == {0, 1, 2}
+    assert gp.classify(gp.answer_box(box_text(objects[target]["box"])), decoy_row) == "target"
+    assert gp.classify(gp.answer_box(box_text(objects[decoy]["box"])), decoy_row) == "decoy"
+    assert gp.classify(gp.answer_box(box_text(objects[anchor]["box"])), decoy_row) == "other"
+    # a box off every shape, and no box at all
+    assert gp.classify([0, 0, 1, 1], decoy_row) == "none"
+    assert gp.classify(gp.answer_box("<answer>the red one</answer>"), decoy_row) == "none"
+
+
+def test_a_box_slightly_off_the_target_still_picks_it(decoy_row) -> None:
+    x0, y0, x1, y1 = decoy_row["objects"][decoy_row["target"]]["box"]
+    assert gp.classify([x0 + 2, y0 + 2, x1 + 2, y1 + 2], decoy_row) == "target"
+
+
+def test_analyse_counts_picks_iou_when_right_and_samples(decoy_row) -> None:
+    objects, target = decoy_row["objects"], decoy_row["target"]
+    decoy = next(i for i, o in enumerate(objects) if i != target and gp.class_of(o) == gp.class_of(objects[target]))
+    rows = [decoy_row] * 3
+    greedy = [box_text(objects[target]["box"]), box_text(objects[decoy]["box"]), "no box"]
+    sampled = [[box_text(objects[target]["box"]), "no box"]] * 3
+    stats = gp.analyse(rows, greedy, sampled)
+    assert stats["picks"] == {"target": 1, "decoy": 1, "other": 0, "none": 1}
+    assert stats["decoy_rows"] == 3 and stats["decoy_rows_right"] == pytest.approx(1 / 3)
+    assert stats["iou_when_right"] == pytest.approx(1.0)
+    assert stats["mean_iou"] == pytest.approx(1 / 3)  # the decoy is another shape: IoU 0 with the target
+    assert stats["sample_mean_iou"] == pytest.approx(0.5)
+    assert stats["best_of_g_iou"] == pytest.approx(1.0)
+    assert stats["within_group_std"] == pytest.approx(0.5)
+    assert "decoy 1" in gp.report(stats) and "best of G 1.000" in gp.report(stats)
