@@ -44,6 +44,7 @@ The job-driving helpers (server start, upload, follow) are demo/run.py's, import
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -133,13 +134,11 @@ def generate_answers(folder: Path, rows: list[dict], max_tokens: int) -> list[st
     return [group[0] for group in sample_answers(folder, rows, max_tokens)]
 
 
-def sample_answers(folder: Path, rows: list[dict], max_tokens: int, samples: int = 1,
-                   temperature: float = 0.0) -> list[list[str]]:
-    """`samples` answers a row of the model in `folder` (greedy at temperature 0; seeded by the row's index),
-    with the trainer's own prompt rendering and HF generation."""
+@functools.lru_cache(maxsize=1)
+def _local_rollout(folder: Path):
+    """(processor, vision, HF rollout) of the model in `folder`, loaded once for consecutive calls on it."""
     import torch
 
-    from trainer.data import ChatData
     from trainer.grpo import _stop_ids, placeholder_token_ids
     from trainer.rollout import HFRollout
     from trainer.runtime import is_vision_model, load_model, load_processor
@@ -149,10 +148,20 @@ def sample_answers(folder: Path, rows: list[dict], max_tokens: int, samples: int
     tok = getattr(processor, "tokenizer", processor)
     model = load_model(str(folder), vision, torch.float32)
     model.eval()
-    data = ChatData(rows, list(range(1, len(rows) + 1)), processor, vision, "held-out set")
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     rollout = HFRollout(lambda: model, tok, _stop_ids(str(folder), tok), pad, torch.device("cpu"), 0,
                         placeholder_token_ids(model.config))
+    return processor, vision, rollout
+
+
+def sample_answers(folder: Path, rows: list[dict], max_tokens: int, samples: int = 1,
+                   temperature: float = 0.0) -> list[list[str]]:
+    """`samples` answers a row of the model in `folder` (greedy at temperature 0; seeded by the row's index),
+    with the trainer's own prompt rendering and HF generation."""
+    from trainer.data import ChatData
+
+    processor, vision, rollout = _local_rollout(folder)
+    data = ChatData(rows, list(range(1, len(rows) + 1)), processor, vision, "held-out set")
     prompts = [data.prompt(i) for i in range(len(rows))]
     seeds = list(range(len(prompts))) if temperature > 0 else [0] * len(prompts)
     groups = rollout.generate(prompts, samples, max_tokens, temperature, 1.0, seeds)
