@@ -6,6 +6,7 @@ See `synthetic.shapes` for the row fields, the image and box conventions and the
 from synthetic.shapes import (
     COLOURS,
     COORDINATES,
+    DECOYS,
     SHAPES,
     SIZES,
     TASKS,
@@ -20,6 +21,6 @@ from synthetic.shapes import (
 )
 
 __all__ = [
-    "COLOURS", "COORDINATES", "SHAPES", "SIZES", "TASKS", "Options", "answer_of", "generate", "grader_spec",
+    "COLOURS", "COORDINATES", "DECOYS", "SHAPES", "SIZES", "TASKS", "Options", "answer_of", "generate", "grader_spec",
     "make_row", "referents", "to_jsonl", "write_task",
 ]

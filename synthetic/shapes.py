@@ -134,6 +134,9 @@ SIZES: tuple[tuple[int, int], ...] = (
 """(width, height): sides multiples of 28, 28*28*16 .. 28*28*64 pixels (smart_resize leaves them as they are)."""
 
 RELATIONS = {"left": "left of", "right": "right of", "above": "above", "below": "below"}
+IN_LINE = "directly"
+"""Word before the relation when relations are in line (``decoy="other_anchor"``)."""
+DECOYS = ("opposite", "other_anchor")
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 SHORT_FORMAT_PATTERN = r"<answer>\s*\S.*?</answer>"
@@ -180,6 +183,13 @@ class Options:
     shapes: tuple[str, ...] = SHAPES
     list_classes: bool = True
     """Classification: name the possible colours and shapes in the prompt."""
+    decoy: str = "opposite"
+    """Grounding: where a decoy of the target's class stands. ``opposite`` (default): on the anchor's other side,
+    in 75% of scenes; a position rule ("of the shapes named X, the one farthest left") still finds the target.
+    ``other_anchor``: every scene has 4 or more shapes; relations are in line ("the red circle directly left of
+    the blue star": left of it and overlapping its rows), and the decoy stands directly in the same relation to
+    a SECOND anchor of another class (a red circle directly left of a green square). The decoy is farther that
+    way than the target in half of the scenes, nearer in the other half, so only the anchor tells which."""
 
     def check(self) -> "Options":
         if self.coordinates not in COORDINATES:
@@ -188,6 +198,10 @@ class Options:
             raise ValueError("need 1 <= min_objects <= max_objects")
         if self.max_targets < 1:
             raise ValueError("max_targets must be at least 1")
+        if self.decoy not in DECOYS:
+            raise ValueError(f"decoy must be one of {', '.join(DECOYS)}, got {self.decoy!r}")
+        if self.decoy == "other_anchor" and self.max_objects < 4:
+            raise ValueError("decoy='other_anchor' needs max_objects >= 4 (target, anchor, decoy, second anchor)")
         if not 0 <= self.gradient <= GRADIENT_MAX:
             raise ValueError(f"gradient must be in [0, {GRADIENT_MAX}]")
         if not 0 <= self.empty_prob <= 1 or not 0 <= self.noise_prob <= 1 or not 0 <= self.overlap < 1:
@@ -388,6 +402,20 @@ def holds(relation: str, a: Sequence[int], b: Sequence[int]) -> bool:
     raise ValueError(relation)
 
 
+def holds_in_line(relation: str, a: Sequence[int], b: Sequence[int]) -> bool:
+    """Whether box `a` is directly `relation` of box `b`: strictly `relation` of it, and overlapping it along
+    the other axis (in its rows for left / right, in its columns for above / below)."""
+    lo, hi = (1, 3) if relation in ("left", "right") else (0, 2)
+    return holds(relation, a, b) and a[lo] < b[hi] and b[lo] < a[hi]
+
+
+def beyond(relation: str, a: Sequence[int], b: Sequence[int]) -> bool:
+    """Whether box `a`'s centre is farther `relation` than box `b`'s (farther left for "left")."""
+    axis = 0 if relation in ("left", "right") else 1
+    centre = lambda box: box[axis] + box[axis + 2]  # noqa: E731  twice the centre, integer
+    return centre(a) < centre(b) if relation in ("left", "above") else centre(a) > centre(b)
+
+
 def opposite_side(relation: str, a: Sequence[int], b: Sequence[int]) -> bool:
     """Whether box `a` stands on the side of box `b` opposite to `relation`: its centre beyond `b`'s centre
     that way, and `a` not `relation` of `b`."""
@@ -397,13 +425,14 @@ def opposite_side(relation: str, a: Sequence[int], b: Sequence[int]) -> bool:
     return beyond and not holds(relation, a, b)
 
 
-def referents(objects: Sequence[dict], target: str, relation: str, anchor: str) -> list[int]:
+def referents(objects: Sequence[dict], target: str, relation: str, anchor: str, in_line: bool = False) -> list[int]:
     """Indices of the objects named `target` ("red circle") that are `relation` of an object named
-    `anchor`; objects are ``{"colour", "shape", "box"}`` dicts (a row's ``objects``)."""
+    `anchor` (directly, with `in_line`); objects are ``{"colour", "shape", "box"}`` dicts (a row's ``objects``)."""
     name = lambda o: f"{o['colour']} {o['shape']}"  # noqa: E731
+    rel_holds = holds_in_line if in_line else holds
     anchors = [o for o in objects if name(o) == anchor]
     return [i for i, o in enumerate(objects)
-            if name(o) == target and any(holds(relation, o["box"], a["box"]) for a in anchors)]
+            if name(o) == target and any(rel_holds(relation, o["box"], a["box"]) for a in anchors)]
 
 
 def place_name(box: Sequence[int], width: int, height: int) -> str:
@@ -490,48 +519,85 @@ def _detection(rng: random.Random, opts: Options) -> tuple[_Scene, dict]:
 
 
 def _grounding(rng: random.Random, opts: Options) -> tuple[_Scene, dict]:
+    least = 4 if opts.decoy == "other_anchor" else 2
     for _attempt in range(100):
-        n = rng.randint(max(2, opts.min_objects), max(2, opts.max_objects))
+        n = rng.randint(max(least, opts.min_objects), max(least, opts.max_objects))
         width, height, regions, bg, bg_name = _scene_base(rng, opts, n, 0.16, 0.30)
-        if len(regions) < max(2, opts.min_objects):
+        if len(regions) < max(least, opts.min_objects):
             continue  # the image was full: draw the scene again rather than give fewer shapes than asked
         objects = [Obj(rng.choice(opts.shapes), rng.choice(opts.colours), r).paint(width, height) for r in regions]
+        in_line = opts.decoy == "other_anchor"
+        rel_holds = holds_in_line if in_line else holds
         triples = [(t, a, rel) for t in range(len(objects)) for a in range(len(objects)) if t != a
-                   for rel in RELATIONS if holds(rel, objects[t].box, objects[a].box)]
+                   for rel in RELATIONS if rel_holds(rel, objects[t].box, objects[a].box)]
         if not triples:
             continue
-
-        def decoys_for(t: int, a: int, rel: str) -> list[int]:
-            """Objects that, drawn as the target's shape, stand on the OPPOSITE side of the anchor: centre
-            beyond the anchor's centre, and not `rel` of it. Not "strictly opposite" (no overlap along the
-            axis): three big shapes seldom fit in a row, and with shapes of a third of the side that rule
-            left no scene with a decoy at all."""
-            return [i for i in range(len(objects)) if i not in (t, a) and opposite_side(
-                rel, shape_box(objects[t].shape, objects[i].region), objects[a].box)]
-
-        # most of the time, a decoy of the target's class stands on the other side: the relation is needed
-        with_decoy = [(tr, d) for tr in triples for d in [decoys_for(*tr)] if d]
-        if with_decoy and rng.random() < 0.75:
-            (t, a, rel), cands = rng.choice(with_decoy)
-            decoy = rng.choice(cands)
+        if opts.decoy == "other_anchor":
+            picked = _other_anchor_decoy(rng, objects, triples)
+            if picked is None:
+                continue
+            t, a, rel, decoy, second = picked
         else:
-            (t, a, rel), decoy = rng.choice(triples), None
+            t, a, rel, decoy = _opposite_decoy(rng, objects, triples)
+            second = None
         tgt, anc = objects[t], objects[a]
         anc.colour, anc.shape = _distinct(rng, opts, {tgt.name}, shape=anc.shape)
+        if second is not None:
+            o = objects[second]
+            o.colour, o.shape = _distinct(rng, opts, {tgt.name, anc.name}, shape=o.shape)
+        taken = {tgt.name, anc.name} | ({objects[second].name} if second is not None else set())
         for i, o in enumerate(objects):
             if i == decoy:
                 o.colour, o.shape = tgt.colour, tgt.shape
-            elif i not in (t, a):
-                o.colour, o.shape = _distinct(rng, opts, {tgt.name, anc.name})
+            elif i not in (t, a, second):
+                o.colour, o.shape = _distinct(rng, opts, taken)
             if i not in (t, a):
                 o.paint(width, height)
         rows = [o.to_json() for o in objects]
-        if referents(rows, tgt.name, rel, anc.name) != [t] or sum(o.name == anc.name for o in objects) != 1:
+        if referents(rows, tgt.name, rel, anc.name, in_line) != [t] or sum(o.name == anc.name for o in objects) != 1:
             continue  # pragma: no cover (the construction guarantees it; kept as a safety net)
         scene = _Scene(width, height, objects, bg, bg_name)
-        expression = f"the {tgt.name} {RELATIONS[rel]} the {anc.name}"
+        expression = f"the {tgt.name} {IN_LINE + ' ' if in_line else ''}{RELATIONS[rel]} the {anc.name}"
         return scene, {"expression": expression, "target": t, "anchor": a, "relation": rel, "boxes": [tgt.box]}
     raise RuntimeError("could not build a grounding scene; allow more objects or larger images")
+
+
+def _opposite_decoy(rng: random.Random, objects: list[Obj], triples: list) -> tuple[int, int, str, int | None]:
+    """(target, anchor, relation, decoy or None): in 75% of scenes that allow one, a decoy on the anchor's
+    OPPOSITE side: an object that, drawn as the target's shape, has its centre beyond the anchor's centre and
+    is not `rel` of it. Not "strictly opposite" (no overlap along the axis): three big shapes seldom fit in a
+    row, and with shapes of a third of the side that rule left no scene with a decoy at all."""
+    def decoys_for(t: int, a: int, rel: str) -> list[int]:
+        return [i for i in range(len(objects)) if i not in (t, a) and opposite_side(
+            rel, shape_box(objects[t].shape, objects[i].region), objects[a].box)]
+
+    with_decoy = [(tr, d) for tr in triples for d in [decoys_for(*tr)] if d]
+    if with_decoy and rng.random() < 0.75:
+        (t, a, rel), cands = rng.choice(with_decoy)
+        return t, a, rel, rng.choice(cands)
+    t, a, rel = rng.choice(triples)
+    return t, a, rel, None
+
+
+def _other_anchor_decoy(rng: random.Random, objects: list[Obj], triples: list) -> tuple[int, int, str, int, int] | None:
+    """(target, anchor, relation, decoy, second anchor) with in-line relations, or None when the layout allows
+    none: the decoy, drawn as the target's shape, is directly `rel` of the second anchor and not of the first.
+    A fair coin says whether the decoy stands farther `rel` than the target or not (when the layout allows
+    both), so that no rule on the target class's positions alone finds the target."""
+    picks: dict[bool, list] = {True: [], False: []}
+    for t, a, rel in triples:
+        for d in range(len(objects)):
+            if d in (t, a):
+                continue
+            box = shape_box(objects[t].shape, objects[d].region)
+            if holds_in_line(rel, box, objects[a].box):
+                continue
+            picks[beyond(rel, box, objects[t].box)] += [
+                (t, a, rel, d, s) for s in range(len(objects))
+                if s not in (t, a, d) and holds_in_line(rel, box, objects[s].box)]
+    farther = rng.random() < 0.5
+    pool = picks[farther] or picks[not farther]
+    return rng.choice(pool) if pool else None
 
 
 def _classification(rng: random.Random, opts: Options) -> tuple[_Scene, dict]:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from synthetic import COLOURS, generate, make_row, referents, to_jsonl
-from synthetic.shapes import RELATIONS, SIZES, Options, decode_data_url, holds, mask_box, opposite_side, to_space
+from synthetic.shapes import (RELATIONS, SIZES, Options, beyond, decode_data_url, holds, holds_in_line, mask_box,
+                              opposite_side, to_space)
 
 TASKS = ("detection", "grounding", "classification")
 
@@ -134,6 +135,39 @@ def test_opposite_side_is_beyond_the_centre_and_not_in_the_relation():
     assert not opposite_side("left", [10, 0, 26, 16], anchor)  # centre to its left
     assert not opposite_side("left", [0, 0, 16, 16], anchor)  # left of it
     assert opposite_side("above", [0, 30, 16, 46], anchor) and not opposite_side("below", [0, 30, 16, 46], anchor)
+
+
+def test_grounding_with_a_second_anchor_needs_the_anchors_name():
+    """decoy="other_anchor": the decoy (the target's class) stands directly in the same relation to another
+    anchor, so neither the target's class nor a position rule finds the target; only the anchor does."""
+    rows = generate("grounding", 120, seed=3, sizes=((56, 56),), noise_prob=0.0, min_objects=4, max_objects=4,
+                    shape_scale=(0.3, 0.45), decoy="other_anchor")
+    name = lambda o: f"{o['colour']} {o['shape']}"  # noqa: E731
+    farthest_is_target = 0
+    for row in rows:
+        objects, t, a, rel = row["objects"], row["target"], row["anchor"], row["relation"]
+        target, anchor = name(objects[t]), name(objects[a])
+        assert len(objects) == 4 and row["expression"] == f"the {target} directly {RELATIONS[rel]} the {anchor}"
+        assert referents(objects, target, rel, anchor, in_line=True) == [t], row["id"]
+        assert holds_in_line(rel, objects[t]["box"], objects[a]["box"])
+        (d,) = [i for i, o in enumerate(objects) if i != t and name(o) == target]  # exactly one decoy
+        assert not holds_in_line(rel, objects[d]["box"], objects[a]["box"])
+        assert any(holds_in_line(rel, objects[d]["box"], o["box"]) and name(o) not in (target, anchor)
+                   for o in objects), row["id"]  # ... directly `rel` of a second anchor of another class
+        farthest_is_target += beyond(rel, objects[t]["box"], objects[d]["box"])
+    assert 0.35 * len(rows) <= farthest_is_target <= 0.65 * len(rows)  # a fair coin: no position rule works
+    with pytest.raises(ValueError, match="max_objects >= 4"):
+        generate("grounding", 1, max_objects=3, decoy="other_anchor")
+    with pytest.raises(ValueError, match="decoy must be one of"):
+        generate("grounding", 1, decoy="beside")
+
+
+def test_in_line_relations_overlap_along_the_other_axis():
+    anchor = [20, 20, 36, 36]
+    assert holds_in_line("left", [0, 25, 16, 41], anchor)  # left of it, in its rows
+    assert holds("left", [0, 40, 16, 56], anchor) and not holds_in_line("left", [0, 40, 16, 56], anchor)  # below its rows
+    assert holds_in_line("below", [25, 40, 41, 56], anchor) and not holds_in_line("below", [0, 40, 16, 56], anchor)
+    assert beyond("left", [0, 0, 10, 10], [5, 0, 15, 10]) and not beyond("right", [0, 0, 10, 10], [5, 0, 15, 10])
 
 
 def test_classification_is_fine_grained():
