@@ -79,6 +79,10 @@ def add_scene_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--gradient-background", type=int, default=0, metavar="AMPLITUDE",
                     help="backgrounds carry a faint red (x) / blue (y) ramp of this many grey levels: an absolute-position "
                          "cue in the pixels (synthetic Options.gradient; 0: plain greys)")
+    ap.add_argument("--decoy", choices=synthetic.DECOYS, default="opposite",
+                    help="grounding decoys (synthetic Options.decoy): 'opposite' (the anchor's other side) or "
+                         "'other_anchor' (4+ shapes, in-line relations, a decoy beside a second anchor: only the "
+                         "anchor's name tells which)")
 
 
 def task_options(args: argparse.Namespace) -> dict:
@@ -96,6 +100,8 @@ def task_options(args: argparse.Namespace) -> dict:
         opts["shape_scale"] = tuple(args.shape_scale)
     if getattr(args, "gradient_background", 0):
         opts["gradient"] = args.gradient_background
+    if getattr(args, "decoy", "opposite") != "opposite":
+        opts["decoy"] = args.decoy
     return opts
 
 
@@ -303,6 +309,8 @@ def scene_note(args: argparse.Namespace) -> str:
     background = "plain backgrounds" if args.plain_background else "half of the backgrounds noisy"
     if getattr(args, "gradient_background", 0):
         background += f", with a position ramp of {args.gradient_background} levels (red along x, blue along y)"
+    if getattr(args, "decoy", "opposite") == "other_anchor":
+        background += "; grounding decoys beside a second anchor (in-line relations: only the anchor's name tells which)"
     return f"{size}, {objects}, {background}"
 
 
