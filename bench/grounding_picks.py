@@ -12,6 +12,9 @@ The learning benchmark gives one number a stage (mean IoU). This splits it, on t
     VRFT_HOME=/tmp/exp/h .venv/bin/python bench/grounding_picks.py ft:e6:default:learn-grounding-rft:FUZmOmBX \\
         --rows 128 --samples 8 --image-size 56 --plain-background --shape-scale 0.3 0.45 --min-objects 3 --max-objects 3
 
+In decoy rows it also gives the share of answers on the target's class that land on the farthest such shape in
+the relation's direction (a position rule that needs no anchor), and with samples the share that pick the target.
+
 MODEL is a model folder, or a model id that the service in VRFT_HOME serves (a fine-tuned id is fetched from its
 storage, as the chat endpoint does). The rows are the held-out split with seed 10000, which is the benchmark's
 seed 0 held-out rows and more. `--split train --seed S` gives the benchmark's training rows of seed S.
@@ -47,18 +50,34 @@ def answer_box(text: str) -> list[float] | None:
     return list(boxes[0][0]) if boxes else None
 
 
+def picked(box: list[float] | None, row: dict) -> int | None:
+    """Index of the shape of `row` that the box lands on (best IoU), or None for no box or no shape."""
+    if box is None:
+        return None
+    overlaps = [iou(box, o["box"]) for o in row["objects"]]
+    best = max(range(len(overlaps)), key=overlaps.__getitem__)
+    return best if overlaps[best] >= ON_A_SHAPE else None
+
+
 def classify(box: list[float] | None, row: dict) -> str:
     """Which shape of `row` (a synthetic grounding row) the box picks: one of PICKS."""
-    if box is None:
-        return "none"
-    objects = row["objects"]
-    overlaps = [iou(box, o["box"]) for o in objects]
-    best = max(range(len(objects)), key=overlaps.__getitem__)
-    if overlaps[best] < ON_A_SHAPE:
+    best = picked(box, row)
+    if best is None:
         return "none"
     if best == row["target"]:
         return "target"
+    objects = row["objects"]
     return "decoy" if class_of(objects[best]) == class_of(objects[row["target"]]) else "other"
+
+
+def farthest_of_class(row: dict) -> int:
+    """The shape of the target's class farthest in the relation's direction (by centre): what a position rule
+    ("of the shapes named X, the one farthest left") picks without reading the anchor."""
+    axis = 0 if row["relation"] in ("left", "right") else 1
+    sign = -1 if row["relation"] in ("left", "above") else 1
+    target = class_of(row["objects"][row["target"]])
+    return max((i for i, o in enumerate(row["objects"]) if class_of(o) == target),
+               key=lambda i: sign * (row["objects"][i]["box"][axis] + row["objects"][i]["box"][axis + 2]))
 
 
 def has_decoy(row: dict) -> bool:
@@ -74,16 +93,26 @@ def analyse(rows: list[dict], greedy: list[str], sampled: list[list[str]] | None
     ious = [iou(b, r["boxes"][0]) if b else 0.0 for b, r in zip(boxes, rows)]
     decoy_rows = [p for p, r in zip(picks, rows) if has_decoy(r)]
     right = [v for v, p in zip(ious, picks) if p == "target"]
+    # in decoy rows, of the answers on a shape of the target's class: the share on the farthest one
+    on_class = [picked(b, r) == farthest_of_class(r) for b, p, r in zip(boxes, picks, rows)
+                if has_decoy(r) and p in ("target", "decoy")]
     out = {"rows": len(rows), "mean_iou": statistics.fmean(ious), "picks": {k: Counter(picks)[k] for k in PICKS},
            "decoy_rows": len(decoy_rows),
            "decoy_rows_right": decoy_rows.count("target") / len(decoy_rows) if decoy_rows else None,
+           "farthest_picked": statistics.fmean(on_class) if on_class else None,
+           "farthest_is_target": statistics.fmean(farthest_of_class(r) == r["target"] for r in rows if has_decoy(r))
+           if decoy_rows else None,
            "iou_when_right": statistics.fmean(right) if right else None}
     if sampled:
         per_row = [[iou(b, r["boxes"][0]) if b else 0.0 for b in map(answer_box, texts)]
                    for texts, r in zip(sampled, rows)]
+        target_share = [statistics.fmean(classify(answer_box(t), r) == "target" for t in texts)
+                        for texts, r in zip(sampled, rows) if has_decoy(r)]
         out.update(sample_mean_iou=statistics.fmean(statistics.fmean(s) for s in per_row),
                    best_of_g_iou=statistics.fmean(max(s) for s in per_row),
-                   within_group_std=statistics.fmean(statistics.pstdev(s) for s in per_row))
+                   within_group_std=statistics.fmean(statistics.pstdev(s) for s in per_row),
+                   decoy_rows_sample_target=statistics.fmean(target_share) if target_share else None,
+                   decoy_rows_some_sample_target=statistics.fmean(v > 0 for v in target_share) if target_share else None)
     return out
 
 
@@ -94,9 +123,16 @@ def report(stats: dict) -> str:
              f"decoy rows {stats['decoy_rows']}, target picked in "
              + (f"{right:.0%}" if right is not None else "-")
              + f"; IoU when right {stats['iou_when_right'] or 0:.3f}"]
+    if stats["farthest_picked"] is not None:
+        lines.append(f"position rule: of the decoy-row answers on the target's class, {stats['farthest_picked']:.0%} "
+                     f"on the one farthest in the relation's direction (the target is that one in "
+                     f"{stats['farthest_is_target']:.0%} of decoy rows)")
     if "sample_mean_iou" in stats:
         lines.append(f"samples at temperature 1: mean IoU {stats['sample_mean_iou']:.3f}, best of G "
                      f"{stats['best_of_g_iou']:.3f}, within-group std {stats['within_group_std']:.3f}")
+    if stats.get("decoy_rows_sample_target") is not None:
+        lines.append(f"decoy rows: {stats['decoy_rows_sample_target']:.0%} of samples pick the target; "
+                     f"{stats['decoy_rows_some_sample_target']:.0%} of rows have a sample that does")
     return "\n".join(lines)
 
 

@@ -53,3 +53,23 @@ def test_analyse_counts_picks_iou_when_right_and_samples(decoy_row) -> None:
     assert stats["best_of_g_iou"] == pytest.approx(1.0)
     assert stats["within_group_std"] == pytest.approx(0.5)
     assert "decoy 1" in gp.report(stats) and "best of G 1.000" in gp.report(stats)
+
+
+def test_position_rule_and_sampled_target_share_on_second_anchor_rows() -> None:
+    """decoy='other_anchor' rows: the farthest shape of the target's class is the target in about half of them;
+    answers that always take the farthest follow the position rule 100% and are right only where it is."""
+    rows = synthetic.generate("grounding", 40, seed=5, **{**SCENE, "min_objects": 4, "max_objects": 4},
+                              decoy="other_anchor")
+    farthest = [gp.farthest_of_class(r) for r in rows]
+    assert all(gp.has_decoy(r) for r in rows)
+    assert 0.3 < sum(f == r["target"] for f, r in zip(farthest, rows)) / len(rows) < 0.7
+    greedy = [box_text(r["objects"][f]["box"]) for f, r in zip(farthest, rows)]
+    sampled = [[box_text(r["objects"][r["target"]]["box"]), box_text(r["objects"][f]["box"])]
+               for f, r in zip(farthest, rows)]
+    stats = gp.analyse(rows, greedy, sampled)
+    assert stats["farthest_picked"] == 1.0
+    assert stats["decoy_rows_right"] == pytest.approx(stats["farthest_is_target"])
+    # one sample of two on the target: half the samples where the farthest is the decoy, all where it is the target
+    assert stats["decoy_rows_sample_target"] == pytest.approx(0.5 + stats["farthest_is_target"] / 2)
+    assert stats["decoy_rows_some_sample_target"] == 1.0
+    assert "position rule: " in gp.report(stats) and "have a sample that does" in gp.report(stats)
