@@ -140,9 +140,16 @@ def generate_answers(folder: Path, rows: list[dict], max_tokens: int) -> list[st
     return [group[0] for group in sample_answers(folder, rows, max_tokens)]
 
 
-@functools.lru_cache(maxsize=1)
 def _local_rollout(folder: Path):
-    """(processor, vision, HF rollout) of the model in `folder`, loaded once for consecutive calls on it."""
+    """(processor, vision, HF rollout) of the model in `folder`, loaded once for consecutive calls on it while
+    its files stay the same (pretrain_base.py rewrites one folder between its evaluations)."""
+    stamp = tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in Path(folder).iterdir() if p.is_file()))
+    return _load_rollout(Path(folder), stamp)
+
+
+@functools.lru_cache(maxsize=1)
+def _load_rollout(folder: Path, stamp: tuple):
+    """`_local_rollout`'s cache: `stamp` (the files' names, times and sizes) is part of the key."""
     import torch
 
     from trainer.grpo import _stop_ids, placeholder_token_ids
