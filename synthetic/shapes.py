@@ -56,7 +56,8 @@ Row fields (every row)
 ``background``    ``"{grey name}"`` or ``"{grey name} noise"``, plus ``" gradient"`` with ``gradient`` > 0.
 Detection adds ``category`` (``"red circle"``); grounding adds ``expression`` (``"the red circle left of the
 blue square"``), ``target`` / ``anchor`` (indices into ``objects``) and ``relation`` (``left`` / ``right`` /
-``above`` / ``below``); classification adds ``label`` (``"dark red circle"``), ``colour`` and ``shape``.
+``above`` / ``below``; with ``decoy="other_anchor"`` the expression says "directly left of", see `Options.decoy`);
+classification adds ``label`` (``"dark red circle"``), ``colour`` and ``shape``.
 
 Styles
 ------
@@ -136,6 +137,7 @@ SIZES: tuple[tuple[int, int], ...] = (
 RELATIONS = {"left": "left of", "right": "right of", "above": "above", "below": "below"}
 IN_LINE = "directly"
 """Word before the relation when relations are in line (``decoy="other_anchor"``)."""
+OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
 DECOYS = ("opposite", "other_anchor")
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
@@ -419,10 +421,7 @@ def beyond(relation: str, a: Sequence[int], b: Sequence[int]) -> bool:
 def opposite_side(relation: str, a: Sequence[int], b: Sequence[int]) -> bool:
     """Whether box `a` stands on the side of box `b` opposite to `relation`: its centre beyond `b`'s centre
     that way, and `a` not `relation` of `b`."""
-    axis = 0 if relation in ("left", "right") else 1
-    centre = lambda box: box[axis] + box[axis + 2]  # noqa: E731  twice the centre, integer
-    beyond = centre(a) > centre(b) if relation in ("left", "above") else centre(a) < centre(b)
-    return beyond and not holds(relation, a, b)
+    return beyond(OPPOSITE[relation], a, b) and not holds(relation, a, b)
 
 
 def referents(objects: Sequence[dict], target: str, relation: str, anchor: str, in_line: bool = False) -> list[int]:
