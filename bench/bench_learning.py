@@ -30,6 +30,8 @@ Writes --out/results.json (every number, every job id, per-seed scores and a few
     # big shapes, and a relational task (3 shapes, a decoy of the target's class) on a base pretrained on 2-shape
     # scenes (its two pretrain_base.py commands are in bench/results/learning.relational.md):
     ... --base-model e6 --image-size 56 --plain-background --shape-scale 0.3 0.45 --min-objects 3 --max-objects 3 ...
+    # 4 shapes, a decoy beside a second anchor: only the anchor's name tells which (bench/results/learning.anchors.md):
+    ... --base-model e6 --image-size 56 --plain-background --shape-scale 0.3 0.45 --min-objects 4 --max-objects 4 --decoy other_anchor ...
     .venv/bin/python bench/bench_learning.py --render bench/results/learning.json --out bench/results   # table + plot only
     # one process per seed side by side (each with its own VRFT_HOME and --out), then one table from their files:
     .venv/bin/python bench/bench_learning.py --merge /tmp/s0/learning.json /tmp/s1/learning.json --out /tmp/merged
