@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 import synthetic  # noqa: E402
 from bench.bench_learning import add_scene_arguments, model_folder, sample_answers, task_options  # noqa: E402
 from grader.boxes import iou, parse_boxes  # noqa: E402
+from synthetic.shapes import beyond  # noqa: E402
 
 PICKS = ("target", "decoy", "other", "none")
 ON_A_SHAPE = 0.2
@@ -73,11 +74,9 @@ def classify(box: list[float] | None, row: dict) -> str:
 def farthest_of_class(row: dict) -> int:
     """The shape of the target's class farthest in the relation's direction (by centre): what a position rule
     ("of the shapes named X, the one farthest left") picks without reading the anchor."""
-    axis = 0 if row["relation"] in ("left", "right") else 1
-    sign = -1 if row["relation"] in ("left", "above") else 1
     target = class_of(row["objects"][row["target"]])
-    return max((i for i, o in enumerate(row["objects"]) if class_of(o) == target),
-               key=lambda i: sign * (row["objects"][i]["box"][axis] + row["objects"][i]["box"][axis + 2]))
+    boxes = {i: o["box"] for i, o in enumerate(row["objects"]) if class_of(o) == target}
+    return next(i for i, box in boxes.items() if not any(beyond(row["relation"], b, box) for b in boxes.values()))
 
 
 def has_decoy(row: dict) -> bool:
