@@ -145,7 +145,7 @@ def generate_answers(folder: Path, rows: list[dict], max_tokens: int) -> list[st
 def _local_rollout(folder: Path):
     """(processor, vision, HF rollout) of the model in `folder`, loaded once for consecutive calls on it while
     its files stay the same (pretrain_base.py rewrites one folder between its evaluations)."""
-    stamp = tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in Path(folder).iterdir() if p.is_file()))
+    stamp = tuple(sorted((p.name, (st := p.stat()).st_mtime_ns, st.st_size) for p in Path(folder).iterdir() if p.is_file()))
     return _load_rollout(Path(folder), stamp)
 
 

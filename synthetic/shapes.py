@@ -518,20 +518,20 @@ def _detection(rng: random.Random, opts: Options) -> tuple[_Scene, dict]:
 
 
 def _grounding(rng: random.Random, opts: Options) -> tuple[_Scene, dict]:
-    least = 4 if opts.decoy == "other_anchor" else 2
+    in_line = opts.decoy == "other_anchor"  # relations in line, and a decoy beside a second anchor
+    rel_holds = holds_in_line if in_line else holds
+    least = 4 if in_line else 2
     for _attempt in range(100):
         n = rng.randint(max(least, opts.min_objects), max(least, opts.max_objects))
         width, height, regions, bg, bg_name = _scene_base(rng, opts, n, 0.16, 0.30)
         if len(regions) < max(least, opts.min_objects):
             continue  # the image was full: draw the scene again rather than give fewer shapes than asked
         objects = [Obj(rng.choice(opts.shapes), rng.choice(opts.colours), r).paint(width, height) for r in regions]
-        in_line = opts.decoy == "other_anchor"
-        rel_holds = holds_in_line if in_line else holds
         triples = [(t, a, rel) for t in range(len(objects)) for a in range(len(objects)) if t != a
                    for rel in RELATIONS if rel_holds(rel, objects[t].box, objects[a].box)]
         if not triples:
             continue
-        if opts.decoy == "other_anchor":
+        if in_line:
             picked = _other_anchor_decoy(rng, objects, triples)
             if picked is None:
                 continue
@@ -544,11 +544,12 @@ def _grounding(rng: random.Random, opts: Options) -> tuple[_Scene, dict]:
         if second is not None:
             o = objects[second]
             o.colour, o.shape = _distinct(rng, opts, {tgt.name, anc.name}, shape=o.shape)
-        taken = {tgt.name, anc.name} | ({objects[second].name} if second is not None else set())
+        named = [i for i in (t, a, second) if i is not None]
+        taken = {objects[i].name for i in named}
         for i, o in enumerate(objects):
             if i == decoy:
                 o.colour, o.shape = tgt.colour, tgt.shape
-            elif i not in (t, a, second):
+            elif i not in named:
                 o.colour, o.shape = _distinct(rng, opts, taken)
             if i not in (t, a):
                 o.paint(width, height)
