@@ -108,6 +108,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--eval-every", type=int, default=500, help="evaluate and save every this many steps")
     ap.add_argument("--n-eval", type=int, default=64)
+    ap.add_argument("--keep-evals", action="store_true",
+                    help="also keep each evaluated checkpoint as its own model, <name>-s<step> beside the output folder")
     ap.add_argument("--threads", type=int, default=1)
     add_scene_arguments(ap)
     return ap
@@ -187,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             save(model, init, out, {**info, "step": step, "history": history, "evals": evals,
                                     "samples": {t: v["samples"] for t, v in e.items()},
                                     "seconds": round(time.time() - t0, 1)})
+            if args.keep_evals:  # a copy per eval, so a base can be picked at a chosen level of skill
+                shutil.copytree(out, out.parent / f"{out.name}-s{step}", dirs_exist_ok=True)
             print(f"eval step {step}: " + ", ".join(f"{t} {v['score']:.3f} (format {v['format']:.2f})" for t, v in e.items())
                   + f"  samples {e[args.tasks[0]]['samples'][:2]}", flush=True)
             model.train()
