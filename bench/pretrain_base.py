@@ -87,6 +87,38 @@ def save(model, init: Path, out: Path, info: dict) -> None:
     swap_into(tmp, out)
 
 
+def deepen(model) -> None:
+    """Double the depth of both towers without changing what the model computes (LLaMA Pro's block expansion):
+    after each text layer and each vision block, a copy of it whose output projections (attention and MLP) are
+    zero, so the copy adds nothing to the residual stream until training moves those projections.
+
+    Why: a pretrained base keeps what it learnt (finding shapes) and gains depth for what it could not (binding
+    a name to a shape and then a relation to that shape's position, two hops)."""
+    import copy
+
+    import torch
+
+    def twin(block, outputs):
+        new = copy.deepcopy(block)
+        for linear in outputs(new):
+            torch.nn.init.zeros_(linear.weight)
+            if linear.bias is not None:
+                torch.nn.init.zeros_(linear.bias)
+        return new
+
+    lm, vision = model.model.language_model, model.model.visual
+    lm.layers = torch.nn.ModuleList([m for layer in lm.layers
+                                     for m in (layer, twin(layer, lambda b: (b.self_attn.o_proj, b.mlp.down_proj)))])
+    for i, layer in enumerate(lm.layers):
+        layer.self_attn.layer_idx = i  # the KV cache indexes layers by this
+    vision.blocks = torch.nn.ModuleList([m for block in vision.blocks
+                                         for m in (block, twin(block, lambda b: (b.attn.proj, b.mlp.fc2)))])
+    text = model.config.text_config
+    text.layer_types = [t for t in text.layer_types for _ in (0, 1)]
+    text.num_hidden_layers = text.max_window_layers = len(lm.layers)
+    model.config.vision_config.depth = len(vision.blocks)
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--name", default="tiny-qwen2-vl-pre", help="model id: folder $VRFT_HOME/models/<name>")
@@ -96,6 +128,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--number-tokens", action="store_true", help="trainer.tiny_model --number-tokens")
     ap.add_argument("--init-from", type=Path, default=None,
                     help="start from this model folder's weights (e.g. an earlier run of this script) instead of random ones")
+    ap.add_argument("--deepen", action="store_true",
+                    help="double both towers' depth first, keeping --init-from's function (see deepen())")
     ap.add_argument("--tasks", nargs="+", default=["grounding"], choices=synthetic.TASKS)
     ap.add_argument("--rows", type=int, default=16_000, help="corpus size (rows of split 'pretrain')")
     ap.add_argument("--data-seed", type=int, default=PRETRAIN_SEED)
@@ -142,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(args.seed)
     model = load_model(str(args.init_from or init), True, torch.float32)
+    if args.deepen:
+        deepen(model)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)

@@ -24,3 +24,38 @@ def test_keep_evals_leaves_one_model_per_evaluation(tmp_path, monkeypatch) -> No
     assert any(not w2[k].equal(w4[k]) for k in w4)  # two more steps changed the weights
     assert all(w4[k].equal(final[k]) for k in final)  # the last kept copy is the final model
     assert (models / "p-s2" / "tokenizer.json").exists()  # a whole model folder, not just weights
+
+
+def test_deepen_doubles_both_towers_and_keeps_what_the_model_computes(tmp_path) -> None:
+    import torch
+
+    import synthetic
+    from trainer.data import ChatData
+    from trainer.runtime import load_model, load_processor
+    from trainer.sft import collate, token_loss_sums
+    from trainer.tiny_model import build_tiny_model
+
+    folder = build_tiny_model(tmp_path / "m", seed=0)
+    model = load_model(str(folder), True, torch.float32).eval()
+    processor = load_processor(str(folder), True)
+    rows = synthetic.generate("grounding", 3, seed=1, sft=True, short=True, sizes=((56, 56),))
+    data = ChatData(rows, [1, 2, 3], processor, True, "rows")
+    batch = collate([data.sft_example(i) for i in range(3)], processor.tokenizer.pad_token_id, "cpu")
+    with torch.no_grad():
+        before = token_loss_sums(model, *batch)[0]
+    n_text, n_vision = len(model.model.language_model.layers), len(model.model.visual.blocks)
+
+    pretrain_base.deepen(model)
+    assert (len(model.model.language_model.layers), len(model.model.visual.blocks)) == (2 * n_text, 2 * n_vision)
+    with torch.no_grad():
+        assert torch.allclose(token_loss_sums(model, *batch)[0], before)  # the new blocks add nothing yet
+    model.save_pretrained(tmp_path / "deep")
+    reloaded = load_model(str(tmp_path / "deep"), True, torch.float32).eval()
+    assert reloaded.config.text_config.num_hidden_layers == 2 * n_text
+    assert reloaded.config.vision_config.depth == 2 * n_vision
+    with torch.no_grad():
+        assert torch.allclose(token_loss_sums(reloaded, *batch)[0], before)
+    # and training moves the copies: their zeroed projections get a gradient
+    reloaded.train()
+    token_loss_sums(reloaded, *batch)[0].backward()
+    assert reloaded.model.language_model.layers[1].mlp.down_proj.weight.grad.abs().sum() > 0
