@@ -1,5 +1,5 @@
-"""bench/pretrain_base.py end to end on a few rows: the output folder is a loadable model, and --keep-evals leaves
-one model per evaluation, each with its own step's weights."""
+"""bench/pretrain_base.py: end to end on a few rows, --keep-evals leaves one whole model folder per evaluation,
+each with its own step's weights; deepen() doubles both towers without changing what the model computes."""
 
 from __future__ import annotations
 
