@@ -66,6 +66,9 @@ STAGES = ("base", "warm", "sft", "rft")
 LABELS = {"base": "baseline", "warm": "SFT warm start", "sft": "+SFT (a)", "rft": "+RFT (b)"}
 SCORE_NAMES = {"grounding": "mean IoU", "detection": "detection reward (IoU+conf)", "classification": "accuracy"}
 MAX_TOKENS = {"grounding": 24, "detection": 48, "classification": 12}
+"""Completion budget of a short answer, per task."""
+THINK_ANCHOR_TOKENS = 40
+"""Extra budget for ``--think-anchor``'s ``<think>The blue star is at [x1, y1, x2, y2].</think>``."""
 
 
 # ---------------------------------------------------------------- data
@@ -85,11 +88,17 @@ def add_scene_arguments(ap: argparse.ArgumentParser) -> None:
                     help="grounding decoys (synthetic Options.decoy): 'opposite' (the anchor's other side) or "
                          "'other_anchor' (4+ shapes, in-line relations, a decoy beside a second anchor: only the "
                          "anchor's name tells which)")
+    ap.add_argument("--think-anchor", action="store_true",
+                    help="grounding answers reason first: <think> names the anchor and gives its box, then <answer> "
+                         "the target's box (synthetic Options.think_anchor; Visual-RFT's think format, not short answers)")
 
 
 def task_options(args: argparse.Namespace) -> dict:
-    """synthetic.generate options: short answers; square images of --image-size pixels (fewer image tokens)."""
+    """synthetic.generate options: short answers (or --think-anchor's reasoning); square images of --image-size
+    pixels (fewer image tokens)."""
     opts = {"short": True}
+    if getattr(args, "think_anchor", False):
+        opts = {"short": False, "think_anchor": True}
     if args.image_size:
         opts["sizes"] = ((args.image_size, args.image_size),)
     if args.plain_background:
@@ -105,6 +114,12 @@ def task_options(args: argparse.Namespace) -> dict:
     if getattr(args, "decoy", "opposite") != "opposite":
         opts["decoy"] = args.decoy
     return opts
+
+
+def task_grader(task: str, opts: dict) -> tuple[dict, int]:
+    """(grader spec, completion budget in tokens) for rows generated with `opts` (`task_options`)."""
+    think = opts.get("think_anchor", False) and task == "grounding"
+    return synthetic.grader_spec(task, short=opts["short"]), MAX_TOKENS[task] + (THINK_ANCHOR_TOKENS if think else 0)
 
 
 def datasets(task: str, seed: int, args: argparse.Namespace) -> dict[str, list[dict]]:
@@ -252,8 +267,7 @@ def rft_job(client, model: str, file_id: str, spec: dict, args, seed: int, suffi
 
 
 def run_one(client, task: str, seed: int, args: argparse.Namespace) -> dict:
-    spec = synthetic.grader_spec(task, short=True)
-    max_tokens = MAX_TOKENS[task]
+    spec, max_tokens = task_grader(task, task_options(args))
     data = datasets(task, seed, args)
     with tempfile.TemporaryDirectory() as tmp:
         rft_file = upload(client, Path(tmp), data["rft"], f"learn-{task}-{seed}-rft.jsonl")

@@ -14,6 +14,8 @@ The learning benchmark gives one number a stage (mean IoU). This splits it, on t
 
 In decoy rows it also gives the share of answers on the target's class that land on the farthest such shape in
 the relation's direction (a position rule that needs no anchor), and with samples the share that pick the target.
+For `--think-anchor` answers, whose `<think>` gives the anchor's box first, it also gives how often that box
+lands on the anchor, and how often the answer is right when it does.
 
 MODEL is a model folder, or a model id that the service in VRFT_HOME serves (a fine-tuned id is fetched from its
 storage, as the chat endpoint does). The rows are the held-out split with seed 10000, which is the benchmark's
@@ -23,6 +25,7 @@ seed 0 held-out rows and more. `--split train --seed S` gives the benchmark's tr
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 from collections import Counter
@@ -32,8 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import synthetic  # noqa: E402
-from bench.bench_learning import add_scene_arguments, model_folder, sample_answers, task_options  # noqa: E402
-from grader.boxes import iou, parse_boxes  # noqa: E402
+from bench.bench_learning import add_scene_arguments, model_folder, sample_answers, task_grader, task_options  # noqa: E402
+from grader.boxes import boxes_from_value, iou, parse_boxes  # noqa: E402
 from synthetic.shapes import beyond  # noqa: E402
 
 PICKS = ("target", "decoy", "other", "none")
@@ -46,8 +49,19 @@ def class_of(obj: dict) -> str:
 
 
 def answer_box(text: str) -> list[float] | None:
-    """The first box of an answer, or None (the grader's own parser)."""
-    boxes = parse_boxes(text)
+    """The first box inside an answer's <answer> tags (the whole text when there are none), or None (the
+    grader's own parser)."""
+    try:
+        boxes = boxes_from_value(text)
+    except ValueError:
+        return None
+    return list(boxes[0][0]) if boxes else None
+
+
+def think_box(text: str) -> list[float] | None:
+    """The first box inside an answer's <think> tags, or None."""
+    m = re.search(r"<think>(.*?)</think>", text, re.DOTALL)
+    boxes = parse_boxes(m.group(1)) if m else []
     return list(boxes[0][0]) if boxes else None
 
 
@@ -102,6 +116,12 @@ def analyse(rows: list[dict], greedy: list[str], sampled: list[list[str]] | None
            "farthest_is_target": statistics.fmean(farthest_of_class(r) == r["target"] for r in rows if has_decoy(r))
            if decoy_rows else None,
            "iou_when_right": statistics.fmean(right) if right else None}
+    thinks = [think_box(t) for t in greedy]
+    if any(thinks):  # --think-anchor answers: did the reasoning find the anchor, and did the answer follow it?
+        found = [picked(b, r) == r["anchor"] for b, r in zip(thinks, rows)]
+        after = [p == "target" for p, f in zip(picks, found) if f]
+        out.update(anchor_found=statistics.fmean(found),
+                   target_when_anchor_found=statistics.fmean(after) if after else None)
     if sampled:
         per_row = [[iou(b, r["boxes"][0]) if b else 0.0 for b in map(answer_box, texts)]
                    for texts, r in zip(sampled, rows)]
@@ -126,6 +146,10 @@ def report(stats: dict) -> str:
         lines.append(f"position rule: of the decoy-row answers on the target's class, {stats['farthest_picked']:.0%} "
                      f"on the one farthest in the relation's direction (the target is that one in "
                      f"{stats['farthest_is_target']:.0%} of decoy rows)")
+    if "anchor_found" in stats:
+        after = stats["target_when_anchor_found"]
+        lines.append(f"reasoning: the <think> box lands on the anchor in {stats['anchor_found']:.0%} of rows; "
+                     "the answer picks the target in " + (f"{after:.0%}" if after is not None else "-") + " of those")
     if "sample_mean_iou" in stats:
         lines.append(f"samples at temperature 1: mean IoU {stats['sample_mean_iou']:.3f}, best of G "
                      f"{stats['best_of_g_iou']:.3f}, within-group std {stats['within_group_std']:.3f}")
@@ -147,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else (10_000 if args.split == "valid" else 0)
     rows = synthetic.generate("grounding", args.rows, seed=seed, split=args.split, **task_options(args))
     folder = Path(args.model) if Path(args.model).is_dir() else model_folder(args.model)
-    greedy = [g[0] for g in sample_answers(folder, rows, 24)]
-    sampled = sample_answers(folder, rows, 24, args.samples, 1.0) if args.samples else None
+    _, max_tokens = task_grader("grounding", task_options(args))
+    greedy = [g[0] for g in sample_answers(folder, rows, max_tokens)]
+    sampled = sample_answers(folder, rows, max_tokens, args.samples, 1.0) if args.samples else None
     print(report(analyse(rows, greedy, sampled)))
     return 0
 

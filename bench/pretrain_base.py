@@ -35,12 +35,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import synthetic  # noqa: E402
-from bench.bench_learning import add_scene_arguments, generate_answers, task_options  # noqa: E402  the benchmark's scenes and decoding
+from bench.bench_learning import add_scene_arguments, generate_answers, task_grader, task_options  # noqa: E402  the benchmark's scenes and decoding
 
 PRETRAIN_SPLIT = "pretrain"
 PRETRAIN_SEED = 7_000
 EVAL_SEED = 30_000  # its own held-out rows (split "valid"; the benchmark's are seeds 10_000 + seed)
-MAX_TOKENS = {"grounding": 24, "detection": 48, "classification": 12}
 MARKER = "vrft_pretrain.json"
 
 
@@ -63,8 +62,8 @@ def evaluate(folder: Path, args: argparse.Namespace) -> dict:
     out = {}
     for task in args.tasks:
         rows = synthetic.generate(task, args.n_eval, seed=EVAL_SEED, split="valid", **task_options(args))
-        spec = synthetic.grader_spec(task, short=True)
-        answers = generate_answers(folder, rows, MAX_TOKENS[task])
+        spec, max_tokens = task_grader(task, task_options(args))
+        answers = generate_answers(folder, rows, max_tokens)
         batch = grader.compile(spec).grade(answers, rows)
         scores = batch.sub_rewards.get("task", batch.rewards)
         out[task] = {"score": statistics.fmean(scores), "format": statistics.fmean(batch.sub_rewards.get("format", [0])),

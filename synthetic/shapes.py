@@ -192,6 +192,11 @@ class Options:
     the blue star": left of it and overlapping its rows), and the decoy stands directly in the same relation to
     a SECOND anchor of another class (a red circle directly left of a green square). The decoy is farther that
     way than the target in half of the scenes, nearer in the other half, so only the anchor tells which."""
+    think_anchor: bool = False
+    """Grounding, with ``short=False``: the ``<think>`` part names the anchor and gives its box ("The blue star is
+    at [x1, y1, x2, y2].") instead of naming where the target is. The reasoning is then a step the answer builds
+    on: first find the shape the expression names, then the one beside it. The grader still scores only the
+    ``<answer>`` box."""
 
     def check(self) -> "Options":
         if self.coordinates not in COORDINATES:
@@ -204,6 +209,8 @@ class Options:
             raise ValueError(f"decoy must be one of {', '.join(DECOYS)}, got {self.decoy!r}")
         if self.decoy == "other_anchor" and self.max_objects < 4:
             raise ValueError("decoy='other_anchor' needs max_objects >= 4 (target, anchor, decoy, second anchor)")
+        if self.think_anchor and self.short:
+            raise ValueError("think_anchor needs short=False (the anchor's box goes in the <think> part)")
         if not 0 <= self.gradient <= GRADIENT_MAX:
             raise ValueError(f"gradient must be in [0, {GRADIENT_MAX}]")
         if not 0 <= self.empty_prob <= 1 or not 0 <= self.noise_prob <= 1 or not 0 <= self.overlap < 1:
@@ -558,7 +565,8 @@ def _grounding(rng: random.Random, opts: Options) -> tuple[_Scene, dict]:
             continue  # pragma: no cover (the construction guarantees it; kept as a safety net)
         scene = _Scene(width, height, objects, bg, bg_name)
         expression = f"the {tgt.name} {IN_LINE + ' ' if in_line else ''}{RELATIONS[rel]} the {anc.name}"
-        return scene, {"expression": expression, "target": t, "anchor": a, "relation": rel, "boxes": [tgt.box]}
+        return scene, {"expression": expression, "target": t, "anchor": a, "relation": rel, "boxes": [tgt.box],
+                       "anchor_name": anc.name, "anchor_box": anc.box}
     raise RuntimeError("could not build a grounding scene; allow more objects or larger images")
 
 
@@ -654,7 +662,10 @@ def answer_text(task: str, info: dict, width: int, height: int, opts: Options) -
     elif task == "grounding":
         b = info["boxes"][0]
         solution = str(to_space(b, width, height, c))
-        think = f"{info['expression'][0].upper()}{info['expression'][1:]} is at the {place_name(b, width, height)}."
+        if opts.think_anchor:
+            think = f"The {info['anchor_name']} is at {to_space(info['anchor_box'], width, height, c)}."
+        else:
+            think = f"{info['expression'][0].upper()}{info['expression'][1:]} is at the {place_name(b, width, height)}."
     else:
         solution = info["label"]
         think = f"It has the colour {info['colour']} and looks like a {info['shape']}."

@@ -73,3 +73,23 @@ def test_position_rule_and_sampled_target_share_on_second_anchor_rows() -> None:
     assert stats["decoy_rows_sample_target"] == pytest.approx(0.5 + stats["farthest_is_target"] / 2)
     assert stats["decoy_rows_some_sample_target"] == 1.0
     assert "position rule: " in gp.report(stats) and "have a sample that does" in gp.report(stats)
+
+
+def test_think_anchor_answers_are_read_from_their_tags() -> None:
+    """A --think-anchor answer holds two boxes: the pick is the <answer> one, and the report says whether the
+    <think> one found the anchor and whether the answer then picked the target."""
+    rows = synthetic.generate("grounding", 4, seed=2, sft=True, think_anchor=True, sizes=((56, 56),), noise_prob=0.0,
+                              min_objects=4, max_objects=4, shape_scale=(0.3, 0.45), decoy="other_anchor")
+    reference = [r["messages"][-1]["content"] for r in rows]
+    assert [gp.classify(gp.answer_box(t), r) for t, r in zip(reference, rows)] == ["target"] * 4
+    stats = gp.analyse(rows, reference)
+    assert stats["anchor_found"] == 1.0 and stats["target_when_anchor_found"] == 1.0 and stats["mean_iou"] == 1.0
+    decoy = [next(i for i, o in enumerate(r["objects"]) if i != r["target"]
+                  and gp.class_of(o) == gp.class_of(r["objects"][r["target"]])) for r in rows]
+    wrong = [f"<think>The x is at {r['objects'][r['target']]['box']}.</think>" + box_text(r["objects"][d]["box"])
+             for r, d in zip(rows, decoy)]  # the think box on the target (not the anchor), the answer on the decoy
+    stats = gp.analyse(rows, reference[:2] + wrong[2:])
+    assert stats["anchor_found"] == 0.5 and stats["target_when_anchor_found"] == 1.0
+    assert stats["picks"]["target"] == 2 and stats["picks"]["decoy"] == 2
+    assert "the <think> box lands on the anchor in 50% of rows" in gp.report(stats)
+    assert "anchor_found" not in gp.analyse(rows, [box_text(r["boxes"][0]) for r in rows])  # short answers

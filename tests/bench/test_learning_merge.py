@@ -51,6 +51,16 @@ def test_task_options_pass_the_gradient_on():
                                    "min_objects": 3, "shape_scale": (0.3, 0.45)}
 
 
+def test_think_anchor_asks_for_the_think_format_and_a_longer_budget():
+    ns = argparse.Namespace(image_size=56, plain_background=False, think_anchor=True)
+    opts = bl.task_options(ns)
+    assert opts == {"short": False, "think_anchor": True, "sizes": ((56, 56),)}
+    spec, budget = bl.task_grader("grounding", opts)
+    assert "<think>" in spec["graders"]["format"]["pattern"] and budget == bl.MAX_TOKENS["grounding"] + bl.THINK_ANCHOR_TOKENS
+    short_spec, short_budget = bl.task_grader("grounding", bl.task_options(argparse.Namespace(image_size=56, plain_background=False)))
+    assert "<think>" not in short_spec["graders"]["format"]["pattern"] and short_budget == bl.MAX_TOKENS["grounding"]
+
+
 def test_pretrain_command_passes_the_scene_on_but_not_the_benchmarks_minimum():
     """--pretrain builds the base on the benchmark's scenes, capped by --pretrain-max-objects and never with
     --min-objects (the relational benchmark asks for 3 shapes; its base learns on 2); every flag exists in

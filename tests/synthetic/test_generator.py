@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from grader import compile as grader_compile
 from synthetic import COLOURS, generate, make_row, referents, to_jsonl
+from synthetic import grader_spec as synthetic_grader
 from synthetic.shapes import (RELATIONS, SIZES, Options, beyond, decode_data_url, holds, holds_in_line, mask_box,
                               opposite_side, to_space)
 
@@ -160,6 +162,29 @@ def test_grounding_with_a_second_anchor_needs_the_anchors_name():
         generate("grounding", 1, max_objects=3, decoy="other_anchor")
     with pytest.raises(ValueError, match="decoy must be one of"):
         generate("grounding", 1, decoy="beside")
+
+
+def test_think_anchor_reasons_with_the_anchors_box_and_answers_the_targets():
+    """think_anchor: the <think> part names the anchor and gives its exact box, the <answer> the target's; the
+    rows are otherwise the default rows (same scenes, same expressions) and the grader scores only the answer."""
+    scene = dict(sizes=((56, 56),), noise_prob=0.0, min_objects=4, max_objects=4, shape_scale=(0.3, 0.45),
+                 decoy="other_anchor")
+    rows = generate("grounding", 20, seed=5, sft=True, think_anchor=True, **scene)
+    plain = generate("grounding", 20, seed=5, sft=True, **scene)
+    for row, other in zip(rows, plain):
+        anchor = row["objects"][row["anchor"]]
+        think = f"The {anchor['colour']} {anchor['shape']} is at {anchor['box']}."
+        assert row["messages"][-1]["content"] == f"<think>{think}</think><answer>{row['boxes'][0]}</answer>"
+        assert row["objects"] == other["objects"] and row["expression"] == other["expression"]
+        assert anchor["box"] != row["boxes"][0]
+    spec = synthetic_grader("grounding")
+    scores = grader_compile(spec).grade([r["messages"][-1]["content"] for r in rows], rows).rewards
+    assert scores == [1.0] * len(rows)
+    swapped = [f"<think>The target is at {r['boxes'][0]}.</think><answer>{r['objects'][r['anchor']]['box']}</answer>"
+               for r in rows]  # the anchor's box as the answer scores as the wrong shape
+    assert max(grader_compile(spec).grade(swapped, rows).sub_rewards["task"]) < 0.5
+    with pytest.raises(ValueError, match="think_anchor needs short=False"):
+        generate("grounding", 1, short=True, think_anchor=True)
 
 
 def test_in_line_relations_overlap_along_the_other_axis():
