@@ -67,8 +67,9 @@ LABELS = {"base": "baseline", "warm": "SFT warm start", "sft": "+SFT (a)", "rft"
 SCORE_NAMES = {"grounding": "mean IoU", "detection": "detection reward (IoU+conf)", "classification": "accuracy"}
 MAX_TOKENS = {"grounding": 24, "detection": 48, "classification": 12}
 """Completion budget of a short answer, per task."""
-THINK_ANCHOR_TOKENS = 40
-"""Extra budget for ``--think-anchor``'s ``<think>The blue star is at [x1, y1, x2, y2].</think>``."""
+THINK_TOKENS = 40
+"""Extra budget for a ``<think>`` part (``--think-anchor``: ``<think>The blue star is at [x1, y1, x2, y2].</think>``,
+about 20 tokens; the other tasks' reasoning is shorter)."""
 
 
 # ---------------------------------------------------------------- data
@@ -118,8 +119,7 @@ def task_options(args: argparse.Namespace) -> dict:
 
 def task_grader(task: str, opts: dict) -> tuple[dict, int]:
     """(grader spec, completion budget in tokens) for rows generated with `opts` (`task_options`)."""
-    think = opts.get("think_anchor", False) and task == "grounding"
-    return synthetic.grader_spec(task, short=opts["short"]), MAX_TOKENS[task] + (THINK_ANCHOR_TOKENS if think else 0)
+    return synthetic.grader_spec(task, short=opts["short"]), MAX_TOKENS[task] + (0 if opts["short"] else THINK_TOKENS)
 
 
 def datasets(task: str, seed: int, args: argparse.Namespace) -> dict[str, list[dict]]:

@@ -56,7 +56,8 @@ def test_think_anchor_asks_for_the_think_format_and_a_longer_budget():
     opts = bl.task_options(ns)
     assert opts == {"short": False, "think_anchor": True, "sizes": ((56, 56),)}
     spec, budget = bl.task_grader("grounding", opts)
-    assert "<think>" in spec["graders"]["format"]["pattern"] and budget == bl.MAX_TOKENS["grounding"] + bl.THINK_ANCHOR_TOKENS
+    assert "<think>" in spec["graders"]["format"]["pattern"] and budget == bl.MAX_TOKENS["grounding"] + bl.THINK_TOKENS
+    assert bl.task_grader("detection", opts)[1] == bl.MAX_TOKENS["detection"] + bl.THINK_TOKENS  # its <think> too
     short_spec, short_budget = bl.task_grader("grounding", bl.task_options(argparse.Namespace(image_size=56, plain_background=False)))
     assert "<think>" not in short_spec["graders"]["format"]["pattern"] and short_budget == bl.MAX_TOKENS["grounding"]
 
