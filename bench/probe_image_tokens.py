@@ -13,6 +13,10 @@ whose centre lies in each token's square. It then scores the probe on the other 
 
 Tokens whose square holds no object's centre, or two, are left out. Prints the accuracies and the majority
 class's share, the accuracy of always guessing the most common label.
+
+`--name-rows N` also asks the model to name the colour and shape of a lone shape (the classification task, the
+same scene options) in N held-out images, greedy, and counts the colour, the shape and both right. The probe
+says whether the image tokens hold a name; this says whether the language side reads it.
 """
 
 from __future__ import annotations
@@ -88,6 +92,21 @@ def probe(train_x, train_y, test_x, test_y, classes: int, steps: int = 500) -> f
         return (layer(test_x).argmax(1) == test_y).float().mean().item()
 
 
+def naming(folder: Path, rows: list[dict], answers: list[str] | None = None) -> dict[str, float]:
+    """Share of classification `rows` whose greedy answer names the right colour, shape and both."""
+    from bench.bench_learning import generate_answers, task_grader
+
+    if answers is None:
+        short = "<think>" not in rows[0]["messages"][-1]["content"][-1]["text"]
+        answers = generate_answers(folder, rows, task_grader("classification", {"short": short})[1])
+    said = [a.split("<answer>")[-1].split("</answer>")[0].strip().rsplit(" ", 1) for a in answers]
+    said = [w if len(w) == 2 else ["", w[0]] for w in said]
+    n = len(rows)
+    return {"colour": sum(w[0] == r["colour"] for w, r in zip(said, rows)) / n,
+            "shape": sum(w[1] == r["shape"] for w, r in zip(said, rows)) / n,
+            "both": sum(w == [r["colour"], r["shape"]] for w, r in zip(said, rows)) / n}
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -95,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("model", help="a model folder")
     ap.add_argument("--rows", type=int, default=2000, help="scenes (half to fit the probe, half to score it)")
     ap.add_argument("--seed", type=int, default=40_000)
+    ap.add_argument("--name-rows", type=int, default=0, metavar="N", help="also ask the model to name N lone shapes")
     add_scene_arguments(ap)
     args = ap.parse_args(argv)
     rows = synthetic.generate("grounding", args.rows, seed=args.seed, split="valid", **task_options(args))
@@ -117,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
         majority = Counter(test_y).most_common(1)[0][1] / len(test_y)
         print(f"{attr}: probe accuracy {acc:.1%} on {len(test_y)} held-out tokens ({len(names)} classes; "
               f"majority class {majority:.1%})")
+    if args.name_rows:
+        lone = synthetic.generate("classification", args.name_rows, seed=args.seed, split="valid", **task_options(args))
+        named = naming(Path(args.model), lone)
+        print(f"naming a lone shape ({args.name_rows} images): colour {named['colour']:.0%} (chance "
+              f"{1 / len(synthetic.COLOURS):.0%}), shape {named['shape']:.0%} (chance {1 / len(synthetic.SHAPES):.0%}), "
+              f"both {named['both']:.0%}")
     return 0
 
 

@@ -41,3 +41,13 @@ def test_a_random_models_tokens_hold_colour_and_shuffled_labels_stay_at_chance(t
     assert probe.probe(x[:half], y[:half], x[half:], y[half:], len(names)) > 0.5  # chance is 1/12
     shuffled = y[torch.randperm(len(ys), generator=torch.Generator().manual_seed(0))]
     assert probe.probe(x[:half], shuffled[:half], x[half:], shuffled[half:], len(names)) < 0.25
+
+
+def test_naming_counts_colour_and_shape_apart() -> None:
+    rows = synthetic.generate("classification", 3, seed=1, short=True, sizes=((56, 56),))
+    r0, r1, r2 = rows
+    wrong_colour = next(c for c in synthetic.COLOURS if c != r1["colour"] and " " not in c)
+    answers = [f"<answer>{r0['colour']} {r0['shape']}</answer>",  # right
+               f"<answer>{wrong_colour} {r1['shape']}</answer>",  # the shape only
+               "<answer>circle</answer>" if r2["shape"] != "circle" else "<answer>square</answer>"]  # nothing
+    assert probe.naming(None, rows, answers) == {"colour": 1 / 3, "shape": 2 / 3, "both": 1 / 3}
