@@ -30,13 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import synthetic  # noqa: E402
-from bench.bench_learning import add_scene_arguments, task_options  # noqa: E402
+from bench.bench_learning import add_scene_arguments, generate_answers, task_grader, task_options  # noqa: E402
 from synthetic.shapes import decode_data_url  # noqa: E402
-
-
-def token_squares(width: int, height: int, grid_h: int, grid_w: int) -> tuple[float, float]:
-    """Side (x, y) in pixels of the square one merged image token covers."""
-    return width / grid_w, height / grid_h
 
 
 def image_tokens(folder: Path, rows: list[dict], batch: int = 64):
@@ -52,12 +47,10 @@ def image_tokens(folder: Path, rows: list[dict], batch: int = 64):
         for i in range(0, len(rows), batch):
             images = [decode_data_url(r["messages"][-1]["content"][0]["image_url"]["url"]) for r in rows[i:i + batch]]
             enc = processor.image_processor(images=images, return_tensors="pt")
-            out = model.model.get_image_features(enc["pixel_values"], enc["image_grid_thw"])
-            flat = out.pooler_output if hasattr(out, "pooler_output") else out
-            flat = torch.cat(list(flat)) if isinstance(flat, (list, tuple)) else flat
-            t, h, w = enc["image_grid_thw"][0].tolist()
+            per_image = model.model.get_image_features(enc["pixel_values"], enc["image_grid_thw"]).pooler_output
+            _, h, w = enc["image_grid_thw"][0].tolist()
             grid = (h // merge, w // merge)
-            feats.append(flat.reshape(len(images), grid[0] * grid[1], -1))
+            feats.append(torch.stack(per_image))
     return torch.cat(feats), grid
 
 
@@ -65,7 +58,7 @@ def labels(rows: list[dict], grid: tuple[int, int]) -> list[list[dict | None]]:
     """Per row, per token (row-major over the grid): the object whose centre lies in the token's square, or None."""
     out = []
     for r in rows:
-        sx, sy = token_squares(r["width"], r["height"], *grid)
+        sx, sy = r["width"] / grid[1], r["height"] / grid[0]  # pixels one merged token covers
         cells: list[list[dict]] = [[] for _ in range(grid[0] * grid[1])]
         for o in r["objects"]:
             x0, y0, x1, y1 = o["box"]
@@ -92,13 +85,8 @@ def probe(train_x, train_y, test_x, test_y, classes: int, steps: int = 500) -> f
         return (layer(test_x).argmax(1) == test_y).float().mean().item()
 
 
-def naming(folder: Path, rows: list[dict], answers: list[str] | None = None) -> dict[str, float]:
-    """Share of classification `rows` whose greedy answer names the right colour, shape and both."""
-    from bench.bench_learning import generate_answers, task_grader
-
-    if answers is None:
-        short = "<think>" not in rows[0]["messages"][-1]["content"][-1]["text"]
-        answers = generate_answers(folder, rows, task_grader("classification", {"short": short})[1])
+def naming(rows: list[dict], answers: list[str]) -> dict[str, float]:
+    """Share of classification `rows` whose answer names the right colour, shape and both."""
     said = [a.split("<answer>")[-1].split("</answer>")[0].strip().rsplit(" ", 1) for a in answers]
     said = [w if len(w) == 2 else ["", w[0]] for w in said]
     n = len(rows)
@@ -139,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
               f"majority class {majority:.1%})")
     if args.name_rows:
         lone = synthetic.generate("classification", args.name_rows, seed=args.seed, split="valid", **task_options(args))
-        named = naming(Path(args.model), lone)
+        answers = generate_answers(Path(args.model), lone, task_grader("classification", task_options(args))[1])
+        named = naming(lone, answers)
         print(f"naming a lone shape ({args.name_rows} images): colour {named['colour']:.0%} (chance "
               f"{1 / len(synthetic.COLOURS):.0%}), shape {named['shape']:.0%} (chance {1 / len(synthetic.SHAPES):.0%}), "
               f"both {named['both']:.0%}")

@@ -50,4 +50,4 @@ def test_naming_counts_colour_and_shape_apart() -> None:
     answers = [f"<answer>{r0['colour']} {r0['shape']}</answer>",  # right
                f"<answer>{wrong_colour} {r1['shape']}</answer>",  # the shape only
                "<answer>circle</answer>" if r2["shape"] != "circle" else "<answer>square</answer>"]  # nothing
-    assert probe.naming(None, rows, answers) == {"colour": 1 / 3, "shape": 2 / 3, "both": 1 / 3}
+    assert probe.naming(rows, answers) == {"colour": 1 / 3, "shape": 2 / 3, "both": 1 / 3}
