@@ -31,16 +31,18 @@ sys.path.insert(0, str(REPO))
 
 import synthetic  # noqa: E402
 from bench.bench_learning import add_scene_arguments, generate_answers, task_grader, task_options  # noqa: E402
+from grader.templates import make_sample  # noqa: E402
 from synthetic.shapes import decode_data_url  # noqa: E402
 
 
 def image_tokens(folder: Path, rows: list[dict], batch: int = 64):
     """[n, tokens, dim] merged image-token features (what the language model receives) and the token grid (h, w)."""
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(folder)
-    model = AutoModelForImageTextToText.from_pretrained(folder).eval()
+    from trainer.runtime import load_model, load_processor
+
+    processor = load_processor(str(folder), True)
+    model = load_model(str(folder), True, torch.float32).eval()
     merge = model.config.vision_config.spatial_merge_size
     feats, grid = [], None
     with torch.no_grad():
@@ -68,6 +70,15 @@ def labels(rows: list[dict], grid: tuple[int, int]) -> list[list[dict | None]]:
     return out
 
 
+def labelled(feats, cells: list[list[dict | None]], attr: str, names: list[str]):
+    """(x [k, dim], y [k]) over the tokens that hold one object: its features, and the index of its `attr` in
+    `names`. `feats` and `cells` cover the same rows."""
+    import torch
+
+    pairs = [(feats[i, j], names.index(o[attr])) for i, row in enumerate(cells) for j, o in enumerate(row) if o]
+    return torch.stack([x for x, _ in pairs]), torch.tensor([y for _, y in pairs])
+
+
 def probe(train_x, train_y, test_x, test_y, classes: int, steps: int = 500) -> float:
     """Held-out accuracy of a linear softmax classifier (standardised inputs, weight decay, Adam)."""
     import torch
@@ -87,7 +98,7 @@ def probe(train_x, train_y, test_x, test_y, classes: int, steps: int = 500) -> f
 
 def naming(rows: list[dict], answers: list[str]) -> dict[str, float]:
     """Share of classification `rows` whose answer names the right colour, shape and both."""
-    said = [a.split("<answer>")[-1].split("</answer>")[0].strip().rsplit(" ", 1) for a in answers]
+    said = [make_sample(a)["answer"].rsplit(" ", 1) for a in answers]  # what the classification grader reads
     said = [w if len(w) == 2 else ["", w[0]] for w in said]
     n = len(rows)
     return {"colour": sum(w[0] == r["colour"] for w, r in zip(said, rows)) / n,
@@ -96,8 +107,6 @@ def naming(rows: list[dict], answers: list[str]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model", help="a model folder")
     ap.add_argument("--rows", type=int, default=2000, help="scenes (half to fit the probe, half to score it)")
@@ -111,17 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     half = args.rows // 2
     print(f"{args.model}: {feats.shape[1]} image tokens a scene ({grid[0]}x{grid[1]}), {feats.shape[2]} features")
     for attr, names in (("colour", list(synthetic.COLOURS)), ("shape", list(synthetic.SHAPES))):
-        split = {}
-        for part, lo, hi in (("train", 0, half), ("test", half, args.rows)):
-            xs, ys = [], []
-            for i in range(lo, hi):
-                for j, o in enumerate(cells[i]):
-                    if o is not None:
-                        xs.append(feats[i, j])
-                        ys.append(names.index(o[attr]))
-            split[part] = (torch.stack(xs), torch.tensor(ys))
-        acc = probe(*split["train"], *split["test"], len(names))
-        test_y = split["test"][1].tolist()
+        train = labelled(feats[:half], cells[:half], attr, names)
+        test = labelled(feats[half:], cells[half:], attr, names)
+        acc = probe(*train, *test, len(names))
+        test_y = test[1].tolist()
         majority = Counter(test_y).most_common(1)[0][1] / len(test_y)
         print(f"{attr}: probe accuracy {acc:.1%} on {len(test_y)} held-out tokens ({len(names)} classes; "
               f"majority class {majority:.1%})")

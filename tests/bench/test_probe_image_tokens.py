@@ -34,12 +34,11 @@ def test_a_random_models_tokens_hold_colour_and_shuffled_labels_stay_at_chance(t
     assert grid == (2, 2) and feats.shape[:2] == (240, 4)
     cells = probe.labels(rows, grid)
     names = list(synthetic.COLOURS)
-    xs = [feats[i, j] for i in range(240) for j, o in enumerate(cells[i]) if o]
-    ys = [names.index(o["colour"]) for c in cells for o in c if o]
-    x, y = torch.stack(xs), torch.tensor(ys)
-    half = len(ys) // 2
+    x, y = probe.labelled(feats, cells, "colour", names)
+    assert len(y) == sum(o is not None for c in cells for o in c) and x.shape == (len(y), feats.shape[2])
+    half = len(y) // 2
     assert probe.probe(x[:half], y[:half], x[half:], y[half:], len(names)) > 0.5  # chance is 1/12
-    shuffled = y[torch.randperm(len(ys), generator=torch.Generator().manual_seed(0))]
+    shuffled = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))]
     assert probe.probe(x[:half], shuffled[:half], x[half:], shuffled[half:], len(names)) < 0.25
 
 
