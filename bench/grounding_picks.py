@@ -120,8 +120,16 @@ def analyse(rows: list[dict], greedy: list[str], sampled: list[list[str]] | None
     if any(thinks):  # --think-anchor answers: did the reasoning find the anchor, and did the answer follow it?
         found = [picked(b, r) == r["anchor"] for b, r in zip(thinks, rows)]
         after = [p == "target" for p, f in zip(picks, found) if f]
+        # where the box lands: a shape with the anchor's colour (or shape) is what reading that word would find
+        landed = [(r["objects"][i], r["objects"][r["anchor"]], r["objects"])
+                  for i, r in ((picked(b, r), r) for b, r in zip(thinks, rows)) if i is not None]
         out.update(anchor_found=statistics.fmean(found),
-                   target_when_anchor_found=statistics.fmean(after) if after else None)
+                   target_when_anchor_found=statistics.fmean(after) if after else None,
+                   think_on_anchor_colour=statistics.fmean(o["colour"] == a["colour"] for o, a, _ in landed)
+                   if landed else None,
+                   think_on_anchor_colour_chance=statistics.fmean(
+                       statistics.fmean(o["colour"] == a["colour"] for o in objs) for _, a, objs in landed)
+                   if landed else None)
     if sampled:
         per_row = [[iou(b, r["boxes"][0]) if b else 0.0 for b in map(answer_box, texts)]
                    for texts, r in zip(sampled, rows)]
@@ -150,6 +158,10 @@ def report(stats: dict) -> str:
         after = stats["target_when_anchor_found"]
         lines.append(f"reasoning: the <think> box lands on the anchor in {stats['anchor_found']:.0%} of rows; "
                      "the answer picks the target in " + (f"{after:.0%}" if after is not None else "-") + " of those")
+        if stats["think_on_anchor_colour"] is not None:
+            lines.append(f"the <think> box is on a shape of the anchor's colour in {stats['think_on_anchor_colour']:.0%} "
+                         f"of the rows where it is on a shape (a shape drawn at random: "
+                         f"{stats['think_on_anchor_colour_chance']:.0%})")
     if "sample_mean_iou" in stats:
         lines.append(f"samples at temperature 1: mean IoU {stats['sample_mean_iou']:.3f}, best of G "
                      f"{stats['best_of_g_iou']:.3f}, within-group std {stats['within_group_std']:.3f}")

@@ -4,7 +4,9 @@ The learning benchmark's harder tasks name a shape ("the pink diamond directly l
 base that cannot find the named shape picks between look-alikes by chance (bench/results/learning.binding.md).
 This tells where that fails. It runs the model's vision tower and patch merger on generated scenes and fits a
 linear softmax probe, on the image tokens of half the scenes, for the colour and for the shape of the object
-whose centre lies in each token's square. It then scores the probe on the other half.
+whose centre lies in each token's square. It then scores the probe on the other half. A third probe reads the
+token's own place in the grid: a box is written from it, and the towers' rotary positions are relative, so a
+token's features hold its place only if the model has learnt to put it there.
 - High accuracy: the names are in the tokens, and the failure is on the language side (matching words to tokens).
 - Chance: the vision side never encodes them.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,12 +73,12 @@ def labels(rows: list[dict], grid: tuple[int, int]) -> list[list[dict | None]]:
     return out
 
 
-def labelled(feats, cells: list[list[dict | None]], attr: str, names: list[str]):
-    """(x [k, dim], y [k]) over the tokens that hold one object: its features, and the index of its `attr` in
-    `names`. `feats` and `cells` cover the same rows."""
+def labelled(feats, cells: list[list[dict | None]], label: Callable[[int, dict], int]):
+    """(x [k, dim], y [k]) over the tokens that hold one object: its features, and `label(token index, object)`
+    (e.g. the index of the object's colour). `feats` and `cells` cover the same rows."""
     import torch
 
-    pairs = [(feats[i, j], names.index(o[attr])) for i, row in enumerate(cells) for j, o in enumerate(row) if o]
+    pairs = [(feats[i, j], label(j, o)) for i, row in enumerate(cells) for j, o in enumerate(row) if o]
     return torch.stack([x for x, _ in pairs]), torch.tensor([y for _, y in pairs])
 
 
@@ -119,9 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     cells = labels(rows, grid)
     half = args.rows // 2
     print(f"{args.model}: {feats.shape[1]} image tokens a scene ({grid[0]}x{grid[1]}), {feats.shape[2]} features")
-    for attr, names in (("colour", list(synthetic.COLOURS)), ("shape", list(synthetic.SHAPES))):
-        train = labelled(feats[:half], cells[:half], attr, names)
-        test = labelled(feats[half:], cells[half:], attr, names)
+    # colour and shape: what a name in the prompt must be matched against; the token's place in the grid: what
+    # an answer's box must be read from (the towers' rotary positions are relative, so it is not given for free)
+    colours, shapes = list(synthetic.COLOURS), list(synthetic.SHAPES)
+    places = [f"{r},{c}" for r in range(grid[0]) for c in range(grid[1])]
+    for attr, names, label in (("colour", colours, lambda j, o: colours.index(o["colour"])),
+                               ("shape", shapes, lambda j, o: shapes.index(o["shape"])),
+                               ("place in the grid", places, lambda j, o: j)):
+        train = labelled(feats[:half], cells[:half], label)
+        test = labelled(feats[half:], cells[half:], label)
         acc = probe(*train, *test, len(names))
         test_y = test[1].tolist()
         majority = Counter(test_y).most_common(1)[0][1] / len(test_y)

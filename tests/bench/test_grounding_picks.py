@@ -84,12 +84,18 @@ def test_think_anchor_answers_are_read_from_their_tags() -> None:
     assert [gp.classify(gp.answer_box(t), r) for t, r in zip(reference, rows)] == ["target"] * 4
     stats = gp.analyse(rows, reference)
     assert stats["anchor_found"] == 1.0 and stats["target_when_anchor_found"] == 1.0 and stats["mean_iou"] == 1.0
+    assert stats["think_on_anchor_colour"] == 1.0
+    share = [sum(o["colour"] == r["objects"][r["anchor"]]["colour"] for o in r["objects"]) / 4 for r in rows]
+    assert stats["think_on_anchor_colour_chance"] == pytest.approx(sum(share) / 4) and max(share) < 1
     decoy = [next(i for i, o in enumerate(r["objects"]) if i != r["target"]
                   and gp.class_of(o) == gp.class_of(r["objects"][r["target"]])) for r in rows]
     wrong = [f"<think>The x is at {r['objects'][r['target']]['box']}.</think>" + box_text(r["objects"][d]["box"])
              for r, d in zip(rows, decoy)]  # the think box on the target (not the anchor), the answer on the decoy
     stats = gp.analyse(rows, reference[:2] + wrong[2:])
     assert stats["anchor_found"] == 0.5 and stats["target_when_anchor_found"] == 1.0
+    same_colour = [r["objects"][r["target"]]["colour"] == r["objects"][r["anchor"]]["colour"] for r in rows[2:]]
+    assert stats["think_on_anchor_colour"] == pytest.approx((2 + sum(same_colour)) / 4)
+    assert "a shape of the anchor's colour in" in gp.report(stats)
     assert stats["picks"]["target"] == 2 and stats["picks"]["decoy"] == 2
     assert "the <think> box lands on the anchor in 50% of rows" in gp.report(stats)
     assert "anchor_found" not in gp.analyse(rows, [box_text(r["boxes"][0]) for r in rows])  # short answers

@@ -34,7 +34,9 @@ def test_a_random_models_tokens_hold_colour_and_shuffled_labels_stay_at_chance(t
     assert grid == (2, 2) and feats.shape[:2] == (240, 4)
     cells = probe.labels(rows, grid)
     names = list(synthetic.COLOURS)
-    x, y = probe.labelled(feats, cells, "colour", names)
+    x, y = probe.labelled(feats, cells, lambda j, o: names.index(o["colour"]))
+    _, places = probe.labelled(feats, cells, lambda j, o: j)
+    assert places.tolist() == [j for c in cells for j, o in enumerate(c) if o is not None]
     assert len(y) == sum(o is not None for c in cells for o in c) and x.shape == (len(y), feats.shape[2])
     half = len(y) // 2
     assert probe.probe(x[:half], y[:half], x[half:], y[half:], len(names)) > 0.5  # chance is 1/12
