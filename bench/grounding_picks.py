@@ -118,18 +118,17 @@ def analyse(rows: list[dict], greedy: list[str], sampled: list[list[str]] | None
            "iou_when_right": statistics.fmean(right) if right else None}
     thinks = [think_box(t) for t in greedy]
     if any(thinks):  # --think-anchor answers: did the reasoning find the anchor, and did the answer follow it?
-        found = [picked(b, r) == r["anchor"] for b, r in zip(thinks, rows)]
+        at = [picked(b, r) for b, r in zip(thinks, rows)]
+        found = [i == r["anchor"] for i, r in zip(at, rows)]
         after = [p == "target" for p, f in zip(picks, found) if f]
-        # where the box lands: a shape with the anchor's colour (or shape) is what reading that word would find
-        landed = [(r["objects"][i], r["objects"][r["anchor"]], r["objects"])
-                  for i, r in ((picked(b, r), r) for b, r in zip(thinks, rows)) if i is not None]
+        # where the box lands, where it is on a shape: one of the anchor's colour is what reading that word finds
+        colour = [r["objects"][r["anchor"]]["colour"] for r in rows]
+        landed = [(r["objects"][i]["colour"] == c, statistics.fmean(o["colour"] == c for o in r["objects"]))
+                  for i, r, c in zip(at, rows, colour) if i is not None]
         out.update(anchor_found=statistics.fmean(found),
                    target_when_anchor_found=statistics.fmean(after) if after else None,
-                   think_on_anchor_colour=statistics.fmean(o["colour"] == a["colour"] for o, a, _ in landed)
-                   if landed else None,
-                   think_on_anchor_colour_chance=statistics.fmean(
-                       statistics.fmean(o["colour"] == a["colour"] for o in objs) for _, a, objs in landed)
-                   if landed else None)
+                   think_on_anchor_colour=statistics.fmean(on for on, _ in landed) if landed else None,
+                   think_on_anchor_colour_chance=statistics.fmean(share for _, share in landed) if landed else None)
     if sampled:
         per_row = [[iou(b, r["boxes"][0]) if b else 0.0 for b in map(answer_box, texts)]
                    for texts, r in zip(sampled, rows)]
