@@ -121,7 +121,7 @@ def analyse(rows: list[dict], greedy: list[str], sampled: list[list[str]] | None
         at = [picked(b, r) for b, r in zip(thinks, rows)]
         found = [i == r["anchor"] for i, r in zip(at, rows)]
         after = [p == "target" for p, f in zip(picks, found) if f]
-        # where the box lands, where it is on a shape: one of the anchor's colour is what reading that word finds
+        # of the <think> boxes on a shape: how many are on one of the anchor's colour (what reading its name finds)
         colour = [r["objects"][r["anchor"]]["colour"] for r in rows]
         landed = [(r["objects"][i]["colour"] == c, statistics.fmean(o["colour"] == c for o in r["objects"]))
                   for i, r, c in zip(at, rows, colour) if i is not None]
