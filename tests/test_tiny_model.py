@@ -193,17 +193,21 @@ def test_transformers_generate_with_an_image(hf_reference):
     assert 1 <= len(ref["tokens"]) <= MAX_TOKENS
 
 
-def test_qwen2_5_vl_family_builds_and_generates(tmp_path):
-    """The other family the builder offers: the same tokenizer, a Qwen2.5-VL architecture."""
+@pytest.mark.parametrize("family,architecture", [("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration"),
+                                                 ("qwen3_vl", "Qwen3VLForConditionalGeneration")])
+def test_other_families_build_and_generate(tmp_path, family, architecture):
+    """The other families the builder offers: the same tokenizer, a Qwen2.5-VL or Qwen3-VL architecture."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from trainer.tiny_model import build_tiny_model
+    from trainer.tiny_model import MAX_PIXELS, PATCH_SIZE, build_tiny_model
 
-    model_dir = build_tiny_model(tmp_path / "tiny-qwen2.5-vl", seed=0, family="qwen2_5_vl")
+    model_dir = build_tiny_model(tmp_path / family, seed=0, family=family)
     processor = AutoProcessor.from_pretrained(model_dir)
     model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
-    assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    assert type(model).__name__ == architecture
+    if family == "qwen3_vl":  # what sets it apart: a learnt position embedding per patch, covering the largest image
+        assert model.model.visual.pos_embed.num_embeddings == (int(MAX_PIXELS ** 0.5) // PATCH_SIZE) ** 2
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     inputs = processor(text=[prompt], images=[_image()], return_tensors="pt")

@@ -1,4 +1,4 @@
-"""Build a tiny Qwen2-VL-family model locally, with random weights, as a normal Hugging Face folder.
+"""Build a tiny Qwen-VL-family model locally, with random weights, as a normal Hugging Face folder.
 
 No model hub is reachable where this project is built and tested, yet the service, the trainer, the tests
 and the benchmarks need a real vision-language model that `transformers` and vLLM both load. This module
@@ -8,7 +8,9 @@ makes one from scratch in a few seconds:
   ``--family qwen2_5_vl``) scaled down to dimensions vLLM's CPU backend accepts: text hidden 128, 2 layers,
   4 attention heads of size 32, 2 KV heads, mrope_section summing to head_dim / 2, untied lm_head (vLLM's
   in-place ``reload_weights`` leaves a tied head stale), vocabulary padded to a multiple of 64; a vision
-  tower of depth 2 with 14-pixel patches merged 2x2;
+  tower of depth 2 with 14-pixel patches merged 2x2. ``--family qwen3_vl`` gives Qwen3-VL at the same
+  dimensions: its vision tower also adds a learnt absolute position embedding to each patch (transformers
+  trains and generates with it; vLLM's loading of it is not tested);
 * random weights drawn from ``seed`` (same seed -> byte-identical ``model.safetensors``);
 * a byte-level BPE tokenizer trained with ``tokenizers`` on synthetic text shaped like this project's tasks
   (shape and colour names, boxes, ``Position``/``Confidence``, the ``<think>``/``<answer>`` tags), with the
@@ -52,8 +54,8 @@ from pathlib import Path
 BUILDER_VERSION = 1
 MARKER = "vrft_tiny_model.json"
 MODEL_NAME = "tiny-qwen2-vl"
-FAMILIES = ("qwen2_vl", "qwen2_5_vl")
-DEFAULT_NAMES = {"qwen2_vl": MODEL_NAME, "qwen2_5_vl": "tiny-qwen2.5-vl"}
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+DEFAULT_NAMES = {"qwen2_vl": MODEL_NAME, "qwen2_5_vl": "tiny-qwen2.5-vl", "qwen3_vl": "tiny-qwen3-vl"}
 
 # Qwen2-VL's special tokens, in the order (and so relative ids) of the real tokenizer (151643 ...).
 SPECIAL_TOKENS = [
@@ -289,6 +291,21 @@ def make_config(family: str, tok, size: str = DEFAULT_SIZE):
                       spatial_merge_size=MERGE_SIZE, temporal_patch_size=TEMPORAL_PATCH, in_channels=3,
                       window_size=112, fullatt_block_indexes=[d["vision_depth"] - 1], tokens_per_second=2)
         return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)
+    if family == "qwen3_vl":
+        from transformers import Qwen3VLConfig
+
+        # Qwen3-VL's vision tower adds a learnt absolute position embedding to each patch (a grid of
+        # num_position_embeddings, interpolated to the image's grid), where Qwen2/2.5-VL's have rotary
+        # positions alone; and it feeds features of its middle blocks into the first text layers (DeepStack).
+        grid = MAX_PIXELS ** 0.5 // PATCH_SIZE  # patches along the side of the largest square image
+        vision = dict(depth=d["vision_depth"], hidden_size=d["vision_embed"], intermediate_size=2 * d["vision_embed"],
+                      num_heads=d["vision_heads"], out_hidden_size=d["text_hidden"], patch_size=PATCH_SIZE,
+                      spatial_merge_size=MERGE_SIZE, temporal_patch_size=TEMPORAL_PATCH, in_channels=3,
+                      num_position_embeddings=int(grid * grid), deepstack_visual_indexes=[d["vision_depth"] // 2 - 1])
+        text = {**text, "head_dim": d["text_hidden"] // d["text_heads"],
+                "rope_parameters": {**text["rope_parameters"], "mrope_interleaved": True}}
+        text.pop("max_window_layers"), text.pop("use_sliding_window")
+        return Qwen3VLConfig(text_config=text, vision_config=vision, **common)
     raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
 
 
@@ -310,7 +327,7 @@ def preprocessor_config(family: str) -> dict:
         "rescale_factor": 1 / 255,
         "resample": 3,
         "image_processor_type": "Qwen2VLImageProcessor",
-        "processor_class": "Qwen2_5_VLProcessor" if family == "qwen2_5_vl" else "Qwen2VLProcessor",
+        "processor_class": {"qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen3_vl": "Qwen3VLProcessor"}.get(family, "Qwen2VLProcessor"),
     }
 
 

@@ -20,7 +20,7 @@ def test_default_size_is_the_tiny_model():
     assert (d["vision_depth"], d["vision_embed"], d["vision_heads"]) == (tm.VISION_DEPTH, tm.VISION_EMBED, tm.VISION_HEADS)
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_every_size_keeps_head_size_32(family):
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from trainer import tiny_model as tm
