@@ -1,4 +1,4 @@
-"""Pretrain a tiny Qwen2-VL base model on a large synthetic corpus, for the learning benchmark.
+"""Pretrain a tiny Qwen-VL base model (any `trainer.tiny_model` family) on a large synthetic corpus, for the learning benchmark.
 
 Why: Visual-RFT starts from a model that already perceives (Qwen2-VL is pretrained); GRPO sharpens what the
 model can already sample. `trainer.tiny_model` is random, so RFT from it gets no reward signal (see
@@ -53,6 +53,37 @@ def corpus(args: argparse.Namespace) -> list[dict]:
     for i in range(max(per)):
         out += [p[i] for p in parts if i < len(p)]
     return out
+
+
+def _encode_chunk(job: tuple[str, list[dict], int]) -> bytes:
+    """SFT examples of `rows` (numbered from `first`), pickled, in a worker process of `encode`."""
+    import pickle
+
+    from trainer.data import ChatData
+    from trainer.runtime import load_processor
+
+    init, rows, first = job
+    data = ChatData(rows, list(range(first, first + len(rows))), load_processor(init, True), True, "pretraining corpus")
+    # plain pickle bytes: torch's own pickler would send each tensor as a shared-memory file descriptor
+    return pickle.dumps([data.sft_example(i) for i in range(len(rows))])
+
+
+def encode(init: Path, rows: list[dict], workers: int, chunk: int = 500) -> list:
+    """The SFT examples of the corpus (the processor costs about 5 ms a row), in `workers` processes that
+    take `chunk` rows at a time; in order, and the same as one process makes."""
+    import pickle
+
+    size = chunk if workers > 1 else max(len(rows), 1)
+    jobs = [(str(init), rows[a:a + size], a + 1) for a in range(0, len(rows), size)]
+    if workers <= 1:
+        return [e for job in jobs for e in pickle.loads(_encode_chunk(job))]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: the parent's torch thread pool is already up, and a forked copy of it can hang; an
+    # executor, not multiprocessing.Pool: a worker that dies raises here instead of being replaced forever
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return [e for chunk in pool.map(_encode_chunk, jobs) for e in pickle.loads(chunk)]
 
 
 def evaluate(folder: Path, args: argparse.Namespace) -> dict:
@@ -122,6 +153,7 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--name", default="tiny-qwen2-vl-pre", help="model id: folder $VRFT_HOME/models/<name>")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default $VRFT_HOME/models/<name>)")
+    ap.add_argument("--family", default="qwen2_vl", help="trainer.tiny_model family (qwen2_vl, qwen2_5_vl, qwen3_vl)")
     ap.add_argument("--size", default="tiny", help="trainer.tiny_model size (tiny, small, base)")
     ap.add_argument("--seed", type=int, default=0, help="init weights and batch order")
     ap.add_argument("--number-tokens", action="store_true", help="trainer.tiny_model --number-tokens")
@@ -135,6 +167,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, default=1500, help="length of the learning-rate schedule (warmup, cosine to 0.1x)")
     ap.add_argument("--stop-after", type=int, default=None,
                     help="stop after this many steps (the weights are then those of that step of the --steps schedule)")
+    ap.add_argument("--budget-seconds", type=float, default=None,
+                    help="train for this many seconds instead of --steps: the schedule runs over wall-clock time "
+                         "and the step count reached is recorded (for a machine lent for a fixed time)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (2e-3 collapses the tiny vision tower)")
     ap.add_argument("--warmup", type=int, default=50)
@@ -144,6 +179,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--keep-evals", action="store_true",
                     help="also keep each evaluated checkpoint as its own model, <name>-s<step> beside the output folder")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=1, help="processes that encode the corpus")
+    ap.add_argument("--device", default="cpu",
+                    help="torch device for the training steps (cuda on a GPU machine); evaluation runs on the CPU")
     add_scene_arguments(ap)
     return ap
 
@@ -154,7 +192,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import torch
 
-    from trainer.data import ChatData
     from trainer.runtime import load_model, load_processor
     from trainer.sft import collate, token_loss_sums
     from trainer.tiny_model import build_tiny_model
@@ -164,19 +201,19 @@ def main(argv: list[str] | None = None) -> int:
     out = (args.out or home / "models" / args.name).absolute()
     t0 = time.time()
     init = build_tiny_model(Path(tempfile.gettempdir()) / "-".join(
-        ["vrft-pretrain-init", args.size, str(args.seed)] + ["numbers"] * args.number_tokens),
-        seed=args.seed, size=args.size, number_tokens=args.number_tokens)
-    processor = load_processor(str(init), True)
+        ["vrft-pretrain-init"] + [args.family] * (args.family != "qwen2_vl") + [args.size, str(args.seed)]
+        + ["numbers"] * args.number_tokens), seed=args.seed, family=args.family, size=args.size,
+        number_tokens=args.number_tokens)
+    tok = load_processor(str(init), True).tokenizer
     rows = corpus(args)
-    data = ChatData(rows, list(range(1, len(rows) + 1)), processor, True, "pretraining corpus")
-    examples = [data.sft_example(i) for i in range(len(rows))]
-    tok = processor.tokenizer
+    examples = encode(init, rows, args.workers)
     print(f"corpus: {len(rows)} rows ({', '.join(args.tasks)}), encoded in {time.time() - t0:.0f} s", flush=True)
 
     torch.manual_seed(args.seed)
     model = load_model(str(args.init_from or init), True, torch.float32)
     if args.deepen:
         deepen(model)
+    model.to(args.device)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -189,16 +226,23 @@ def main(argv: list[str] | None = None) -> int:
         marker = Path(args.init_from) / MARKER
         info["init_from"] = json.loads(marker.read_text()) if marker.exists() else str(args.init_from)
     t_train = time.time()
-    last = min(args.stop_after or args.steps, args.steps)
-    for step in range(1, last + 1):
+    last = min(args.stop_after or args.steps, args.steps) if args.budget_seconds is None else math.inf
+    step = 0
+    while step < last:
+        step += 1
         if len(order) < args.batch_size:
             order += torch.randperm(len(examples), generator=gen).tolist()
         batch, order = [examples[i] for i in order[:args.batch_size]], order[args.batch_size:]
+        # how far along the schedule: steps, or seconds on a time budget (its last step is the one that ends it)
+        done = ((step - args.warmup) / max(args.steps - args.warmup, 1) if args.budget_seconds is None
+                else (time.time() - t_train) / args.budget_seconds)
+        if args.budget_seconds is not None and done >= 1:
+            last = step
         lr = args.lr * (step / args.warmup if step <= args.warmup else
-                        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - args.warmup) / max(args.steps - args.warmup, 1))))
+                        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(done, 1.0))))
         for g in opt.param_groups:
             g["lr"] = lr
-        ids, att, labels, mm = collate(batch, tok.pad_token_id, "cpu")
+        ids, att, labels, mm = collate(batch, tok.pad_token_id, args.device)
         ce, correct, count = token_loss_sums(model, ids, att, labels, mm)
         loss = ce / count
         loss.backward()
@@ -209,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         if step % 50 == 0:
             history.append({"step": step, "loss": statistics.fmean(losses[-50:]), "lr": lr,
                             "seconds": round(time.time() - t_train, 1)})
-            print(f"step {step}/{args.steps}  loss {history[-1]['loss']:.4f}  lr {lr:.2e}  "
+            print(f"step {step}/{args.steps if args.budget_seconds is None else '-'}  loss {history[-1]['loss']:.4f}  lr {lr:.2e}  "
                   f"{time.time() - t_train:.0f} s", flush=True)
         if step % args.eval_every == 0 or step == last:
             model.eval()

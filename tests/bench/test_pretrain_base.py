@@ -59,3 +59,38 @@ def test_deepen_doubles_both_towers_and_keeps_what_the_model_computes(tmp_path) 
     reloaded.train()
     token_loss_sums(reloaded, *batch)[0].backward()
     assert reloaded.model.language_model.layers[1].mlp.down_proj.weight.grad.abs().sum() > 0
+
+
+def test_parallel_encoding_gives_the_examples_of_one_process(tmp_path) -> None:
+    """--workers: chunks encoded in spawned processes come back in order and equal to a serial encoding."""
+    import torch
+
+    import synthetic
+    from trainer.tiny_model import build_tiny_model
+
+    init = build_tiny_model(tmp_path / "m", seed=0)
+    rows = synthetic.generate("grounding", 5, seed=3, sft=True, sizes=((56, 56),))
+    serial, parallel = pretrain_base.encode(init, rows, 1), pretrain_base.encode(init, rows, 2, chunk=2)
+    assert len(parallel) == len(serial) == 5
+    for (ids, labels, mm, extra), (ids2, labels2, mm2, extra2) in zip(serial, parallel):
+        assert (ids, labels, extra) == (ids2, labels2, extra2)
+        assert mm.keys() == mm2.keys() and all(torch.equal(mm[k], mm2[k]) for k in mm)
+    assert len({tuple(e[0]) for e in serial}) > 1  # the rows differ, so the order is checked
+
+
+def test_a_time_budget_ends_the_run_and_records_its_steps(tmp_path, monkeypatch) -> None:
+    """--budget-seconds replaces --steps: the run stops once the time is spent (a GPU lent for a fixed time), the
+    step it reached is recorded; --family builds the start from another architecture (Qwen3-VL here)."""
+    import time
+
+    monkeypatch.setenv("VRFT_HOME", str(tmp_path))
+    t0 = time.time()
+    rc = pretrain_base.main(["--name", "b", "--family", "qwen3_vl", "--rows", "8", "--steps", "1000000",
+                             "--budget-seconds", "4", "--warmup", "1", "--batch-size", "2", "--n-eval", "1",
+                             "--image-size", "56", "--max-objects", "2", "--plain-background"])
+    assert rc == 0
+    folder = tmp_path / "models" / "b"
+    info = json.loads((folder / pretrain_base.MARKER).read_text())
+    assert 2 <= info["step"] < 1000 and info["evals"][-1]["step"] == info["step"]
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "qwen3_vl"
+    assert time.time() - t0 < 120  # the million-step schedule did not run
