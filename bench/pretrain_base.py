@@ -1,4 +1,4 @@
-"""Pretrain a tiny Qwen-VL base model (any `trainer.tiny_model` family) on a large synthetic corpus, for the learning benchmark.
+"""Pretrain a tiny base model (any `trainer.tiny_model` family) on a large synthetic corpus, for the learning benchmark.
 
 Why: Visual-RFT starts from a model that already perceives (Qwen2-VL is pretrained); GRPO sharpens what the
 model can already sample. `trainer.tiny_model` is random, so RFT from it gets no reward signal (see
