@@ -81,10 +81,13 @@ def built(tmp_path_factory):
 @pytest.fixture(scope="module")
 def hf_reference(built):
     """transformers: processor + model from the folder, greedy generate on a chat message with an image."""
+    return _hf_reference(built[0][0])
+
+
+def _hf_reference(model_dir: Path) -> dict:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    model_dir = built[0][0]
     processor = AutoProcessor.from_pretrained(model_dir)
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
@@ -241,7 +244,18 @@ def test_number_tokens_make_each_integer_one_token_and_keep_the_rest(built, tmp_
 
 
 def test_vllm_offline_engine_matches_transformers(built, hf_reference, tmp_path):
-    model_dir = built[0][0]
+    _check_vllm_matches(built[0][0], hf_reference, tmp_path)
+
+
+def test_vllm_offline_engine_matches_transformers_on_qwen3_vl(tmp_path):
+    """The Qwen3-VL family (absolute position embeddings in the vision tower, DeepStack) is served the same."""
+    from trainer.tiny_model import build_tiny_model
+
+    model_dir = build_tiny_model(tmp_path / "tiny-qwen3-vl", seed=0, family="qwen3_vl")
+    _check_vllm_matches(model_dir, _hf_reference(model_dir), tmp_path)
+
+
+def _check_vllm_matches(model_dir: Path, hf_reference: dict, tmp_path: Path) -> None:
     request = {"model": str(model_dir), "image_url": _data_url(_image()), "question": QUESTION,
                "max_tokens": MAX_TOKENS, "n": N_SAMPLES}
     (tmp_path / "request.json").write_text(json.dumps(request))

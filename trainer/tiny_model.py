@@ -9,8 +9,8 @@ makes one from scratch in a few seconds:
   4 attention heads of size 32, 2 KV heads, mrope_section summing to head_dim / 2, untied lm_head (vLLM's
   in-place ``reload_weights`` leaves a tied head stale), vocabulary padded to a multiple of 64; a vision
   tower of depth 2 with 14-pixel patches merged 2x2. ``--family qwen3_vl`` gives Qwen3-VL at the same
-  dimensions: its vision tower also adds a learnt absolute position embedding to each patch (transformers
-  trains and generates with it; vLLM's loading of it is not tested);
+  dimensions: its vision tower also adds a learnt absolute position embedding to each patch (vLLM's CPU
+  engine gives the same greedy tokens as transformers for it too);
 * random weights drawn from ``seed`` (same seed -> byte-identical ``model.safetensors``);
 * a byte-level BPE tokenizer trained with ``tokenizers`` on synthetic text shaped like this project's tasks
   (shape and colour names, boxes, ``Position``/``Confidence``, the ``<think>``/``<answer>`` tags), with the
