@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 import synthetic  # noqa: E402
 from bench.bench_learning import add_scene_arguments, generate_answers, task_grader, task_options  # noqa: E402  the benchmark's scenes and decoding
+from trainer.tiny_model import FAMILIES  # noqa: E402
 
 PRETRAIN_SPLIT = "pretrain"
 PRETRAIN_SEED = 7_000
@@ -55,33 +56,35 @@ def corpus(args: argparse.Namespace) -> list[dict]:
     return out
 
 
-def _encode_chunk(job: tuple[str, list[dict], int]) -> bytes:
-    """SFT examples of `rows` (numbered from `first`), pickled, in a worker process of `encode`."""
-    import pickle
-
+def _encode_rows(init: str, rows: list[dict], first: int) -> list:
+    """SFT examples of `rows` (numbered from `first`, for error messages)."""
     from trainer.data import ChatData
     from trainer.runtime import load_processor
 
-    init, rows, first = job
     data = ChatData(rows, list(range(first, first + len(rows))), load_processor(init, True), True, "pretraining corpus")
-    # plain pickle bytes: torch's own pickler would send each tensor as a shared-memory file descriptor
-    return pickle.dumps([data.sft_example(i) for i in range(len(rows))])
+    return [data.sft_example(i) for i in range(len(rows))]
+
+
+def _encode_chunk(job: tuple[str, list[dict], int]) -> bytes:
+    """`_encode_rows` in a worker process of `encode`, as plain pickle bytes: torch's own pickler would send
+    each tensor as a shared-memory file descriptor."""
+    import pickle
+
+    return pickle.dumps(_encode_rows(*job))
 
 
 def encode(init: Path, rows: list[dict], workers: int, chunk: int = 500) -> list:
     """The SFT examples of the corpus (the processor costs about 5 ms a row), in `workers` processes that
     take `chunk` rows at a time; in order, and the same as one process makes."""
-    import pickle
-
-    size = chunk if workers > 1 else max(len(rows), 1)
-    jobs = [(str(init), rows[a:a + size], a + 1) for a in range(0, len(rows), size)]
     if workers <= 1:
-        return [e for job in jobs for e in pickle.loads(_encode_chunk(job))]
+        return _encode_rows(str(init), rows, 1)
     import multiprocessing
+    import pickle
     from concurrent.futures import ProcessPoolExecutor
 
     # spawn, not fork: the parent's torch thread pool is already up, and a forked copy of it can hang; an
     # executor, not multiprocessing.Pool: a worker that dies raises here instead of being replaced forever
+    jobs = [(str(init), rows[a:a + chunk], a + 1) for a in range(0, len(rows), chunk)]
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         return [e for chunk in pool.map(_encode_chunk, jobs) for e in pickle.loads(chunk)]
 
@@ -153,7 +156,7 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--name", default="tiny-qwen2-vl-pre", help="model id: folder $VRFT_HOME/models/<name>")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default $VRFT_HOME/models/<name>)")
-    ap.add_argument("--family", default="qwen2_vl", help="trainer.tiny_model family (qwen2_vl, qwen2_5_vl, qwen3_vl)")
+    ap.add_argument("--family", default="qwen2_vl", choices=FAMILIES, help="trainer.tiny_model family")
     ap.add_argument("--size", default="tiny", help="trainer.tiny_model size (tiny, small, base)")
     ap.add_argument("--seed", type=int, default=0, help="init weights and batch order")
     ap.add_argument("--number-tokens", action="store_true", help="trainer.tiny_model --number-tokens")
@@ -201,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     out = (args.out or home / "models" / args.name).absolute()
     t0 = time.time()
     init = build_tiny_model(Path(tempfile.gettempdir()) / "-".join(
-        ["vrft-pretrain-init"] + [args.family] * (args.family != "qwen2_vl") + [args.size, str(args.seed)]
+        ["vrft-pretrain-init", args.family, args.size, str(args.seed)]
         + ["numbers"] * args.number_tokens), seed=args.seed, family=args.family, size=args.size,
         number_tokens=args.number_tokens)
     tok = load_processor(str(init), True).tokenizer

@@ -5,8 +5,9 @@ base that cannot find the named shape picks between look-alikes by chance (bench
 This tells where that fails. It runs the model's vision tower and patch merger on generated scenes and fits a
 linear softmax probe, on the image tokens of half the scenes, for the colour and for the shape of the object
 whose centre lies in each token's square. It then scores the probe on the other half. A third probe reads the
-token's own place in the grid: a box is written from it, and the towers' rotary positions are relative, so a
-token's features hold its place only if the model has learnt to put it there.
+token's own place in the grid: a box is written from it. Qwen2/2.5-VL's towers have only relative (rotary)
+positions, so there a token's features hold its place only if the model has learnt to put it there; Qwen3-VL's
+adds a learnt absolute position to each patch.
 - High accuracy: the names are in the tokens, and the failure is on the language side (matching words to tokens).
 - Chance: the vision side never encodes them.
 
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     half = args.rows // 2
     print(f"{args.model}: {feats.shape[1]} image tokens a scene ({grid[0]}x{grid[1]}), {feats.shape[2]} features")
     # colour and shape: what a name in the prompt must be matched against; the token's place in the grid: what
-    # an answer's box must be read from (the towers' rotary positions are relative, so it is not given for free)
+    # an answer's box must be read from
     colours, shapes = list(synthetic.COLOURS), list(synthetic.SHAPES)
     places = [f"{r},{c}" for r in range(grid[0]) for c in range(grid[1])]
     for attr, names, label in (("colour", colours, lambda j, o: colours.index(o["colour"])),

@@ -30,8 +30,7 @@ def qwen3_sft(dataset, tmp_path_factory):
 
 @pytest.mark.parametrize("engine", ["hf", "vllm"])
 def test_grpo_from_the_sft_model(qwen3_sft, dataset, tmp_path, engine):
-    sft = qwen3_sft
-    job = write_job(tmp_path, sft, dataset, rollout_engine=engine, hyperparameters={"n_epochs": 1, "batch_size": 4})
+    job = write_job(tmp_path, qwen3_sft, dataset, rollout_engine=engine, hyperparameters={"n_epochs": 1, "batch_size": 4})
     rc, events, log = run_trainer(job, tmp_path)
     assert rc == 0, log[-5000:]
     metrics = [e for e in events if e["type"] == "metrics"]
@@ -39,6 +38,6 @@ def test_grpo_from_the_sft_model(qwen3_sft, dataset, tmp_path, engine):
     assert all(0 <= m["data"]["scores"]["train_reward_mean"] <= 1 for m in metrics)
     assert all(1 <= m["data"]["train"]["completion_length_mean"] <= 12 for m in metrics)
     final = Path(json.loads(job.read_text())["output_dir"]) / "final"
-    before, after = load_safetensors(sft), load_safetensors(final)
+    before, after = load_safetensors(qwen3_sft), load_safetensors(final)
     assert before.keys() == after.keys() and any(not before[k].equal(after[k]) for k in before)  # it trained
     assert json.loads((final / "config.json").read_text())["model_type"] == "qwen3_vl"
