@@ -248,13 +248,20 @@ def branch_hyperparameters(args) -> dict:
     return {"freeze_vision": True} if getattr(args, "freeze_vision", False) else {}
 
 
+def rft_hyperparameters(args, max_tokens: int) -> dict:
+    """The RFT job's hyperparameters; the loss options only when asked for (else the service's defaults)."""
+    optional = {"loss_type": getattr(args, "loss_type", None), "scale_rewards": getattr(args, "scale_rewards", None)}
+    return {"n_epochs": args.rft_epochs, "batch_size": args.batch_size, "num_generations": args.num_generations,
+            "max_completion_length": max_tokens, "learning_rate_multiplier": args.rft_lr_multiplier,
+            "temperature": args.temperature, "beta": args.beta,
+            **{k: v for k, v in optional.items() if v is not None},
+            "eval_interval": 1_000_000,  # no validation file, no intermediate checkpoint (see sft_job)
+            **branch_hyperparameters(args)}
+
+
 def rft_job(client, model: str, file_id: str, spec: dict, args, seed: int, suffix: str, max_tokens: int):
     t0 = time.time()
-    hp = {"n_epochs": args.rft_epochs, "batch_size": args.batch_size, "num_generations": args.num_generations,
-          "max_completion_length": max_tokens, "learning_rate_multiplier": args.rft_lr_multiplier,
-          "temperature": args.temperature, "beta": args.beta,
-          "eval_interval": 1_000_000,  # no validation file, no intermediate checkpoint (see sft_job)
-          **branch_hyperparameters(args)}
+    hp = rft_hyperparameters(args, max_tokens)
     job = client.fine_tuning.jobs.create(model=model, training_file=file_id, suffix=suffix, seed=seed,
                                          method={"type": "reinforcement", "reinforcement": {"grader": spec, "hyperparameters": hp}})
     job, metrics = follow(client, job.id, "+RFT", poll=2.0)
@@ -529,6 +536,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rft-lr-multiplier", type=float, default=1.0)
     ap.add_argument("--temperature", type=float, default=1.0, help="RFT sampling temperature")
     ap.add_argument("--beta", type=float, default=0.04, help="RFT KL weight")
+    ap.add_argument("--loss-type", choices=("grpo", "dr_grpo", "dapo"), default=None,
+                    help="RFT loss aggregation (default: the service's, grpo)")
+    ap.add_argument("--scale-rewards", choices=("group", "batch", "none"), default=None,
+                    help="divide RFT advantages by the group's std, the batch's, or not at all (Dr. GRPO: none; "
+                         "default: the service's, group)")
     ap.add_argument("--freeze-vision", action="store_true",
                     help="+SFT and +RFT train the language model only (hyperparameter freeze_vision)")
     add_scene_arguments(ap)

@@ -80,3 +80,17 @@ def test_pretrain_command_passes_the_scene_on_but_not_the_benchmarks_minimum():
     assert bl.pretrain_command(ns)[bl.pretrain_command(ns).index("--max-objects") + 1] == "3"
     parsed = pretrain_base.parser().parse_args(cmd[2:])  # pretrain_base.py takes every flag and value
     assert (parsed.max_objects, parsed.min_objects, parsed.shape_scale, parsed.number_tokens) == (2, None, [0.3, 0.45], True)
+
+
+def test_rft_hyperparameters_send_the_loss_options_only_when_asked_and_the_api_accepts_them():
+    from api.schemas import ReinforcementHyperparameters
+
+    ns = argparse.Namespace(rft_epochs=1, batch_size=4, num_generations=8, rft_lr_multiplier=5.0, temperature=1.0,
+                            beta=0.0, freeze_vision=True, loss_type=None, scale_rewards=None)
+    hp = bl.rft_hyperparameters(ns, 24)
+    assert "loss_type" not in hp and "scale_rewards" not in hp and hp["freeze_vision"] is True
+    ns.loss_type, ns.scale_rewards = "dr_grpo", "none"
+    hp = bl.rft_hyperparameters(ns, 24)
+    assert hp["loss_type"] == "dr_grpo" and hp["scale_rewards"] == "none" and hp["max_completion_length"] == 24
+    parsed = ReinforcementHyperparameters.model_validate(hp)
+    assert parsed.scale_rewards == "none" and parsed.loss_type == "dr_grpo"
