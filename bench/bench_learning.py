@@ -89,6 +89,9 @@ def add_scene_arguments(ap: argparse.ArgumentParser) -> None:
                     help="grounding decoys (synthetic Options.decoy): 'opposite' (the anchor's other side) or "
                          "'other_anchor' (4+ shapes, in-line relations, a decoy beside a second anchor: only the "
                          "anchor's name tells which)")
+    ap.add_argument("--relation-words", choices=tuple(synthetic.RELATION_WORDS), default="plain",
+                    help="grounding relations in plain words ('left of') or compass words ('west of'): the same "
+                         "relations in a vocabulary a base pretrained on plain words has never read")
     ap.add_argument("--think-anchor", action="store_true",
                     help="grounding answers reason first: <think> names the anchor and gives its box, then <answer> "
                          "the target's box (synthetic Options.think_anchor; Visual-RFT's think format, not short answers)")
@@ -114,6 +117,8 @@ def task_options(args: argparse.Namespace) -> dict:
         opts["gradient"] = args.gradient_background
     if getattr(args, "decoy", "opposite") != "opposite":
         opts["decoy"] = args.decoy
+    if getattr(args, "relation_words", "plain") != "plain":
+        opts["relation_words"] = args.relation_words
     return opts
 
 
@@ -341,6 +346,9 @@ def scene_note(args: argparse.Namespace) -> str:
         background += f", with a position ramp of {args.gradient_background} levels (red along x, blue along y)"
     if getattr(args, "decoy", "opposite") == "other_anchor":
         background += "; grounding decoys beside a second anchor (in-line relations: only the anchor's name tells which)"
+    if getattr(args, "relation_words", "plain") != "plain":
+        words = ", ".join(f"'{w}'" for w in synthetic.RELATION_WORDS[args.relation_words].values())
+        background += f"; grounding relations in {args.relation_words} words ({words})"
     return f"{size}, {objects}, {background}"
 
 

@@ -7,6 +7,7 @@ from synthetic.shapes import (
     COLOURS,
     COORDINATES,
     DECOYS,
+    RELATION_WORDS,
     SHAPES,
     SIZES,
     TASKS,
@@ -21,6 +22,6 @@ from synthetic.shapes import (
 )
 
 __all__ = [
-    "COLOURS", "COORDINATES", "DECOYS", "SHAPES", "SIZES", "TASKS", "Options", "answer_of", "generate", "grader_spec",
+    "COLOURS", "COORDINATES", "DECOYS", "RELATION_WORDS", "SHAPES", "SIZES", "TASKS", "Options", "answer_of", "generate", "grader_spec",
     "make_row", "referents", "to_jsonl", "write_task",
 ]

@@ -135,6 +135,13 @@ SIZES: tuple[tuple[int, int], ...] = (
 """(width, height): sides multiples of 28, 28*28*16 .. 28*28*64 pixels (smart_resize leaves them as they are)."""
 
 RELATIONS = {"left": "left of", "right": "right of", "above": "above", "below": "below"}
+RELATION_WORDS = {
+    "plain": RELATIONS,
+    "compass": {"left": "west of", "right": "east of", "above": "north of", "below": "south of"},
+}
+"""How a grounding expression words each relation. ``compass`` says the same relations in words a base
+pretrained on ``plain`` ones has never read: the skill is there, the vocabulary is new (the learning benchmark's
+eleventh try)."""
 IN_LINE = "directly"
 """Word before the relation when relations are in line (``decoy="other_anchor"``)."""
 OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
@@ -192,6 +199,8 @@ class Options:
     the blue star": left of it and overlapping its rows), and the decoy stands directly in the same relation to
     a SECOND anchor of another class (a red circle directly left of a green square). The decoy is farther that
     way than the target in half of the scenes, nearer in the other half, so only the anchor tells which."""
+    relation_words: str = "plain"
+    """Grounding: the words for the relations, a key of ``RELATION_WORDS`` ("left of", or "west of" for compass)."""
     think_anchor: bool = False
     """Grounding, with ``short=False``: the ``<think>`` part names the anchor and gives its box ("The blue star is
     at [x1, y1, x2, y2].") instead of naming where the target is. The reasoning is then a step the answer builds
@@ -205,6 +214,8 @@ class Options:
             raise ValueError("need 1 <= min_objects <= max_objects")
         if self.max_targets < 1:
             raise ValueError("max_targets must be at least 1")
+        if self.relation_words not in RELATION_WORDS:
+            raise ValueError(f"relation_words must be one of {', '.join(RELATION_WORDS)}, got {self.relation_words!r}")
         if self.decoy not in DECOYS:
             raise ValueError(f"decoy must be one of {', '.join(DECOYS)}, got {self.decoy!r}")
         if self.decoy == "other_anchor" and self.max_objects < 4:
@@ -564,7 +575,7 @@ def _grounding(rng: random.Random, opts: Options) -> tuple[_Scene, dict]:
         if referents(rows, tgt.name, rel, anc.name, in_line) != [t] or sum(o.name == anc.name for o in objects) != 1:
             continue  # pragma: no cover (the construction guarantees it; kept as a safety net)
         scene = _Scene(width, height, objects, bg, bg_name)
-        expression = f"the {tgt.name} {IN_LINE + ' ' if in_line else ''}{RELATIONS[rel]} the {anc.name}"
+        expression = f"the {tgt.name} {IN_LINE + ' ' if in_line else ''}{RELATION_WORDS[opts.relation_words][rel]} the {anc.name}"
         return scene, {"expression": expression, "target": t, "anchor": a, "relation": rel, "boxes": [tgt.box],
                        "anchor_name": anc.name, "anchor_box": anc.box}
     raise RuntimeError("could not build a grounding scene; allow more objects or larger images")

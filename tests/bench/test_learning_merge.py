@@ -46,6 +46,10 @@ def test_task_options_pass_the_gradient_on():
     assert bl.task_options(ns) == {"short": True, "sizes": ((56, 56),), "noise_prob": 0.0, "max_objects": 2, "gradient": 96}
     ns.gradient_background = 0
     assert "gradient" not in bl.task_options(ns)
+    ns.relation_words = "compass"
+    assert bl.task_options(ns)["relation_words"] == "compass" and "'west of'" in bl.scene_note(ns)
+    ns.relation_words = "plain"
+    assert "relation_words" not in bl.task_options(ns) and "words" not in bl.scene_note(ns)
     ns.min_objects, ns.max_objects, ns.shape_scale = 3, 3, [0.3, 0.45]
     assert bl.task_options(ns) == {"short": True, "sizes": ((56, 56),), "noise_prob": 0.0, "max_objects": 3,
                                    "min_objects": 3, "shape_scale": (0.3, 0.45)}

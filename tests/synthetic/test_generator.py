@@ -332,3 +332,21 @@ def test_shape_scale_sets_the_shape_sizes_and_keeps_boxes_exact():
     for bad in ((0.5, 0.3), (0.0, 0.2), (0.5, 0.95)):
         with pytest.raises(ValueError, match="shape_scale"):
             generate("grounding", 1, shape_scale=bad)
+
+
+def test_compass_relation_words_change_only_the_words():
+    """relation_words='compass' draws the very same scenes and boxes; only the relation's words differ, and the
+    prompt carries them."""
+    from synthetic.shapes import RELATION_WORDS
+
+    opts = dict(sizes=((56, 56),), shape_scale=(0.3, 0.45), min_objects=3, max_objects=3, noise_prob=0.0)
+    plain = generate("grounding", 40, seed=3, **opts)
+    compass = generate("grounding", 40, seed=3, relation_words="compass", **opts)
+    assert {r["relation"] for r in compass} == {"left", "right", "above", "below"}
+    for p, c in zip(plain, compass):
+        assert c["solution"] == p["solution"] and c["objects"] == p["objects"] and c["relation"] == p["relation"]
+        words = RELATION_WORDS["compass"][c["relation"]]
+        assert c["expression"] == p["expression"].replace(f" {RELATIONS[p['relation']]} ", f" {words} ", 1) != p["expression"]
+        assert words in c["messages"][-1]["content"][1]["text"]
+    with pytest.raises(ValueError, match="relation_words must be one of"):
+        Options(relation_words="nautical").check()
