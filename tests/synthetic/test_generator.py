@@ -8,7 +8,7 @@ import pytest
 from grader import compile as grader_compile
 from synthetic import COLOURS, generate, make_row, referents, to_jsonl
 from synthetic import grader_spec as synthetic_grader
-from synthetic.shapes import (RELATIONS, SIZES, Options, beyond, decode_data_url, holds, holds_in_line, mask_box,
+from synthetic.shapes import (RELATION_WORDS, RELATIONS, SIZES, Options, beyond, decode_data_url, holds, holds_in_line, mask_box,
                               opposite_side, to_space)
 
 TASKS = ("detection", "grounding", "classification")
@@ -337,8 +337,6 @@ def test_shape_scale_sets_the_shape_sizes_and_keeps_boxes_exact():
 def test_compass_relation_words_change_only_the_words():
     """relation_words='compass' draws the very same scenes and boxes; only the relation's words differ, and the
     prompt carries them."""
-    from synthetic.shapes import RELATION_WORDS
-
     opts = dict(sizes=((56, 56),), shape_scale=(0.3, 0.45), min_objects=3, max_objects=3, noise_prob=0.0)
     plain = generate("grounding", 40, seed=3, **opts)
     compass = generate("grounding", 40, seed=3, relation_words="compass", **opts)
