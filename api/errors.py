@@ -24,6 +24,7 @@ _TYPE_BY_STATUS = {
     501: "not_implemented_error",
     502: "server_error",
     503: "server_error",
+    504: "server_error",
 }
 
 
@@ -49,8 +50,24 @@ class APIError(Exception):
         self.headers = headers
 
 
+MAX_MESSAGE_CHARS = 2000
+"""An error message is cut past this: whatever it echoes, a tenant's megabyte-long value is not sent back."""
+
+
+def shown(value: object, limit: int = 64) -> str:
+    """A value a caller sent, quoted for an error message and cut to `limit` characters.
+
+    >>> shown("x" * 100, limit=8)
+    "'xxxxxxxx...' (100 characters)"
+    """
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= limit:
+        return repr(value) if isinstance(value, str) else text
+    return f"{text[:limit]!r}".removesuffix("'") + f"...' ({len(text)} characters)"
+
+
 def not_found(kind: str, ident: str, param: str | None = None) -> APIError:
-    return APIError(404, f"No {kind} found with id '{ident}'.", param=param, code=f"{kind}_not_found".replace(" ", "_"))
+    return APIError(404, f"No {kind} found with id {shown(ident)}.", param=param, code=f"{kind}_not_found".replace(" ", "_"))
 
 
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:  # noqa: A002
@@ -62,7 +79,10 @@ def error_response(exc: APIError) -> JSONResponse:
     # 4xx answers are final: tell the SDK not to retry them (it retries 409 and 429 by default).
     if exc.status_code < 500:
         headers.setdefault("x-should-retry", "false")
-    return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), exc.status_code, headers=headers)
+    if exc.status_code == 413:  # close the connection: else the server reads (and drops) the rest of the body
+        headers["connection"] = "close"
+    message = exc.message if len(exc.message) <= MAX_MESSAGE_CHARS else exc.message[:MAX_MESSAGE_CHARS] + "..."
+    return JSONResponse(error_body(message, exc.type, exc.param, exc.code), exc.status_code, headers=headers)
 
 
 def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
@@ -103,9 +123,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(req: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
-            err = APIError(404, f"Unknown request URL: {req.method} {req.url.path}.", code="unknown_url")
+            err = APIError(404, f"Unknown request URL: {req.method} {shown(req.url.path, 200)}.", code="unknown_url")
         elif exc.status_code == 405:
             err = APIError(405, f"Method {req.method} is not allowed on {req.url.path}.", code="method_not_allowed")
+        elif exc.status_code == 413:  # a body past its route's cap (api.middleware.BodyLimitMiddleware)
+            err = APIError(413, str(exc.detail), code="request_too_large")
         else:
             err = APIError(exc.status_code, str(exc.detail))
         return error_response(err)

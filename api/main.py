@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.auth import bootstrap_keys
-from api.db import migrate, session_scope
-from api.errors import error_body, install_error_handlers
+from api.auth import Authenticator, bootstrap_keys
+from api.db import migrate, private_home, session_scope
+from api.errors import install_error_handlers
+from api.middleware import AuthMiddleware, BodyLimitMiddleware, RequestIdMiddleware
 from api.routes import chat, checkpoints, files, graders, jobs, models
 from api.services.files import FileValidator
 from api.settings import Settings, get_settings
@@ -23,49 +22,13 @@ from serving.manager import ServingManager
 log = logging.getLogger("vrft.api")
 
 
-class RequestIdMiddleware:
-    """Puts `x-request-id` on every response (the SDK reads it into `request_id`), and turns any exception
-    that escaped the handlers into a sanitised OpenAI-shaped 500 that still carries the id."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = "req_" + uuid.uuid4().hex
-        started = False
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                message.setdefault("headers", [])
-                message["headers"] = list(message["headers"]) + [(b"x-request-id", request_id.encode())]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        except Exception:
-            log.exception("unhandled error in request %s", request_id)
-            if started:
-                raise
-            import json
-
-            body = json.dumps(error_body(f"The server had an error while processing your request (request id {request_id}).", "server_error")).encode()
-            await send({"type": "http.response.start", "status": 500, "headers": [
-                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"x-request-id", request_id.encode())]})
-            await send({"type": "http.response.body", "body": body})
-
-
 def create_app(settings: Settings | None = None, *, embedded_worker: bool | None = None) -> FastAPI:
     settings = settings or get_settings()
     run_worker = settings.embedded_worker if embedded_worker is None else embedded_worker
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        settings.home.mkdir(parents=True, exist_ok=True)
+        private_home(settings)
         migrate(settings)
         with session_scope(settings) as s:
             key = bootstrap_keys(s, settings)
@@ -101,5 +64,9 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool | None
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    # added innermost first: a request meets RequestIdMiddleware, then AuthMiddleware, then BodyLimitMiddleware
+    app.add_middleware(BodyLimitMiddleware, settings=settings)
+    app.state.authenticator = Authenticator(settings)
+    app.add_middleware(AuthMiddleware, authenticator=app.state.authenticator)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -237,7 +237,7 @@ def _check_metadata(v: dict[str, str] | None) -> dict[str, str] | None:
 
 
 Metadata = Annotated[dict[str, str] | None, AfterValidator(_check_metadata)]
-SUFFIX_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+SUFFIX_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class JobCreate(_Strict):
@@ -255,7 +255,7 @@ class JobCreate(_Strict):
     @field_validator("suffix")
     @classmethod
     def _suffix(cls, v: str | None) -> str | None:
-        if v is not None and not SUFFIX_RE.match(v):
+        if v is not None and not SUFFIX_RE.fullmatch(v):
             raise ValueError("must be 1 to 64 characters of letters, digits, '.', '_' or '-'")
         return v
 

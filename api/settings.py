@@ -34,6 +34,25 @@ class Settings(BaseSettings):
     max_image_bytes: int = 10 * 1024**2
     max_images_per_row: int = 10
 
+    max_image_pixels: int = 40_000_000
+    """Largest image (width x height) accepted in a training file, when a job stages its data, and in chat. A
+    small compressed file can decode to gigabytes (a decompression bomb): the size is read from the header."""
+    max_image_urls_per_file: int = 10_000
+    """http(s) image URLs one training or validation file may hold (each is downloaded when a job stages it)."""
+    image_url_allowlist: list[str] = []
+    """Hosts (`images.example.com`, `*.example.com`) and networks (`10.1.0.0/16`) that image URLs may reach
+    although they are not public, as a JSON list. Without an entry, an image URL must resolve to public
+    addresses only: loopback, private, link-local, shared and cloud-metadata addresses are refused, after DNS
+    resolution and on every redirect. For trusted set-ups; see README "Security"."""
+    image_fetch_timeout_seconds: float = 30.0
+    """Longest time one image URL may take to download, all of it (connect, headers, every byte)."""
+    staging_timeout_seconds: float = 3600.0
+    """Longest time a job may spend downloading and checking its data before it fails."""
+    max_json_body_bytes: int = 4 * 1024**2
+    """Largest JSON request body (jobs, graders, permissions); larger ones get a 413 before they are read."""
+    max_chat_body_bytes: int = 50 * 1024**2
+    """Largest body of a chat or completions request (images as data URLs included)."""
+
     base_models: list[str] = []
     """Extra base model folders (HF format) besides those under `{home}/models/`, as a JSON list."""
     embedded_worker: bool = True
@@ -57,6 +76,16 @@ class Settings(BaseSettings):
     a C compiler on the trainer's host."""
     grader_url: str | None = None
     """Grade through a remote grader service (`vrft grader serve`) instead of in the trainer."""
+    grader_model_base_url: str | None = None
+    """Where judge models (score_model, label_model graders) are called: an OpenAI-compatible base URL ending in
+    /v1, with `grader_model_api_key`. Default: this service's own /v1 on its configured host and port, as the
+    caller (never an address taken from the request)."""
+    grader_model_api_key: SecretStr | None = None
+    """The key sent to `grader_model_base_url` (the caller's own key is sent only to this service itself)."""
+    grader_run_timeout_seconds: float = 150.0
+    """Longest time one POST /v1/fine_tuning/alpha/graders/run may take, judge calls and retries included."""
+    grader_run_concurrency_per_project: int = 4
+    """Grader runs (POST .../graders/run) one project may have in flight; more get a 429 with Retry-After."""
     trainer_stop_seconds: float = 20.0
     """How long a cancelled or pausing trainer gets before it is killed."""
 
@@ -94,7 +123,10 @@ class Settings(BaseSettings):
     serving_extra_args: list[str] = []
     """More vLLM flags, as a JSON list (`["--max-num-batched-tokens", "4096"]`)."""
     serving_max_engines: int = 2
-    """Managed engines running at once; starting one more stops the least recently used idle one."""
+    """Managed engines running at once; starting one more stops the least recently used idle one that the
+    asking project may take (fair share: its own, or one of a project that holds more engines than it)."""
+    serving_max_n: int = 16
+    """Largest `n` (completions per request) a chat or completions request may ask for."""
     serving_max_memory_gib: float | None = None
     """Memory budget of all managed engines (estimated per engine: weights + KV cache +
     `serving_engine_overhead_gib`); starting one past it stops the least recently used idle ones."""

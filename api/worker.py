@@ -10,7 +10,7 @@ import os
 import socket
 import threading
 
-from api.db import session_scope
+from api.db import private_home, session_scope
 from api.errors import APIError
 from api.services import jobs as svc
 from api.settings import Settings
@@ -81,6 +81,7 @@ class Worker:
                 self.stopping.wait(self.settings.worker_poll_seconds)
 
     def start(self) -> None:
+        private_home(self.settings)
         log.info("worker %s started", self.worker_id)
         loops = [("vrft-files", self.files_step)] + ([("vrft-train", self.train_step)] if self.train else [])
         for name, step in loops:

@@ -6,18 +6,14 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from pathlib import Path
-from typing import Generic, TypeVar
 
-from fastapi import Request
 from sqlmodel import Session, select
 from starlette.concurrency import run_in_threadpool
 
 from api import models_registry
-from api.auth import hash_key
+from api.auth import TTLCache
 from api.db import session_scope
-from api.deps import authenticate, bearer_key
 from api.errors import APIError
 from api.services.jobs import fine_tuned_model_name
 from api.settings import Settings
@@ -25,9 +21,7 @@ from api.staging import StagingError, local_model_path
 from api.storage import Storage, storage_for
 from api.tables import Job, Project
 
-V = TypeVar("V")
-
-_FT = re.compile(r"^ft:[^:]+:[^:]+:[^:]*:(?P<job>[A-Za-z0-9]+)(?::ckpt-step-\d+)?$")
+_FT = re.compile(r"ft:[^:]+:[^:]+:[^:]*:(?P<job>[A-Za-z0-9]+)(?::ckpt-step-\d+)?")
 _NOT_READY = {"failed": "failed", "cancelled": "was cancelled"}
 
 
@@ -45,7 +39,7 @@ def check_access(session: Session, settings: Settings, project: Project, model_i
 
 def _job_of(session: Session, project: Project, model_id: str) -> Job | None:
     """The project's job whose fine-tuned model (or a checkpoint of it) `model_id` names."""
-    m = _FT.match(model_id)
+    m = _FT.fullmatch(model_id)
     if not m:
         return None
     jobs = session.exec(select(Job).where(Job.project_id == project.id, Job.id.startswith("ftjob-" + m["job"]))).all()
@@ -76,50 +70,14 @@ def resolve(session: Session, settings: Settings, storage: Storage, project: Pro
     return folder
 
 
-class TTLCache(Generic[V]):
-    """Positive access decisions kept for `serving_access_cache_seconds`: chat requests come by the hundred
-    per second while keys and grants change rarely, and on a small host every database round trip on the
-    request path is CPU taken from the engine. Denials are never cached, so a fix (a new key, a new grant)
-    works at once."""
-
-    def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
-        self.ttl, self.max_entries = ttl, max_entries
-        self._entries: dict[tuple[str, ...], tuple[float, V]] = {}
-
-    def get(self, key: tuple[str, ...]) -> V | None:
-        hit = self._entries.get(key)
-        if hit is None or hit[0] < time.monotonic():
-            return None
-        return hit[1]
-
-    def put(self, key: tuple[str, ...], value: V) -> None:
-        if self.ttl <= 0:
-            return
-        if len(self._entries) >= self.max_entries:
-            self._entries.clear()  # that many keys x models within one TTL is rare; cheaper than an LRU
-        self._entries[key] = (time.monotonic() + self.ttl, value)
-
-    def clear(self) -> None:
-        self._entries.clear()
-
-
 class RequestAccess:
-    """Authentication and model access for the proxied endpoints, with the decisions cached (TTLCache). A miss
-    costs one hop to a worker thread and one short transaction; a hit costs neither."""
+    """Model access for the proxied endpoints, with the decisions cached (TTLCache; the caller's key was
+    checked, and cached the same way, by api.middleware.AuthMiddleware). A miss costs one hop to a worker
+    thread and one short transaction; a hit costs neither."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.projects: TTLCache[Project] = TTLCache(settings.serving_access_cache_seconds)
         self.folders: TTLCache[tuple[Path | None]] = TTLCache(settings.serving_access_cache_seconds)
-
-    async def project(self, request: Request) -> Project:
-        key = bearer_key(request)
-        cache_key = (hash_key(key),)
-        project = self.projects.get(cache_key)
-        if project is None:
-            project = await run_in_threadpool(self._authenticate, key)
-            self.projects.put(cache_key, project)
-        return project
 
     async def folder(self, project: Project, model_id: str) -> Path | None:
         """The weights folder of `model_id` for `project` (None in external mode); 404 when not allowed."""
@@ -132,12 +90,7 @@ class RequestAccess:
 
     def forget(self) -> None:
         """Drop every cached decision (a grant was revoked on this server)."""
-        self.projects.clear()
         self.folders.clear()
-
-    def _authenticate(self, key: str) -> Project:
-        with session_scope(self.settings) as session:
-            return authenticate(session, key)
 
     def _resolve(self, project: Project, model_id: str) -> Path | None:
         storage = storage_for(self.settings.storage_url, self.settings.s3_endpoint_url)

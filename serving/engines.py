@@ -3,6 +3,9 @@
 The server is vLLM's own (`python -m vllm.entrypoints.openai.api_server`: the CPU build here, the CUDA build
 on GPU hosts), bound to 127.0.0.1 on a free port, serving one model folder under the public model id.
 Compile caches (torch.compile / inductor) live in `{home}/cache/` so a restart of the same model is faster.
+The server fetches no media URL itself: the proxy fetches and checks images and sends data URLs
+(serving/proxy.py); should a URL reach the server all the same, it may only name a domain that cannot
+resolve, and no redirect is followed.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from api.settings import Settings
 log = logging.getLogger("vrft.serving")
 
 GiB = 1024**3
+NO_MEDIA_DOMAIN = "vrft.invalid"
+"""The one domain an engine may fetch media from (`--allowed-media-domains`): `.invalid` never resolves (RFC 2606)."""
 
 
 def free_port() -> int:
@@ -66,7 +71,7 @@ def engine_command(settings: Settings, model_path: Path, served_name: str, port:
         "--host", "127.0.0.1", "--port", str(port),
         "--dtype", s.serving_dtype, "--max-model-len", str(s.serving_max_model_len),
         "--max-num-seqs", str(s.serving_max_num_seqs),
-        "--disable-uvicorn-access-log",
+        "--disable-uvicorn-access-log", "--allowed-media-domains", NO_MEDIA_DOMAIN,
     ]
     if _is_multimodal(model_path):
         cmd += ["--limit-mm-per-prompt", json.dumps({"image": s.max_images_per_row, "video": 0})]
@@ -84,7 +89,8 @@ def engine_command(settings: Settings, model_path: Path, served_name: str, port:
 
 
 def engine_env(settings: Settings) -> dict[str, str]:
-    """The environment of a vLLM server: offline, caches under `{home}/cache`, CPU knobs on CPU hosts."""
+    """The environment of a vLLM server: offline, caches under `{home}/cache`, no media redirects, CPU knobs
+    on CPU hosts."""
     cache = settings.cache_dir
     tmp = settings.tmp_dir / "serving"
     # vLLM binds ZeroMQ IPC sockets under TMPDIR, and a Unix socket path holds at most 107 bytes: with a deep
@@ -97,6 +103,7 @@ def engine_env(settings: Settings) -> dict[str, str]:
         "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
         "VLLM_CACHE_ROOT": str(cache / "vllm"), "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
         "TMPDIR": str(tmp), "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+        "VLLM_MEDIA_URL_ALLOW_REDIRECTS": "0",
     }
     if device(settings) == "cpu":
         env.update({
@@ -134,6 +141,8 @@ class Engine:
     last_used: float = field(default_factory=time.monotonic)
     in_flight: int = 0
     memory_gib: float = 0.0
+    project_id: str | None = None
+    """The project whose request (or succeeded job) started it: the budget's fair share counts engines by it."""
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -150,7 +159,7 @@ class Engine:
             return ""
 
     @classmethod
-    def launch(cls, settings: Settings, model_path: Path, served_name: str) -> Engine:
+    def launch(cls, settings: Settings, model_path: Path, served_name: str, project_id: str) -> Engine:
         port = free_port()
         logs = settings.home / "logs" / "serving"
         logs.mkdir(parents=True, exist_ok=True)
@@ -162,7 +171,7 @@ class Engine:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=engine_env(settings), start_new_session=True,
                                     cwd=settings.home)
         return cls(key=str(model_path), served_name=served_name, base_url=f"http://127.0.0.1:{port}", model_path=model_path,
-                   proc=proc, log_path=log_path, memory_gib=estimate_gib(settings, model_path))
+                   proc=proc, log_path=log_path, memory_gib=estimate_gib(settings, model_path), project_id=project_id)
 
     async def wait_healthy(self, client: aiohttp.ClientSession, timeout: float) -> None:
         """Poll `/health` until it answers 200 (-> ready), the process exits or `timeout` passes (-> failed)."""

@@ -3,7 +3,10 @@
 Managed mode: an engine per model folder, started on first use. Models that resolve to the same folder share
 it (a base model under two names, say); fine-tuned models and checkpoints each get their own full-weight
 engine, because the trainer writes merged full weights (LoRA merged in), not adapters. Past the budget
-(`serving_max_engines`, `serving_max_memory_gib`) the least recently used idle engine is stopped. An engine
+(`serving_max_engines`, `serving_max_memory_gib`) an idle engine is stopped, under a fair share: each engine
+belongs to the project that started it, and a project may stop only its own engines or those of a project
+that holds more engines than it (the least recently used of those); so one project cannot push another out
+by asking for many models, and a single-project deployment simply stops its least recently used. An engine
 that crashed is restarted by the next request for its model; one that failed to start is retried after a
 short back-off. A background task stops idle engines and starts the engine of each newly succeeded job
 (`serving_prewarm`), so the first request of a fresh model finds it warm.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 
 import aiohttp
@@ -81,13 +85,14 @@ class ServingManager:
 
     # ------------------------------------------------------------------ routing
 
-    async def acquire(self, model_id: str, folder: Path | None) -> Engine:
-        """The ready engine for `model_id` (whose weights are in `folder`; None in external mode), started if
-        needed. Raises 503 with `Retry-After` while the engine starts (after waiting up to
-        `serving_start_wait_seconds`), 502 when it failed to start."""
+    async def acquire(self, model_id: str, folder: Path | None, *, project_id: str) -> Engine:
+        """The ready engine for `model_id` (whose weights are in `folder`; None in external mode), started for
+        `project_id` if needed. Raises 503 with `Retry-After` while the engine starts (after waiting up to
+        `serving_start_wait_seconds`) or when the budget has no room this project may take, 502 when it
+        failed to start."""
         if self.external:
             return await self._external(model_id)
-        engine = await self._ensure(folder, model_id)
+        engine = await self._ensure(folder, model_id, project_id)
         engine.last_used = time.monotonic()
         if engine.state == "starting":
             wait = self.settings.serving_start_wait_seconds
@@ -104,7 +109,7 @@ class ServingManager:
             raise APIError(503, f"The model server for '{model_id}' was stopped. Retry.", code="model_starting", headers=_retry_after(1))
         return engine
 
-    async def _ensure(self, path: Path, model_id: str, *, evict: bool = True) -> Engine:
+    async def _ensure(self, path: Path, model_id: str, project_id: str, *, evict: bool = True) -> Engine:
         async with self._lock:
             key = str(path)
             engine = self.engines.get(key)
@@ -117,15 +122,15 @@ class ServingManager:
                 del self.engines[key]
                 engine = None
             if engine is None:
-                engine = self._launch(path, model_id, evict)
+                engine = self._launch(path, model_id, project_id, evict)
             return engine
 
-    def _launch(self, path: Path, model_id: str, evict: bool) -> Engine:
-        """Start an engine, after making room for it. Called with the lock held."""
+    def _launch(self, path: Path, model_id: str, project_id: str, evict: bool) -> Engine:
+        """Start an engine for `project_id`, after making room for it. Called with the lock held."""
         from serving.engines import estimate_gib
 
-        self._make_room(estimate_gib(self.settings, path), evict)
-        engine = Engine.launch(self.settings, path, model_id)
+        self._make_room(estimate_gib(self.settings, path), project_id, evict)
+        engine = Engine.launch(self.settings, path, model_id, project_id)
         self.engines[engine.key] = engine
         self._spawn(engine.wait_healthy(self.client, self.settings.serving_start_timeout_seconds))
         return engine
@@ -135,7 +140,10 @@ class ServingManager:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _make_room(self, need_gib: float, evict: bool = True) -> None:
+    def _make_room(self, need_gib: float, project_id: str, evict: bool) -> None:
+        """Stop idle engines until one more fits the budget. `project_id` may stop its own engines and those of
+        a project that holds more engines than it (counted anew after each stop); the least recently used of
+        those goes. 503 when none may go."""
         s = self.settings
         live = [e for e in self.engines.values() if e.state in ("starting", "ready")]
 
@@ -145,12 +153,15 @@ class ServingManager:
             return s.serving_max_memory_gib is not None and sum(e.memory_gib for e in live) + need_gib > s.serving_max_memory_gib
 
         while over():
-            idle = [e for e in live if e.state == "ready" and e.in_flight == 0] if evict else []
+            held = Counter(e.project_id for e in live)
+            idle = [e for e in live if e.state == "ready" and e.in_flight == 0
+                    and (e.project_id == project_id or held[e.project_id] > held[project_id])] if evict else []
             if not idle:
-                raise APIError(503, "All model servers are busy and the serving budget is reached. Retry shortly.",
+                raise APIError(503, "The serving budget is reached and every model server that could make room is busy. Retry shortly.",
                                code="serving_capacity", headers=_retry_after(5))
             victim = min(idle, key=lambda e: e.last_used)
-            log.info("serving budget reached: stopping the least recently used engine (%s)", victim.served_name)
+            log.info("serving budget reached: stopping the least recently used engine that project %s may take "
+                     "(%s, of project %s)", project_id, victim.served_name, victim.project_id)
             live.remove(victim)
             del self.engines[victim.key]
             victim.state = "stopped"
@@ -247,7 +258,7 @@ class ServingManager:
             with session_scope(self.settings) as s:
                 return model_folder(s, self.settings, storage_for(self.settings.storage_url, self.settings.s3_endpoint_url), project_id, model_id)
 
-        return await self._ensure(await asyncio.to_thread(path), model_id, evict=evict)
+        return await self._ensure(await asyncio.to_thread(path), model_id, project_id, evict=evict)
 
     def _newly_succeeded(self) -> list[tuple[str, str, str]]:
         from api.db import session_scope

@@ -1,8 +1,14 @@
 """Forward one OpenAI request to a vLLM server and relay its answer, with the one mapper from engine failures
 to OpenAI-shaped errors.
 
-* The request body is parsed only to read `model` and `stream`; `model` is rewritten to the engine's name
-  and every other field goes to vLLM as sent (vLLM validates them; its 4xx come back with our error shape).
+* The request body is parsed to read `model` and `stream` and to check what vLLM does not limit: `n` (at
+  most `serving_max_n`) and the images of the chat messages. `model` is rewritten to the engine's name and
+  every other field goes to vLLM as sent (vLLM validates them; its 4xx come back with our error shape).
+* Images: the engines fetch no URL (serving/engines.py), the proxy does. Every image URL of the messages,
+  http(s) or a base64 data URL, becomes a data URL of bytes that were fetched under the address policy
+  (`image_url_allowlist`: no loopback, private or metadata address, on any redirect), are at most
+  `max_image_bytes` and whose header says at most `max_image_pixels` (a small PNG can decode to gigabytes in
+  the engine). A bad image is a 400 whose `param` names its field.
 * A streamed answer (`stream: true`, server-sent events) is relayed chunk by chunk as vLLM writes it. A
   failure after the first byte cannot change the status any more: it ends the stream with an SSE event
   `data: {"error": {...}}`, which the openai SDK raises as an `APIError`.
@@ -15,6 +21,8 @@ to OpenAI-shaped errors.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import logging
 import time
@@ -24,20 +32,28 @@ from typing import Any
 import aiohttp
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
+from PIL import Image
 
+import media
 from api.errors import APIError, error_body
+from api.settings import Settings
 from serving.engines import Engine
 from serving.manager import ServingManager
 
 log = logging.getLogger("vrft.serving")
 
+MEDIA_OVERRIDES = ("mm_processor_kwargs", "media_io_kwargs")
+"""vLLM request fields that change how its images are decoded and resized: with them a small image that passed
+the pixel cap could be upscaled past it (a processor's `min_pixels`). Refused: images are processed as the
+model's own processor files say."""
 
-async def read_payload(request: Request) -> tuple[dict[str, Any], bytes]:
-    """The parsed body and its bytes (forwarded as they are when the model name needs no rewrite)."""
+
+async def read_payload(request: Request, settings: Settings) -> tuple[dict[str, Any], bytes]:
+    """The parsed body and its bytes (forwarded as they are when nothing needs a rewrite)."""
     raw = await request.body()
     try:
         payload = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the interpreter's stack
         raise APIError(400, "We could not parse the JSON body of your request.", code="invalid_json") from None
     if not isinstance(payload, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
@@ -46,7 +62,84 @@ async def read_payload(request: Request) -> tuple[dict[str, Any], bytes]:
         raise APIError(400, "Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
     if not isinstance(model, str) or not model:
         raise APIError(400, "Invalid value for 'model': expected a model id.", param="model", code="invalid_value")
+    for name in MEDIA_OVERRIDES:
+        if payload.get(name) is not None:
+            raise APIError(400, f"Unrecognized request argument supplied: '{name}' (images are processed with the model's "
+                                "own settings).", param=name, code="unknown_parameter")
+    n = payload.get("n")
+    # an integer only: vLLM would also take "16384" or 16384.0
+    if n is not None and (type(n) is not int or n > settings.serving_max_n):
+        raise APIError(400, f"Invalid value for 'n': expected an integer of at most {settings.serving_max_n}.",
+                       param="n", code="invalid_value")
     return payload, raw
+
+
+async def inline_images(settings: Settings, payload: dict[str, Any]) -> bool:
+    """Replace every image URL of the chat messages by a data URL of the checked image (see the module's
+    docstring). False when there was no image, so the body can go as it came."""
+    found = _image_urls(payload)
+    if not found:
+        return False
+    limit = settings.max_images_per_row
+    if len(found) > limit:  # checked before anything is fetched
+        raise APIError(400, f"A request may hold at most {limit} images.", param=found[limit][2], code="too_many_images")
+    policy = media.AddressPolicy(tuple(settings.image_url_allowlist))
+    # fetched at once, each in a worker thread (media.fetch blocks); the first bad one in message order is reported
+    results = await asyncio.gather(*(asyncio.to_thread(_checked_data_url, settings, policy, holder[key], param)
+                                     for holder, key, param in found), return_exceptions=True)
+    for (holder, key, _), result in zip(found, results):
+        if isinstance(result, BaseException):
+            raise result
+        holder[key] = result
+    return True
+
+
+def _image_urls(payload: dict[str, Any]) -> list[tuple[dict, str, str]]:
+    """Where the image URLs of the messages are: (the object holding one, its key, the `param` naming it).
+    vLLM takes `{"type": "image_url", "image_url": {"url": ...}}`, and also a bare `{"image_url": "..."}` and
+    `{"type": "input_image", "image_url": "..."}`: every content part with an `image_url` counts."""
+    found = []
+    messages = payload.get("messages")
+    for i, message in enumerate(messages if isinstance(messages, list) else []):
+        content = message.get("content") if isinstance(message, dict) else None
+        for j, part in enumerate(content if isinstance(content, list) else []):
+            image = part.get("image_url") if isinstance(part, dict) else None
+            param = f"messages[{i}].content[{j}].image_url"
+            if isinstance(image, dict):
+                if image.get("url") is not None:  # None: an image vLLM has cached by its `uuid`
+                    found.append((image, "url", param + ".url"))
+            elif image is not None:
+                found.append((part, "image_url", param))
+    return found
+
+
+def _checked_data_url(settings: Settings, policy: media.AddressPolicy, url: Any, param: str) -> str:
+    """The image at `url` (http(s), fetched; or a base64 data URL) as a data URL, once it passed the checks.
+    The data URL is always rebuilt, so the engine decodes exactly the bytes that were checked."""
+    try:
+        raw = _image_bytes(settings, policy, url)
+        info = media.inspect_image(raw, max_pixels=settings.max_image_pixels)
+    except media.FetchError as e:
+        raise APIError(400, f"The image at '{param}' could not be fetched: {e.message}.", param=param, code=e.code) from None
+    except media.ImageRejected as e:
+        raise APIError(400, f"Invalid image at '{param}': {e}.", param=param, code="invalid_image") from None
+    except ValueError:  # a URL that does not parse (`http://[x`, a port past 65535)
+        raise APIError(400, f"Invalid image URL at '{param}'.", param=param, code="invalid_image_url") from None
+    mime = Image.MIME.get(info.format, f"image/{info.extension}")
+    return f"data:{mime};base64," + base64.b64encode(raw).decode()
+
+
+def _image_bytes(settings: Settings, policy: media.AddressPolicy, url: Any) -> bytes:
+    if not isinstance(url, str):
+        raise media.ImageRejected("an image URL must be a string")
+    if url[:5].lower() != "data:":  # vLLM's own test for a data URL
+        return media.fetch(url, policy=policy, max_bytes=settings.max_image_bytes, timeout_s=settings.image_fetch_timeout_seconds)
+    raw = media.decode_data_url(url)
+    if raw is None:
+        raise media.ImageRejected("a data URL must hold a base64 image (data:image/png;base64,...)")
+    if len(raw) > settings.max_image_bytes:
+        raise media.ImageRejected(f"the image is larger than the {settings.max_image_bytes} bytes allowed")
+    return raw
 
 
 ENGINE_FAILURES = (aiohttp.ClientError, TimeoutError, ValueError)
@@ -81,12 +174,12 @@ def _upstream_message(body: bytes, status: int) -> tuple[str, str | None]:
         return f"status {status}", None
 
 
-async def forward(manager: ServingManager, engine: Engine, path: str, payload: dict[str, Any], raw: bytes) -> Response:
-    """Send the request (`payload`, parsed from `raw`) to `engine`'s `path` (`/v1/chat/completions`, ...)
-    and relay the answer."""
+async def forward(manager: ServingManager, engine: Engine, path: str, payload: dict[str, Any], raw: bytes | None) -> Response:
+    """Send the request (`payload`, parsed from `raw`; None once `payload` was rewritten) to `engine`'s `path`
+    (`/v1/chat/completions`, ...) and relay the answer."""
     model_id = payload["model"]
     stream = bool(payload.get("stream"))
-    body = raw if engine.served_name == model_id else json.dumps({**payload, "model": engine.served_name}).encode()
+    body = raw if raw is not None and engine.served_name == model_id else json.dumps({**payload, "model": engine.served_name}).encode()
     rename = _renamer(engine.served_name, model_id)
     engine.in_flight += 1
     try:

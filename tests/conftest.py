@@ -3,6 +3,7 @@ moto server), fresh databases, project keys."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -115,7 +116,8 @@ class Deployment:
 def make_settings(env: dict[str, str], home: Path):  # noqa: ANN201
     from api.settings import Settings
 
-    keys = {k.removeprefix("VRFT_").lower(): v for k, v in env.items() if k.startswith("VRFT_")}
+    # JSON values (lists, dicts) as the environment source would parse them
+    keys = {k.removeprefix("VRFT_").lower(): json.loads(v) if v[:1] in "[{" else v for k, v in env.items() if k.startswith("VRFT_")}
     keys.pop("home", None)
     return Settings(home=home, **keys)
 

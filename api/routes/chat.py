@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
+from api.deps import get_project
 from api.errors import APIError
 from serving import proxy
 from serving.access import RequestAccess
@@ -21,12 +22,15 @@ def _serving(request: Request) -> tuple[ServingManager, RequestAccess]:
 
 
 async def _serve(path: str, request: Request) -> Response:
-    # No SessionDep/ProjectDep here: this path runs per generated answer, so its checks are cached (RequestAccess).
+    # No SessionDep here: this path runs per generated answer, so its checks are cached (the key's by
+    # AuthMiddleware, the model's by RequestAccess).
     manager, access = _serving(request)
-    project = await access.project(request)
-    payload, raw = await proxy.read_payload(request)
+    project = get_project(request)
+    payload, raw = await proxy.read_payload(request, manager.settings)
     folder = await access.folder(project, payload["model"])
-    engine = await manager.acquire(payload["model"], folder)
+    if await proxy.inline_images(manager.settings, payload):  # after the access check, before an engine starts
+        raw = None
+    engine = await manager.acquire(payload["model"], folder, project_id=project.id)
     return await proxy.forward(manager, engine, path, payload, raw)
 
 

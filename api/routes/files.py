@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
@@ -42,12 +43,20 @@ def retrieve_file(file_id: str, session: SessionDep, project: ProjectDep) -> Fil
     return svc.to_wire(svc.get_file(session, project, file_id))
 
 
+def _content_disposition(filename: str) -> str:
+    """RFC 6266: an ASCII `filename` for old clients (quotes, backslashes, control and non-ASCII characters
+    made `_`) and the exact name as RFC 5987 `filename*`. The name put in raw broke the header: a 500 on a
+    non-latin-1 character, a dropped connection on a NUL, a parameter of the uploader's choice after a quote."""
+    ascii_name = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in filename)
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
 @router.get("/files/{file_id}/content")
 def file_content(file_id: str, session: SessionDep, project: ProjectDep, storage: StorageDep) -> StreamingResponse:
     f = svc.get_file(session, project, file_id)
     return StreamingResponse(
         storage.iter_bytes(f.storage_key), media_type="application/octet-stream",
-        headers={"content-disposition": f'attachment; filename="{f.filename}"', "content-length": str(f.bytes)},
+        headers={"content-disposition": _content_disposition(f.filename), "content-length": str(f.bytes)},
     )
 
 

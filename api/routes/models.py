@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from api import models_registry
 from api.deps import ProjectDep, SessionDep, SettingsDep
-from api.errors import APIError
+from api.errors import APIError, shown
 from api.schemas import ListPage, ModelObject
 
 router = APIRouter(tags=["models"])
@@ -21,5 +21,5 @@ def list_models(session: SessionDep, settings: SettingsDep, project: ProjectDep)
 def retrieve_model(model_id: str, session: SessionDep, settings: SettingsDep, project: ProjectDep) -> ModelObject:
     model = models_registry.get_model(session, settings, project, model_id)
     if model is None:
-        raise APIError(404, f"The model '{model_id}' does not exist or you do not have access to it.", param="model", code="model_not_found")
+        raise APIError(404, f"The model {shown(model_id, 200)} does not exist or you do not have access to it.", param="model", code="model_not_found")
     return model

@@ -12,7 +12,7 @@ from sqlalchemy import or_, update
 from sqlmodel import Session, select
 
 from api import models_registry
-from api.errors import APIError, not_found
+from api.errors import APIError, not_found, shown
 from api.ids import new_id, now
 from api.schemas import (
     FineTuningJob,
@@ -40,7 +40,7 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
 }
 GRADER_PARAM = "method.reinforcement.grader"
 RESPONSE_FORMAT_PARAM = "method.reinforcement.response_format"
-SCHEMA_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")  # OpenAI's rule for json_schema.name
+SCHEMA_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # OpenAI's rule for json_schema.name
 
 
 # ---------------------------------------------------------------- wire
@@ -135,14 +135,14 @@ def _validate_response_format(rf: dict[str, Any] | None, settings: Settings) -> 
     P = RESPONSE_FORMAT_PARAM
     kind = rf.get("type")
     if kind not in ("text", "json_object", "json_schema"):
-        raise APIError(400, f"Invalid value for '{P}.type': {kind!r}; expected 'text', 'json_object' or 'json_schema'.",
+        raise APIError(400, f"Invalid value for '{P}.type': {shown(kind)}; expected 'text', 'json_object' or 'json_schema'.",
                        param=f"{P}.type", code="invalid_response_format")
     if kind == "json_schema":
         js = rf.get("json_schema")
         if not isinstance(js, dict):
             raise APIError(400, f"Missing required parameter: '{P}.json_schema' (an object with 'name' and 'schema').",
                            param=f"{P}.json_schema", code="invalid_response_format")
-        if not isinstance(js.get("name"), str) or not SCHEMA_NAME.match(js["name"]):
+        if not isinstance(js.get("name"), str) or not SCHEMA_NAME.fullmatch(js["name"]):
             raise APIError(400, f"Invalid '{P}.json_schema.name': 1-64 characters of a-z, A-Z, 0-9, '_' and '-'.",
                            param=f"{P}.json_schema.name", code="invalid_response_format")
         schema = js.get("schema")

@@ -6,7 +6,7 @@ from typing import Any, TypeVar
 
 from sqlmodel import Session, select
 
-from api.errors import APIError
+from api.errors import APIError, shown
 
 T = TypeVar("T")
 
@@ -16,7 +16,7 @@ def page(session: Session, stmt: Any, table: type[T], *, after: str | None, limi
     if not 1 <= limit <= 10_000:
         raise APIError(400, f"Invalid value for 'limit': must be between 1 and 10000, got {limit}.", param="limit")
     if order not in ("asc", "desc"):
-        raise APIError(400, f"Invalid value for 'order': must be 'asc' or 'desc', got {order!r}.", param="order")
+        raise APIError(400, f"Invalid value for 'order': must be 'asc' or 'desc', got {shown(order)}.", param="order")
     seq_col = table.seq  # type: ignore[attr-defined]
     if after is not None:
         anchor = session.exec(stmt.with_only_columns(seq_col).where(table.id == after)).first()  # type: ignore[attr-defined]

@@ -5,7 +5,9 @@
 It serves `/health`, `/v1/models`, `/v1/chat/completions` and `/v1/completions` like vLLM (same JSON and SSE
 shapes) and answers `echo <served name> <pid>`, unless the last message (or prompt) is one of:
 `FAIL500` (a 500 with vLLM's error body), `BAD400` (a 400 naming `temperature`), `STALL` (sends one stream chunk,
-or nothing when not streaming, then hangs), `DIE` (the process exits while answering).
+or nothing when not streaming, then hangs), `DIE` (the process exits while answering), `IMAGES` (answers the
+JSON list of the image URLs it got). Like vLLM without `--allowed-media-domains`, it fetches every http(s)
+image URL it gets, following redirects.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import json
 import os
 import time
+import urllib.request
 
 import uvicorn
 from starlette.applications import Starlette
@@ -30,6 +33,18 @@ def _last_text(body: dict) -> str:
         return str(body["prompt"])
     content = body["messages"][-1]["content"]
     return content if isinstance(content, str) else " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+
+
+def _image_urls(body: dict) -> list[str]:
+    parts = [p for m in body.get("messages", []) if isinstance(m.get("content"), list) for p in m["content"]]
+    return [p["image_url"]["url"] if isinstance(p["image_url"], dict) else p["image_url"] for p in parts if isinstance(p, dict) and "image_url" in p]
+
+
+def _fetch(url: str) -> None:
+    try:
+        urllib.request.urlopen(url, timeout=5).read()
+    except (OSError, ValueError):
+        pass
 
 
 async def health(_: Request) -> Response:
@@ -53,6 +68,10 @@ async def complete(request: Request) -> Response:
     if model != args.served_model_name:
         return JSONResponse({"error": {"message": f"The model `{model}` does not exist.", "type": "NotFoundError", "param": "model", "code": 404}}, 404)
     text = _last_text(body)
+    images = _image_urls(body) if chat else []
+    for url in images:
+        if url.startswith("http"):
+            await asyncio.to_thread(_fetch, url)
     if "FAIL500" in text:
         return JSONResponse({"error": {"message": "EngineCore encountered an issue.", "type": "InternalServerError", "param": None, "code": 500}}, 500)
     if "BAD400" in text:
@@ -60,7 +79,7 @@ async def complete(request: Request) -> Response:
     if "DIE" in text:
         os._exit(3)
     n = int(body.get("n") or 1)
-    answer = f"echo {model} {os.getpid()}"
+    answer = json.dumps(images) if "IMAGES" in text else f"echo {model} {os.getpid()}"
     if body.get("stream"):
         async def events():  # noqa: ANN202
             for i in range(n):

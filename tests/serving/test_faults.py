@@ -137,7 +137,7 @@ def test_revoked_key_stops_chat_within_the_cache_time(env: Env) -> None:
 
     with session_scope(env.settings) as s:
         key = add_key(s, s.exec(select(Project).where(Project.id == env.models["proj_id"])).one())
-    access = env.server.app.state.serving_access
+    access = env.server.app.state.authenticator
     assert access.projects.ttl == env.settings.serving_access_cache_seconds > 0
     with env.http(key) as h:
         assert h.post("/chat/completions", json=chat(env.models["base"])).status_code == 200
