@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,20 @@ from api.errors import APIError
 from api.ids import new_id, now
 from api.services import jobs as svc
 from api.settings import Settings
-from api.staging import StagingError, local_model_path, stage_dataset
+from api.staging import Stager, StagingError, local_model_path
 from api.storage import delete_tree, get_tree, put_tree, storage_for
 from api.tables import Checkpoint, File, Job, JobEvent, Project
 from trainer.job_spec import JobSpec
 
 log = logging.getLogger("vrft.runner")
 POLL_SECONDS = 0.5
+STAGING_CHECK_SECONDS = 1.0
+"""How often staging renews the lease and looks for the user's cancel or pause."""
+
+
+class JobStopped(Exception):
+    """Staging stopped before the trainer started: why is the message (`shutdown`, `lost`, or the job's new
+    status, `cancelled` or `paused`)."""
 
 
 def _set_pdeathsig() -> None:
@@ -64,13 +72,21 @@ class JobRunner:
         job_dir = st.jobs_dir / job_id
         out_dir = job_dir / "output"
         out_dir.mkdir(parents=True, exist_ok=True)
+        # No database session is held while the data stages: downloads can take minutes.
+        try:
+            spec = self._prepare(job_id, job_dir)
+        except StagingError as e:
+            with session_scope(st) as s:
+                self._fail(s, self._job(s, job_id), e.code, f"Could not prepare the job's data: {e.message}")
+            return
+        except JobStopped as e:
+            log.info("job %s: staging stopped (%s)", job_id, e)
+            if str(e) != "lost":
+                with session_scope(st) as s:
+                    svc.release(s, self._job(s, job_id), worker_id=self.worker_id)
+            return
         with session_scope(st) as s:
             job = self._job(s, job_id)
-            try:
-                spec = self._prepare(s, job, job_dir)
-            except StagingError as e:
-                self._fail(s, job, e.code, f"Could not prepare the job's data: {e.message}")
-                return
             if job.status == "queued":
                 try:
                     svc.transition(s, job, "running", "Fine-tuning job started")
@@ -89,28 +105,57 @@ class JobRunner:
     def _job(self, s: Session, job_id: str) -> Job:
         return s.exec(select(Job).where(Job.id == job_id)).one()
 
-    def _prepare(self, s: Session, job: Job, job_dir: Path) -> JobSpec:
+    def _heartbeat(self, job_id: str) -> Callable[[], None]:
+        """What staging calls between rows and images and every second of a download: once a second it renews
+        the lease and reads the job's status, as `_watch` does for the trainer, and it stops the staging
+        (JobStopped) on a worker shutdown, on the user's cancel or pause, or when the lease was lost."""
+        st = self.settings
+        last = time.monotonic()
+
+        def beat() -> None:
+            nonlocal last
+            if self.stopping.is_set():
+                raise JobStopped("shutdown")
+            if time.monotonic() - last < STAGING_CHECK_SECONDS:
+                return
+            with session_scope(st) as s:
+                job = self._job(s, job_id)
+                if not svc.renew_lease(s, job, worker_id=self.worker_id, lease_seconds=st.job_lease_seconds):
+                    raise JobStopped("lost")
+                if job.status not in ("queued", "running"):
+                    raise JobStopped(job.status)
+            last = time.monotonic()
+
+        return beat
+
+    def _prepare(self, job_id: str, job_dir: Path) -> JobSpec:
+        st = self.settings
         data = job_dir / "data"
         data.mkdir(parents=True, exist_ok=True)
+        with session_scope(st) as s:
+            job = self._job(s, job_id)
+            files = {f.id: f for f in s.exec(select(File).where(File.id.in_([job.training_file, job.validation_file]))).all()}
+        stager = Stager.of(st, self.storage, self._heartbeat(job_id))
 
         def stage(file_id: str, name: str) -> str:
-            f = s.exec(select(File).where(File.id == file_id)).first()
-            if f is None:
+            if file_id not in files:
                 raise StagingError("invalid_training_file", f"file {file_id} no longer exists")
-            return str(stage_dataset(self.storage, f, data / name, max_image_bytes=self.settings.max_image_bytes))
+            return str(stager.stage(files[file_id], data / name))
 
         train = stage(job.training_file, "train.jsonl")
         valid = stage(job.validation_file, "valid.jsonl") if job.validation_file else None
-        model = local_model_path(s, self.settings, self.storage, job.project_id, job.model)
+        with session_scope(st) as s:
+            model = local_model_path(s, st, self.storage, job.project_id, job.model)
+            resume_from = self._resume_point(s, job, job_dir / "output")
         kind = job.method["type"]
         params = job.method.get(kind) or {}
         return JobSpec(
             job_id=job.id, method=kind, model_path=str(model), train_file=train, validation_file=valid,
             output_dir=str(job_dir / "output"), hyperparameters=params.get("hyperparameters", {}),
             grader=params.get("grader"), response_format=params.get("response_format"), seed=job.seed,
-            resume_from=self._resume_point(s, job, job_dir / "output"), grader_url=self.settings.grader_url,
-            rollout_engine=self.settings.rollout_engine, rollout_compile=self.settings.rollout_compile,
-            num_ranks=self.settings.trainer_num_ranks,
+            resume_from=resume_from, grader_url=st.grader_url,
+            rollout_engine=st.rollout_engine, rollout_compile=st.rollout_compile,
+            num_ranks=st.trainer_num_ranks,
         )
 
     def _resume_point(self, s: Session, job: Job, out_dir: Path) -> str | None:

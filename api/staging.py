@@ -3,23 +3,23 @@ folder, and the model to start from as a local HF folder."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
 import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 from sqlmodel import Session, select
 
 from api import models_registry
 from api.settings import Settings
 from api.storage import Storage, get_tree
 from api.tables import Checkpoint, File, Job
-from api.validation import iter_lines
-
-_DATA_URL = re.compile(r"^data:image/([A-Za-z0-9.+-]+)?(?:;[^,]*)?;base64,", re.ASCII)
+from api.validation import DatasetLimits, LineTooLong, iter_lines
+from media import AddressPolicy, FetchError, ImageRejected, decode_data_url, fetch, inspect_image
 
 
 class StagingError(Exception):
@@ -31,56 +31,93 @@ class StagingError(Exception):
         self.message = message
 
 
-def _save_image(url: str, images_dir: Path, max_bytes: int) -> str:
-    m = _DATA_URL.match(url)
-    if m:
-        raw = base64.b64decode(url[m.end():])
-        ext = (m.group(1) or "png").replace("jpeg", "jpg").split("+")[0]
-    elif url.startswith(("http://", "https://")):
-        try:
-            with httpx.stream("GET", url, timeout=30, follow_redirects=True) as r:
-                r.raise_for_status()
-                raw = b""
-                for chunk in r.iter_bytes():
-                    raw += chunk
-                    if len(raw) > max_bytes:
-                        raise StagingError("invalid_image", f"image {url} is larger than {max_bytes} bytes")
-        except httpx.HTTPError as e:
-            raise StagingError("image_unreachable", f"could not download image {url}: {e}") from None
-        ext = Path(url.split("?")[0]).suffix.lstrip(".") or "img"
-    else:
-        return url
-    name = hashlib.sha256(raw).hexdigest()[:24] + "." + ext
-    path = images_dir / name
-    if not path.exists():
-        tmp = path.with_suffix(".part")
-        tmp.write_bytes(raw)
-        os.replace(tmp, path)
-    return path.resolve().as_uri()
+@dataclass
+class Stager:
+    """Stages a job's dataset files: every image, a data URL or an http(s) URL, is checked (bytes, pixels)
+    and written once into `images/` by the hash of its bytes, and the row then points at it as a `file://`
+    path. URLs are downloaded under the address policy (media.fetch), each within `image_timeout_s`, all
+    within the job's `deadline`. `heartbeat` is called between rows, between images and every second of a
+    download: it renews the job's lease and raises to stop staging (a cancel, a pause, a worker shutdown)."""
 
+    storage: Storage
+    limits: DatasetLimits
+    policy: AddressPolicy
+    image_timeout_s: float
+    deadline: float
+    """time.monotonic() past which staging fails"""
+    heartbeat: Callable[[], None] = lambda: None
 
-def stage_dataset(storage: Storage, f: File, dest: Path, *, max_image_bytes: int) -> Path:
-    """Write the file's rows to `dest` with every image as a `file://` path in `dest.parent/images/`.
-    Done once: a staged file is reused when the job restarts."""
-    if dest.exists():
+    @classmethod
+    def of(cls, settings: Settings, storage: Storage, heartbeat: Callable[[], None]) -> Stager:
+        return cls(storage, DatasetLimits.of(settings), AddressPolicy(tuple(settings.image_url_allowlist)),
+                   settings.image_fetch_timeout_seconds, time.monotonic() + settings.staging_timeout_seconds, heartbeat)
+
+    def stage(self, f: File, dest: Path) -> Path:
+        """Write the file's rows to `dest` with every image as a `file://` path in `dest.parent/images/`.
+        Done once: a staged file is reused when the job restarts."""
+        if dest.exists():
+            return dest
+        images = dest.parent / "images"
+        images.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_suffix(".part")
+        urls = lineno = 0
+        with open(tmp, "w") as out:
+            try:
+                for lineno, raw in enumerate(iter_lines(self.storage.iter_bytes(f.storage_key),
+                                                        max_line_bytes=self.limits.max_line_bytes), start=1):
+                    self.heartbeat()
+                    if not raw.strip():
+                        continue
+                    row = json.loads(raw)
+                    for where, part in image_parts(row):
+                        url = part["image_url"]["url"]
+                        urls += url.startswith(("http://", "https://"))
+                        if urls > self.limits.max_image_urls:
+                            raise StagingError("invalid_training_file", f"{f.id} has more than the "
+                                               f"{self.limits.max_image_urls} image URLs allowed in one file")
+                        try:
+                            part["image_url"]["url"] = self._save_image(url, images)
+                        except FetchError as e:
+                            raise StagingError(e.code, f"{f.id} line {lineno}: {where}: {e.message}") from None
+                        except ImageRejected as e:
+                            raise StagingError("invalid_image", f"{f.id} line {lineno}: {where}: {e}") from None
+                        self.heartbeat()
+                    out.write(json.dumps(row) + "\n")
+            except LineTooLong as e:
+                raise StagingError("invalid_training_file", f"{f.id} line {lineno + 1}: {e}") from None
+        os.replace(tmp, dest)
         return dest
-    images = dest.parent / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(".part")
-    with open(tmp, "w") as out:
-        for raw in iter_lines(storage.iter_bytes(f.storage_key)):
-            if not raw.strip():
-                continue
-            row = json.loads(raw)
-            for msg in row.get("messages", []):
-                content = msg.get("content")
-                if isinstance(content, list):
-                    for part in content:
-                        if isinstance(part, dict) and part.get("type") == "image_url":
-                            part["image_url"]["url"] = _save_image(part["image_url"]["url"], images, max_image_bytes)
-            out.write(json.dumps(row) + "\n")
-    os.replace(tmp, dest)
-    return dest
+
+    def _save_image(self, url: str, images_dir: Path) -> str:
+        raw = decode_data_url(url)
+        if raw is None:
+            if not url.startswith(("http://", "https://")):
+                raise ImageRejected("an image must be a base64 data URL or an http(s) URL")
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise StagingError("staging_timeout", "downloading the job's images took longer than the "
+                                   "staging time allowed (VRFT_STAGING_TIMEOUT_SECONDS)")
+            raw = fetch(url, policy=self.policy, max_bytes=self.limits.max_image_bytes,
+                        timeout_s=min(self.image_timeout_s, left), tick=self.heartbeat)
+        if len(raw) > self.limits.max_image_bytes:
+            raise ImageRejected(f"the image is larger than the {self.limits.max_image_bytes} bytes allowed")
+        info = inspect_image(raw, max_pixels=self.limits.max_image_pixels)
+        path = images_dir / (hashlib.sha256(raw).hexdigest()[:24] + "." + info.extension)
+        if not path.exists():
+            tmp = path.with_suffix(".part")
+            tmp.write_bytes(raw)
+            os.replace(tmp, path)
+        return path.resolve().as_uri()
+
+
+def image_parts(row: dict) -> Iterator[tuple[str, dict]]:
+    """(`messages[i].content[j].image_url.url`, the part) for each image part of a validated row."""
+    for i, msg in enumerate(row.get("messages", [])):
+        content = msg.get("content")
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if isinstance(part, dict) and part.get("type") == "image_url":
+                    yield f"messages[{i}].content[{j}].image_url.url", part
 
 
 def local_model_path(session: Session, settings: Settings, storage: Storage, project_id: str, model_id: str) -> Path:

@@ -7,19 +7,39 @@ user's (a reinforcement row: the model answers it) or the assistant's (a supervi
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 import json
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from PIL import Image
+from api.errors import shown
+from api.settings import Settings
+from media import ImageRejected, decode_data_url, inspect_image
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_REPORTED_ERRORS = 10
-_DATA_URL = re.compile(r"^data:(image/[A-Za-z0-9.+-]+)?(;[^,]*)?;base64,", re.ASCII)
+
+
+@dataclass(frozen=True)
+class DatasetLimits:
+    """What one training or validation file may hold; `DatasetLimits.of(settings)` reads the settings."""
+
+    max_rows: int
+    max_image_bytes: int
+    max_images_per_row: int
+    max_image_pixels: int
+    max_image_urls: int
+    """http(s) image URLs in the whole file (each one is a download when a job stages the file)."""
+
+    @classmethod
+    def of(cls, settings: Settings) -> DatasetLimits:
+        return cls(max_rows=settings.max_training_rows, max_image_bytes=settings.max_image_bytes,
+                   max_images_per_row=settings.max_images_per_row, max_image_pixels=settings.max_image_pixels,
+                   max_image_urls=settings.max_image_urls_per_file)
+
+    @property
+    def max_line_bytes(self) -> int:
+        """The longest line a valid row can be: its images as base64 data URLs, plus 1 MiB of everything else."""
+        return self.max_images_per_row * (self.max_image_bytes * 4 // 3 + 64) + 2**20
 
 
 class RowError(ValueError):
@@ -34,6 +54,8 @@ class ValidationReport:
     sft_rows: int = 0
     """rows whose last message is the assistant's (usable for supervised training)"""
     images: int = 0
+    image_urls: int = 0
+    """images given as http(s) URLs (downloaded when a job stages the file)"""
     errors: list[str] = field(default_factory=list)
     error_count: int = 0
 
@@ -52,41 +74,53 @@ class ValidationReport:
         return {"rows": self.rows, "rl_rows": self.rl_rows, "sft_rows": self.sft_rows, "images": self.images}
 
 
-def iter_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Split a byte stream into lines without holding more than one line plus one chunk."""
-    buf = b""
+class LineTooLong(ValueError):
+    """A line past `max_line_bytes`: no valid row is that long, and holding it would cost its size in memory."""
+
+
+def iter_lines(chunks: Iterable[bytes], *, max_line_bytes: int) -> Iterator[bytes]:
+    """Split a byte stream into lines, holding at most one line plus one chunk. Each byte is searched for a
+    newline once, so the time is linear in the size of the stream whatever its line lengths (re-splitting a
+    growing buffer was quadratic on a file of one long line). Raises LineTooLong past `max_line_bytes`."""
+    pending: list[bytes] = []  # pieces of the line read so far, none holding a newline
+    size = 0
     for chunk in chunks:
-        buf += chunk
-        *lines, buf = buf.split(b"\n")
-        yield from lines
-    if buf:
-        yield buf
+        start = 0
+        while (end := chunk.find(b"\n", start)) != -1:
+            size += end - start
+            if size > max_line_bytes:
+                raise LineTooLong(f"the line is longer than the {max_line_bytes} bytes a row may have")
+            yield b"".join(pending) + chunk[start:end] if pending else chunk[start:end]
+            pending, size, start = [], 0, end + 1
+        if start < len(chunk):
+            pending.append(chunk[start:])
+            size += len(chunk) - start
+            if size > max_line_bytes:
+                raise LineTooLong(f"the line is longer than the {max_line_bytes} bytes a row may have")
+    if pending:
+        yield b"".join(pending)
 
 
-def _check_image(url: str, where: str, max_image_bytes: int) -> None:
+def _check_image(url: str, where: str, limits: DatasetLimits) -> bool:
+    """Check an image URL of a row; True when it is an http(s) URL (downloaded and checked when a job stages
+    the file), False for a data URL, whose image is checked here from its header."""
     if url.startswith(("http://", "https://")):
-        return  # fetched when the job stages its data, not at upload
-    m = _DATA_URL.match(url)
-    if not m:
-        raise RowError(f"{where}: an image must be a base64 data URL (data:image/png;base64,...) or an http(s) URL")
-    payload = url[m.end():]
-    if len(payload) * 3 // 4 > max_image_bytes:
-        raise RowError(f"{where}: image is larger than the {max_image_bytes // 2**20} MB limit")
+        return True
     try:
-        raw = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise RowError(f"{where}: invalid base64 image data") from None
-    if len(raw) > max_image_bytes:
-        raise RowError(f"{where}: image is larger than the {max_image_bytes // 2**20} MB limit")
-    try:
-        with Image.open(io.BytesIO(raw)) as im:
-            im.verify()
-    except Exception:  # noqa: BLE001  (PIL raises many types for undecodable data)
-        raise RowError(f"{where}: the image could not be decoded") from None
+        raw = decode_data_url(url)
+        if raw is None:
+            raise RowError(f"{where}: an image must be a base64 data URL (data:image/png;base64,...) or an http(s) URL")
+        if len(raw) > limits.max_image_bytes:
+            raise RowError(f"{where}: image is larger than the {limits.max_image_bytes // 2**20} MB limit")
+        inspect_image(raw, max_pixels=limits.max_image_pixels, verify=True)
+    except ImageRejected as e:
+        raise RowError(f"{where}: {e}") from None
+    return False
 
 
-def check_row(row: object, *, max_image_bytes: int, max_images: int) -> tuple[str, int]:
-    """Check one row; return its kind ('rl' or 'sft') and its image count, or raise RowError."""
+def check_row(row: object, limits: DatasetLimits) -> tuple[str, int, int]:
+    """Check one row; return its kind ('rl' or 'sft'), its image count and how many of its images are
+    http(s) URLs, or raise RowError."""
     if not isinstance(row, dict):
         raise RowError("each line must be a JSON object")
     messages = row.get("messages")
@@ -94,14 +128,14 @@ def check_row(row: object, *, max_image_bytes: int, max_images: int) -> tuple[st
         raise RowError("missing required key 'messages'")
     if not isinstance(messages, list) or not messages:
         raise RowError("'messages' must be a non-empty list")
-    images = 0
+    images = urls = 0
     for i, msg in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(msg, dict):
             raise RowError(f"{where} must be an object")
         role = msg.get("role")
         if role not in ROLES:
-            raise RowError(f"{where}.role must be one of {', '.join(ROLES)}, got {role!r}")
+            raise RowError(f"{where}.role must be one of {', '.join(ROLES)}, got {shown(role)}")
         content = msg.get("content")
         if isinstance(content, str) or (content is None and (role == "assistant" and msg.get("tool_calls"))):
             continue
@@ -123,27 +157,25 @@ def check_row(row: object, *, max_image_bytes: int, max_images: int) -> tuple[st
                 if role not in ("user", "system", "developer"):
                     raise RowError(f"{pw}: images are only allowed in user messages")
                 images += 1
-                if images > max_images:
-                    raise RowError(f"{pw}: at most {max_images} images per row")
-                _check_image(url, f"{pw}.image_url.url", max_image_bytes)
+                if images > limits.max_images_per_row:
+                    raise RowError(f"{pw}: at most {limits.max_images_per_row} images per row")
+                urls += _check_image(url, f"{pw}.image_url.url", limits)
             else:
-                raise RowError(f"{pw}.type must be 'text' or 'image_url', got {kind!r}")
+                raise RowError(f"{pw}.type must be 'text' or 'image_url', got {shown(kind)}")
     tools = row.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise RowError("'tools' must be a list")
     last = messages[-1]["role"]
     if last == "user":
-        return "rl", images
+        return "rl", images, urls
     if last == "assistant":
-        return "sft", images
+        return "sft", images, urls
     raise RowError(
-        f"the last message must be from the user (a reinforcement row) or the assistant (a supervised row), got {last!r}"
+        f"the last message must be from the user (a reinforcement row) or the assistant (a supervised row), got {shown(last)}"
     )
 
 
-def validate_jsonl(
-    chunks: Iterable[bytes], *, max_rows: int, max_image_bytes: int, max_images: int
-) -> ValidationReport:
+def validate_jsonl(chunks: Iterable[bytes], limits: DatasetLimits) -> ValidationReport:
     report = ValidationReport()
 
     def fail(lineno: int, msg: str) -> None:
@@ -151,26 +183,38 @@ def validate_jsonl(
         if len(report.errors) < MAX_REPORTED_ERRORS:
             report.errors.append(f"line {lineno}: {msg}")
 
-    for lineno, raw in enumerate(iter_lines(chunks), start=1):
-        if not raw.strip():
-            continue
-        report.rows += 1
-        if report.rows > max_rows:
-            fail(lineno, f"the file has more than the {max_rows} rows allowed")
-            break
-        try:
-            row = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            fail(lineno, f"not valid JSON ({e.msg if isinstance(e, json.JSONDecodeError) else 'not UTF-8'})")
-            continue
-        try:
-            kind, n_images = check_row(row, max_image_bytes=max_image_bytes, max_images=max_images)
-        except RowError as e:
-            fail(lineno, str(e))
-            continue
-        report.images += n_images
-        if kind == "rl":
-            report.rl_rows += 1
-        else:
-            report.sft_rows += 1
+    lineno = 0
+    try:
+        for lineno, raw in enumerate(iter_lines(chunks, max_line_bytes=limits.max_line_bytes), start=1):
+            if not raw.strip():
+                continue
+            report.rows += 1
+            if report.rows > limits.max_rows:
+                fail(lineno, f"the file has more than the {limits.max_rows} rows allowed")
+                break
+            try:
+                row = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                fail(lineno, f"not valid JSON ({e.msg if isinstance(e, json.JSONDecodeError) else 'not UTF-8'})")
+                continue
+            except RecursionError:
+                fail(lineno, "not valid JSON (nested too deeply)")
+                continue
+            try:
+                kind, n_images, n_urls = check_row(row, limits)
+            except RowError as e:
+                fail(lineno, str(e))
+                continue
+            report.images += n_images
+            report.image_urls += n_urls
+            if report.image_urls > limits.max_image_urls:
+                fail(lineno, f"the file has more than the {limits.max_image_urls} image URLs allowed "
+                             "(each one is downloaded when a job starts; send images as data URLs)")
+                break
+            if kind == "rl":
+                report.rl_rows += 1
+            else:
+                report.sft_rows += 1
+    except LineTooLong as e:
+        fail(lineno + 1, str(e))
     return report

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,13 +15,13 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlmodel import Session, select
 
 from api.db import session_scope
-from api.errors import APIError, not_found
+from api.errors import APIError, not_found, shown
 from api.ids import new_id, now
 from api.schemas import FILE_PURPOSES, FileObject
 from api.settings import Settings
 from api.storage import Storage, storage_for
 from api.tables import File, Project
-from api.validation import validate_jsonl
+from api.validation import DatasetLimits, validate_jsonl
 
 log = logging.getLogger("vrft.files")
 
@@ -153,6 +154,13 @@ def _expires_at(fields: dict[str, str], created: int) -> int | None:
     return created + int(seconds)
 
 
+def _clean_filename(name: str) -> str:
+    """The base name without control or format characters (Unicode category C*, a NUL, a newline, a
+    right-to-left override): the name is shown in listings and sent back in a download header."""
+    name = "".join(c for c in name if not unicodedata.category(c).startswith("C"))
+    return os.path.basename(name)[:255] or "upload"
+
+
 def create_file(session: Session, storage: Storage, project: Project, up: _Upload) -> File:
     """Check the form fields, move the received bytes into storage and record the file."""
     try:
@@ -160,7 +168,7 @@ def create_file(session: Session, storage: Storage, project: Project, up: _Uploa
         if purpose is None:
             raise APIError(400, "Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter")
         if purpose not in FILE_PURPOSES:
-            raise APIError(400, f"Invalid value for 'purpose': {purpose!r}. Supported: {', '.join(FILE_PURPOSES)}.", param="purpose")
+            raise APIError(400, f"Invalid value for 'purpose': {shown(purpose)}. Supported: {', '.join(FILE_PURPOSES)}.", param="purpose")
         if up.filename is None:
             raise APIError(400, "Missing required parameter: 'file'.", param="file", code="missing_required_parameter")
         if purpose == "fine-tune" and up.size == 0:
@@ -174,7 +182,7 @@ def create_file(session: Session, storage: Storage, project: Project, up: _Uploa
         up.discard()
         raise
     row = File(
-        id=file_id, project_id=project.id, filename=os.path.basename(up.filename)[:255] or "upload", purpose=purpose,
+        id=file_id, project_id=project.id, filename=_clean_filename(up.filename), purpose=purpose,
         bytes=up.size, created_at=created, expires_at=expires,
         status="uploaded" if purpose == "fine-tune" else "processed", storage_key=key, sha256=up.sha.hexdigest(),
     )
@@ -222,10 +230,7 @@ class FileValidator:
                     return
                 key = f.storage_key
             storage = storage_for(st.storage_url, st.s3_endpoint_url)
-            report = validate_jsonl(
-                storage.iter_bytes(key), max_rows=st.max_training_rows,
-                max_image_bytes=st.max_image_bytes, max_images=st.max_images_per_row,
-            )
+            report = validate_jsonl(storage.iter_bytes(key), DatasetLimits.of(st))
             with session_scope(st) as s:
                 f = s.exec(select(File).where(File.id == file_id)).first()
                 if f is None:

@@ -287,7 +287,9 @@ def test_trainer_crash_fails_the_job_and_the_worker_goes_on(client: openai.OpenA
     assert good.status == "succeeded", good.error
 
 
-def test_unreachable_image_fails_at_staging_with_a_clear_error(client: openai.OpenAI, tmp_path: Path) -> None:
+def test_image_url_on_loopback_fails_at_staging_with_a_clear_error(client: openai.OpenAI, tmp_path: Path) -> None:
+    """Loopback is not a public host: staging refuses it before connecting (tests/api/test_staging_security.py
+    has the rest of the address policy)."""
     import socket
 
     with socket.socket() as s:  # a port nobody listens on
@@ -302,5 +304,5 @@ def test_unreachable_image_fails_at_staging_with_a_clear_error(client: openai.Op
     train = upload(client, tmp_path, [row], "u.jsonl")
     job = client.fine_tuning.jobs.create(model="tiny-qwen2-vl", training_file=train, method={"type": "supervised"})
     job = wait(client, job.id, lambda j: j.status in TERMINAL, timeout=120)
-    assert job.status == "failed" and job.error.code == "image_unreachable"
-    assert f"http://127.0.0.1:{port}/missing.png" in job.error.message
+    assert job.status == "failed" and job.error.code == "image_url_not_allowed"
+    assert "line 1: messages[" in job.error.message and "'127.0.0.1' is not a public internet host" in job.error.message

@@ -11,16 +11,17 @@ from pathlib import Path
 import pytest
 
 import grader
-from api.validation import validate_jsonl
+from api.validation import DatasetLimits, validate_jsonl
 from synthetic import generate, grader_spec, to_jsonl, write_task
 
 REPO = Path(__file__).resolve().parents[2]
-LIMITS = dict(max_rows=50000, max_image_bytes=10 * 1024 * 1024, max_images=10)
+LIMITS = DatasetLimits(max_rows=50000, max_image_bytes=10 * 1024 * 1024, max_images_per_row=10, max_image_pixels=40_000_000,
+                       max_image_urls=10_000)
 
 
 def validate(path: Path):
     with open(path, "rb") as f:
-        return validate_jsonl(iter(lambda: f.read(1 << 16), b""), **LIMITS)
+        return validate_jsonl(iter(lambda: f.read(1 << 16), b""), LIMITS)
 
 
 @pytest.mark.parametrize("task", ["detection", "grounding", "classification"])
