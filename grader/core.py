@@ -276,16 +276,19 @@ class _TextSimilarity(_Node):
         return out  # type: ignore[return-value]
 
 
-_POOLS: "OrderedDict[str, Any]" = OrderedDict()
+_POOLS: "OrderedDict[tuple[str | None, str], Any]" = OrderedDict()
 _POOLS_LOCK = threading.Lock()
 SHARED_POOLS_MAX = 8
 
 
-def _shared_pool(source: str, sandbox):
-    """Pools for one-off runs (the /graders/run endpoint), kept warm per source, LRU-evicted."""
+def _shared_pool(project: str | None, source: str, sandbox):
+    """Pools for one-off runs (the /graders/run endpoint), kept warm per (project, source), LRU-evicted.
+
+    Never shared across projects: a warm worker keeps its module state between calls (and, until its
+    worker wipes it after each call, its /tmp), so one project's grader must not run where another's ran."""
     from grader.sandbox import PythonGraderPool
 
-    key = hashlib.sha256(source.encode()).hexdigest()
+    key = (project, hashlib.sha256(source.encode()).hexdigest())
     with _POOLS_LOCK:
         pool = _POOLS.pop(key, None)
         if pool is None:
@@ -306,9 +309,9 @@ def _close_shared_pools():
 
 
 class _Python(_Node):
-    def __init__(self, spec: PythonGrader, sandbox, shared: bool, workers: int | None):
+    def __init__(self, spec: PythonGrader, sandbox, shared: bool, workers: int | None, project: str | None):
         super().__init__(spec)
-        self.sandbox, self.shared, self.workers = sandbox, shared, workers
+        self.sandbox, self.shared, self.workers, self.project = sandbox, shared, workers, project
         self._pool = None
         self._lock = threading.Lock()
 
@@ -318,7 +321,7 @@ class _Python(_Node):
         with self._lock:
             if self._pool is None:
                 cfg = self.sandbox or SandboxConfig()
-                self._pool = (_shared_pool(self.spec.source, cfg) if self.shared
+                self._pool = (_shared_pool(self.project, self.spec.source, cfg) if self.shared
                               else PythonGraderPool(self.spec.source, cfg, workers=self.workers))
             return self._pool
 
@@ -424,13 +427,13 @@ class _Classification(_Node):
         return out
 
 
-def _leaf(spec, *, endpoint, sandbox, shared_pools, workers) -> _Node:
+def _leaf(spec, *, endpoint, sandbox, shared_pools, workers, project) -> _Node:
     if isinstance(spec, StringCheckGrader):
         return _StringCheck(spec)
     if isinstance(spec, TextSimilarityGrader):
         return _TextSimilarity(spec)
     if isinstance(spec, PythonGrader):
-        return _Python(spec, sandbox, shared_pools, workers)
+        return _Python(spec, sandbox, shared_pools, workers, project)
     if isinstance(spec, (ScoreModelGrader, LabelModelGrader)):
         return _Model(spec, endpoint)
     if isinstance(spec, IouGrader):
@@ -452,11 +455,11 @@ class CompiledGrader:
     """A grader ready to score batches. Create with `grader.compile(spec)`; `close()` stops its sandbox workers."""
 
     def __init__(self, spec: GraderSpec, *, endpoint: ModelEndpoint | None = None, sandbox=None,
-                 shared_pools: bool = False, workers: int | None = None):
+                 shared_pools: bool = False, workers: int | None = None, project: str | None = None):
         self.spec = spec
         self.name, self.type = spec.name, spec.type
         endpoint = endpoint or ModelEndpoint()
-        kw = dict(endpoint=endpoint, sandbox=sandbox, shared_pools=shared_pools, workers=workers)
+        kw = dict(endpoint=endpoint, sandbox=sandbox, shared_pools=shared_pools, workers=workers, project=project)
         if isinstance(spec, MultiGrader):
             self.children = {k: _leaf(g, **kw) for k, g in spec.graders.items()}
             self.formula = Formula(spec.calculate_output)
@@ -574,13 +577,14 @@ class CompiledGrader:
 
 
 def compile(spec: Any, *, endpoint: ModelEndpoint | None = None, sandbox=None, workers: int | None = None,
-            shared_pools: bool = False, top_level: bool = True, service_url: str | None = None):
+            shared_pools: bool = False, project: str | None = None, top_level: bool = True,
+            service_url: str | None = None):
     """Validate (if needed) and compile a grader spec, once per job -> CompiledGrader.
 
     endpoint: where judge models are called; sandbox: a grader.sandbox.SandboxConfig; workers: python
     sandbox workers (default: CPU count); shared_pools: reuse warm one-worker pools across compiles
-    (for one-off runs); service_url: grade through a grader service instead (returns a RemoteGrader,
-    same `grade(samples, items)` interface and results).
+    (for one-off runs), those of `project` only; service_url: grade through a grader service instead
+    (returns a RemoteGrader, same `grade(samples, items)` interface and results).
     """
     if service_url:
         from grader.service import RemoteGrader
@@ -589,17 +593,19 @@ def compile(spec: Any, *, endpoint: ModelEndpoint | None = None, sandbox=None, w
     if not isinstance(spec, (StringCheckGrader, TextSimilarityGrader, PythonGrader, ScoreModelGrader,
                              LabelModelGrader, MultiGrader, IouGrader, FormatGrader, ClassificationGrader)):
         spec = validate_grader(spec, top_level=top_level)
-    return CompiledGrader(spec, endpoint=endpoint, sandbox=sandbox, shared_pools=shared_pools, workers=workers)
+    return CompiledGrader(spec, endpoint=endpoint, sandbox=sandbox, shared_pools=shared_pools, workers=workers,
+                          project=project)
 
 
 def run(spec: Any, model_sample: Any, item: Any = None, *, endpoint: ModelEndpoint | None = None,
-        sandbox=None, top_level: bool = True) -> dict:
+        sandbox=None, project: str | None = None, top_level: bool = True) -> dict:
     """Grade one sample and return OpenAI's GraderRunResponse as a dict.
 
-    Python graders run in warm one-worker pools shared across calls (keyed by source).
+    Python graders run in warm one-worker pools shared across the calls of one `project` (keyed by
+    (project, source); the API passes the caller's project id).
     """
     t0 = time.perf_counter()
-    g = compile(spec, endpoint=endpoint, sandbox=sandbox, shared_pools=True, top_level=top_level)
+    g = compile(spec, endpoint=endpoint, sandbox=sandbox, shared_pools=True, project=project, top_level=top_level)
     try:
         result = g.grade([model_sample], [item if item is not None else {}]).results[0]
     finally:

@@ -1,7 +1,8 @@
 """score_model and label_model: ask a judge model through any OpenAI-compatible chat endpoint.
 
-The judge is a model the service serves (the API passes a `resolver` mapping a model id to its
-base URL) or one at the endpoint set by VRFT_GRADER_MODEL_BASE_URL / VRFT_GRADER_MODEL_API_KEY.
+The judge is at the endpoint its caller names: the API builds a `ModelEndpoint` from its settings (never
+from the request), the trainer and the grader service default to VRFT_GRADER_MODEL_BASE_URL /
+VRFT_GRADER_MODEL_API_KEY; a `resolver` may map a model id to its own base URL.
 The judge is asked for JSON through `response_format` (json_schema): score_model
 `{"steps": [...], "result": number}`, label_model `{"steps": [...], "result": label}`.
 """
@@ -27,6 +28,10 @@ _NUMBER = re.compile(r"^\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*$")
 _RESULT = re.compile(r'"result"\s*:\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)')
 
 
+MIN_ATTEMPT_S = 1.0
+"""A retry is started only if, after its back-off, at least this long is left before the deadline."""
+
+
 @dataclass
 class ModelEndpoint:
     """Where judge models are called: `resolver(model)` -> (base_url, api_key), else `base_url`/`api_key`."""
@@ -37,6 +42,11 @@ class ModelEndpoint:
     resolver: Callable[[str], tuple[str, str | None] | None] | None = None
     """Maps a model id to (base_url, api_key) for models the service serves; None falls back to base_url."""
     timeout_s: float = 120.0
+    """Longest time one attempt may take."""
+    deadline: float | None = None
+    """A `time.monotonic()` instant no judge call outlives, attempts and retries together (the API's
+    `grader_run_timeout_seconds`): each attempt is cut to the time left, and a retry that would start with
+    less than MIN_ATTEMPT_S left is not made. None: only `timeout_s` per attempt."""
     max_concurrency: int = 16
     retries: int = 2
     transport: httpx.BaseTransport | None = None
@@ -72,29 +82,56 @@ class ModelEndpoint:
             )
         return self.base_url, self.api_key
 
+    def time_left(self) -> float:
+        """Seconds the next attempt may take: `timeout_s`, cut to what is left before the deadline."""
+        if self.deadline is None:
+            return self.timeout_s
+        return min(self.timeout_s, self.deadline - time.monotonic())
+
+    def _post(self, url: str, body: dict, headers: dict, left: float) -> tuple[int, bytes]:
+        """One attempt of at most `left` seconds: (status, body). httpx's timeouts bound each read, not the
+        whole answer, so the body is read in chunks and dropped once the time is up (a judge that trickles its
+        answer cannot hold the call past the deadline by more than one read)."""
+        stop = time.monotonic() + left
+        with self.client().stream("POST", url, json=body, headers=headers, timeout=left) as r:
+            data = bytearray()
+            for chunk in r.iter_bytes():
+                data += chunk
+                if time.monotonic() > stop:
+                    raise httpx.ReadTimeout("the answer took longer than the time left", request=r.request)
+            return r.status_code, bytes(data)
+
     def chat(self, model: str, body: dict) -> dict:
-        """POST /chat/completions with retries on 5xx and connection errors; SampleError on failure."""
+        """POST /chat/completions with retries on 429, 5xx and connection errors, within `deadline`;
+        SampleError on failure."""
         base, key = self.target(model)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         url = base.rstrip("/") + "/chat/completions"
-        last = ""
+        last = "the grader run's deadline passed before the judge was called"
         for attempt in range(self.retries + 1):
+            if attempt:
+                pause = 0.5 * 2 ** (attempt - 1)
+                if self.time_left() < pause + MIN_ATTEMPT_S:
+                    last += " (no time left to retry before the grader run's deadline)"
+                    break
+                time.sleep(pause)
+            left = self.time_left()
+            if left <= 0:
+                break
             try:
-                r = self.client().post(url, json=body, headers=headers)
+                status, content = self._post(url, body, headers, left)
             except httpx.HTTPError as e:
                 last = f"{type(e).__name__}: {e}"
-            else:
-                if r.status_code < 400:
-                    try:
-                        return r.json()
-                    except ValueError:
-                        raise SampleError("model_grader_server_error", "the judge returned non-JSON",
-                                          "model_grader_server_error_details") from None
-                last = f"HTTP {r.status_code}: {r.text[:500]}"
-                if r.status_code < 500 and r.status_code != 429:
-                    break
-            if attempt < self.retries:
-                time.sleep(0.5 * 2**attempt)
+                continue
+            if status < 400:
+                try:
+                    return json.loads(content)
+                except ValueError:
+                    raise SampleError("model_grader_server_error", "the judge returned non-JSON",
+                                      "model_grader_server_error_details") from None
+            last = f"HTTP {status}: {content[:500].decode(errors='replace')}"
+            if status < 500 and status != 429:
+                break
         raise SampleError("model_grader_server_error", last, "model_grader_server_error_details")
 
 

@@ -10,13 +10,18 @@ HTTP (JSON):
                        -> BatchResult.to_dict()   (items are sent once per batch, not once per sample)
     POST /v1/fine_tuning/alpha/graders/run | /validate   OpenAI's shapes, for convenience
 Compiled graders are cached by the hash of their spec, so a job's python source is compiled and its
-sandbox pool warmed once. Set VRFT_GRADER_SERVICE_TOKEN to require `Authorization: Bearer <token>`.
+sandbox pool warmed once. Set VRFT_GRADER_SERVICE_TOKEN to require `Authorization: Bearer <token>`: the
+service runs code and calls judge models for whoever reaches it, so `serve` refuses to bind anything but
+loopback without a token, and warns when it runs without one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import ipaddress
 import json
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -32,6 +37,8 @@ from grader.specs import validate_grader
 from grader.wire import GraderRunRequest, GraderValidateRequest
 
 CACHE_SIZE = 16
+
+log = logging.getLogger(__name__)
 
 
 def _spec_key(spec: Any) -> str:
@@ -72,7 +79,10 @@ def create_app(*, token: str | None = None, endpoint: ModelEndpoint | None = Non
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
-    token = token if token is not None else os.environ.get("VRFT_GRADER_SERVICE_TOKEN") or None
+    token = _token(token)
+    if token is None:
+        log.warning("the grader service requires no token: anyone who can reach it may run code and judge models "
+                    "through it (set VRFT_GRADER_SERVICE_TOKEN)")
     cache: "OrderedDict[str, CompiledGrader]" = OrderedDict()
     lock = threading.Lock()
 
@@ -95,10 +105,13 @@ def create_app(*, token: str | None = None, endpoint: ModelEndpoint | None = Non
         """Every endpoint takes a grader spec; a bad one is a 400 naming the field under `grader`."""
         return error(400, e.message, e.prefixed("grader").param, "invalid_grader")
 
+    expected = f"Bearer {token}".encode()
+
     @app.middleware("http")
     async def auth(request: Request, call_next):
         if token and request.url.path != "/health":
-            if request.headers.get("authorization", "") != f"Bearer {token}":
+            # constant time: a byte-by-byte comparison would tell a timing attacker how much of a guess is right
+            if not hmac.compare_digest(request.headers.get("authorization", "").encode(), expected):
                 return JSONResponse({"error": {"message": "invalid grader service token",
                                                "type": "authentication_error", "param": None, "code": None}}, 401)
         return await call_next(request)
@@ -144,15 +157,34 @@ def create_app(*, token: str | None = None, endpoint: ModelEndpoint | None = Non
     return app
 
 
+def _token(token: str | None) -> str | None:
+    """The token to require: `token`, else VRFT_GRADER_SERVICE_TOKEN; None when empty."""
+    return (token if token is not None else os.environ.get("VRFT_GRADER_SERVICE_TOKEN")) or None
+
+
+def is_loopback(host: str) -> bool:
+    """True for `localhost` and loopback addresses; False for a wildcard, any other address or name."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def serve(host: str = "127.0.0.1", port: int = 8100, *, token: str | None = None, workers: int | None = None,
           log_level: str = "info") -> None:
     """Run the grader service in the foreground (the `vrft grader serve` command).
 
     workers: python-sandbox workers per grader (default: the CPU count). token: require this bearer
-    token (default: VRFT_GRADER_SERVICE_TOKEN).
+    token (default: VRFT_GRADER_SERVICE_TOKEN); a ValueError without one when `host` is not loopback.
     """
     import uvicorn
 
+    token = _token(token)
+    if token is None and not is_loopback(host):
+        raise ValueError(f"the grader service binds {host}, beyond this machine, and would run graders for anyone: "
+                         "set a token (--token or VRFT_GRADER_SERVICE_TOKEN), or bind 127.0.0.1")
     uvicorn.run(create_app(token=token, workers=workers), host=host, port=port, log_level=log_level)
 
 

@@ -6,6 +6,8 @@ Modes (chosen once per process by `resolve_mode`):
   mounts and namespaces, keeps only CAP_SETUID/SETGID/SETPCAP, and `setpriv` then drops to a dedicated
   unprivileged uid (``uid_base + n``) with no capabilities, an empty bounding set and no_new_privs.
   The process really runs as that uid on the host, so RLIMIT_NPROC bounds it (root is exempt from it).
+  RLIMIT_NPROC counts per uid, host-wide: `lease_uid` gives each worker a uid no other worker on the host
+  holds (the API and the job workers are separate processes), by a lock file per uid.
 - ``bwrap-userns``: the service runs as a normal user. bubblewrap builds an unprivileged user namespace
   (uid 65534 inside); RLIMIT_NPROC is set to the service user's current task count plus the budget.
 - ``none``: no bubblewrap. Refused unless the operator sets ``allow_unsandboxed`` (env
@@ -14,14 +16,16 @@ Modes (chosen once per process by `resolve_mode`):
   service user can read, reach the network and signal the user's processes. Development machines only.
 
 In both bwrap modes the worker sees: /usr and the Python installation and virtualenv, read-only; a fresh
-/proc and minimal /dev; a private /tmp tmpfs of `disk_bytes`; nothing else (no /etc, /home, /root,
-no project or data folders). It has its own network namespace (loopback only, down), pid, ipc, uts and
-cgroup namespaces, a new session (no terminal injection), and dies with its parent.
+/proc and minimal /dev; a private /tmp tmpfs of `tmp_bytes`, emptied after each call; nothing else (no /etc,
+/home, /root, no project or data folders). It has its own network namespace (loopback only, down), pid, ipc,
+uts and cgroup namespaces, a new session (no terminal injection), and dies with its parent.
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import itertools
 import logging
 import os
 import shutil
@@ -33,6 +37,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 WORKER_PATH = Path(__file__).with_name("worker.py")
+UID_RANGE = 4096
+"""bwrap-root: sandbox uids are uid_base .. uid_base + UID_RANGE - 1."""
+_uid_start = itertools.count()
 
 
 class SandboxUnavailable(RuntimeError):
@@ -45,7 +52,13 @@ def _env_flag(name: str) -> bool:
 
 @dataclass
 class SandboxConfig:
-    """Limits and placement of python-grader workers (defaults: OpenAI's 2 min, 2 GB, 1 GB disk)."""
+    """Limits and placement of python-grader workers (defaults: OpenAI's 2 min, 2 GB of memory, 1 GB of disk).
+
+    Memory: the private /tmp is a tmpfs, so what a grader writes there is RAM. `memory_bytes` is therefore
+    the whole budget of a worker, /tmp included: /tmp gets `tmp_bytes` (`disk_bytes`, at most half the
+    budget) and the address space (RLIMIT_AS) the rest. The default budget of 3 GB is OpenAI's 2 GB of memory
+    plus its 1 GB of disk, and N workers never hold more than N x `memory_bytes` of RAM.
+    """
 
     mode: str = field(default_factory=lambda: os.environ.get("VRFT_GRADER_SANDBOX", "auto"))
     """auto | bwrap | none. auto = bwrap when it works, else refuse (or `none` if allowed)."""
@@ -57,10 +70,10 @@ class SandboxConfig:
     """Wall-clock limit for one grade() call (and for loading the source)."""
     grace_s: float = 5.0
     """Extra time before a worker that ignores its alarm is killed."""
-    memory_bytes: int = 2 << 30
-    """RLIMIT_AS of a worker."""
+    memory_bytes: int = 3 << 30
+    """All the RAM a worker may hold: its address space (RLIMIT_AS) plus its /tmp (see above)."""
     disk_bytes: int = 1 << 30
-    """Size of the private /tmp (and RLIMIT_FSIZE)."""
+    """Size of the private /tmp (and RLIMIT_FSIZE), at most half of `memory_bytes`."""
     cpu_s: int = 3600
     """RLIMIT_CPU of a worker over its life (it is restarted after `max_tasks_per_worker`)."""
     max_processes: int = 32
@@ -68,20 +81,54 @@ class SandboxConfig:
     max_open_files: int = 256
     max_tasks_per_worker: int = 200_000
     uid_base: int = field(default_factory=lambda: int(os.environ.get("VRFT_SANDBOX_UID_BASE", "200000")))
-    """bwrap-root: workers run as uid_base + n (n < 4096), ids no account uses."""
+    """bwrap-root: workers run as uid_base + n (n < UID_RANGE), ids no account uses."""
+    uid_lock_dir: str = field(default_factory=lambda: os.environ.get("VRFT_SANDBOX_UID_LOCK_DIR", "/run/vrft-sandbox"))
+    """bwrap-root: a host-wide folder with one lock file per sandbox uid (see `lease_uid`). Every process
+    that starts sandboxes on a host must use the same one."""
     bwrap: str | None = field(default_factory=lambda: os.environ.get("VRFT_BWRAP") or shutil.which("bwrap"))
     python: str = field(default_factory=lambda: sys.executable)
+
+    @property
+    def tmp_bytes(self) -> int:
+        """Size of the private /tmp: `disk_bytes`, at most half the memory budget."""
+        return min(self.disk_bytes, self.memory_bytes // 2)
 
     def rlimits(self, nproc: int) -> dict:
         """The limits the worker applies to itself before it runs any user code."""
         return {
-            "RLIMIT_AS": self.memory_bytes,
-            "RLIMIT_FSIZE": self.disk_bytes,
+            "RLIMIT_AS": self.memory_bytes - self.tmp_bytes,
+            "RLIMIT_FSIZE": self.tmp_bytes,
             "RLIMIT_CPU": self.cpu_s,
             "RLIMIT_NPROC": nproc,
             "RLIMIT_NOFILE": self.max_open_files,
             "RLIMIT_CORE": 0,
         }
+
+
+def lease_uid(config: SandboxConfig) -> tuple[int, int]:
+    """(uid, fd): a sandbox uid that no other worker on this host runs as, held while `fd` stays open.
+
+    RLIMIT_NPROC counts the processes of a uid across the host, so two workers sharing a uid would share one
+    process budget, and a grader holding its own would starve the other. Each uid has a lock file in
+    `uid_lock_dir`; its holder keeps an exclusive flock on it for the worker's life, and the kernel frees it
+    when the holder closes it or dies. SandboxUnavailable when all UID_RANGE uids are held."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    start = next(_uid_start)  # rotate, so a uid just given back is not the next one taken
+    try:
+        os.makedirs(config.uid_lock_dir, mode=0o700, exist_ok=True)
+        for i in range(UID_RANGE):
+            uid = config.uid_base + (start + i) % UID_RANGE
+            fd = os.open(os.path.join(config.uid_lock_dir, str(uid)), flags, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            return uid, fd
+    except OSError as e:
+        raise SandboxUnavailable(f"cannot lock a sandbox uid in {config.uid_lock_dir}: {e}") from None
+    raise SandboxUnavailable(f"all {UID_RANGE} sandbox uids ({config.uid_base}-{config.uid_base + UID_RANGE - 1}) "
+                             "are in use on this host: too many python-grader workers at once")
 
 
 def count_uid_tasks(uid: int) -> int:
@@ -121,7 +168,8 @@ def _dirs_args(path: str) -> list[str]:
     return out
 
 
-def bwrap_args(config: SandboxConfig, mode: str, uid: int) -> list[str]:
+def bwrap_args(config: SandboxConfig, mode: str, uid: int | None) -> list[str]:
+    """The bwrap command line; `uid` (bwrap-root only) is the one the worker drops to."""
     args = [config.bwrap, "--die-with-parent", "--new-session", "--hostname", "sandbox",
             "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
     if mode == "bwrap-root":
@@ -138,7 +186,7 @@ def bwrap_args(config: SandboxConfig, mode: str, uid: int) -> list[str]:
     # The private /tmp first: a Python or venv that lives under /tmp (a checkout in /tmp, say) is then bound on
     # top of it instead of being hidden by it.
     args += ["--proc", "/proc", "--dev", "/dev",
-             "--size", str(config.disk_bytes), "--perms", "1777", "--tmpfs", "/tmp"]
+             "--size", str(config.tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp"]
     seen = set()
     for root in _python_roots(config.python):
         if root in seen or not os.path.exists(root):
@@ -161,7 +209,7 @@ def bwrap_args(config: SandboxConfig, mode: str, uid: int) -> list[str]:
     return args
 
 
-def build_command(config: SandboxConfig, mode: str, uid: int) -> tuple[list[str], dict, tuple]:
+def build_command(config: SandboxConfig, mode: str, uid: int | None) -> tuple[list[str], dict, tuple]:
     """(argv, env, fds to pass) that start one worker."""
     if mode == "none":
         env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1",
@@ -171,15 +219,19 @@ def build_command(config: SandboxConfig, mode: str, uid: int) -> tuple[list[str]
 
 
 @functools.lru_cache(maxsize=8)
-def _probe(bwrap: str, python: str, mode: str, uid_base: int) -> str | None:
+def _probe(bwrap: str, python: str, mode: str, uid_base: int, uid_lock_dir: str) -> str | None:
     """Run `python -c pass` in the sandbox once; None when it works, else the error."""
-    cfg = SandboxConfig(bwrap=bwrap, python=python, uid_base=uid_base)
-    argv = bwrap_args(cfg, mode, uid_base)
+    cfg = SandboxConfig(bwrap=bwrap, python=python, uid_base=uid_base, uid_lock_dir=uid_lock_dir)
+    uid, lease = lease_uid(cfg) if mode == "bwrap-root" else (None, None)
+    argv = bwrap_args(cfg, mode, uid)
     argv = argv[: argv.index(python)] + [python, "-I", "-c", "import os; assert os.getuid() != 0"]
     try:
         r = subprocess.run(argv, capture_output=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as e:
         return str(e)
+    finally:
+        if lease is not None:
+            os.close(lease)
     if r.returncode != 0:
         return (r.stderr or b"").decode(errors="replace").strip()[-500:] or f"exit status {r.returncode}"
     return None
@@ -195,7 +247,7 @@ def resolve_mode(config: SandboxConfig) -> str:
         if mode == "bwrap-root" and not shutil.which("setpriv"):
             err = "setpriv (util-linux) is missing"
         else:
-            err = _probe(config.bwrap, config.python, mode, config.uid_base)
+            err = _probe(config.bwrap, config.python, mode, config.uid_base, config.uid_lock_dir)
         if err is None:
             return mode
         reason = f"bubblewrap does not work here ({err})"

@@ -7,7 +7,6 @@ for what the sandbox is on each kind of host.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -23,12 +22,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from grader.sandbox.launcher import SandboxConfig, SandboxUnavailable, build_command, count_uid_tasks, resolve_mode
+from grader.sandbox.launcher import (
+    SandboxConfig,
+    SandboxUnavailable,
+    build_command,
+    count_uid_tasks,
+    lease_uid,
+    resolve_mode,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_FRAME = 16 << 20
-_uid_counter = itertools.count()
 
 
 @dataclass
@@ -50,20 +55,25 @@ class WorkerFailed(Exception):
 
 
 class _Worker:
-    """One sandboxed process speaking the frame protocol of worker.py."""
+    """One sandboxed process speaking the frame protocol of worker.py. In bwrap-root mode it holds the lease
+    of its uid (launcher.lease_uid) until it has been killed and reaped."""
 
     def __init__(self, config: SandboxConfig, mode: str, slot: int):
         self.config, self.mode = config, mode
-        self.uid = config.uid_base + (next(_uid_counter) % 4096)
+        self.uid, self.lease = lease_uid(config) if mode == "bwrap-root" else (None, None)
         cmd, env, pass_fds = build_command(config, mode, uid=self.uid)
         # unsandboxed fallback: at least a private working directory (bwrap gives a private /tmp)
         self.workdir = tempfile.mkdtemp(prefix="vrft-grader-") if mode == "none" else None
         if self.workdir:
             env = {**env, "TMPDIR": self.workdir, "HOME": self.workdir}
-        self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-            pass_fds=pass_fds, start_new_session=True, close_fds=True, cwd=self.workdir,
-        )
+        try:
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                pass_fds=pass_fds, start_new_session=True, close_fds=True, cwd=self.workdir,
+            )
+        except BaseException:
+            self._release()
+            raise
         for fd in pass_fds:
             os.close(fd)
         self.rfd = self.proc.stdout.fileno()
@@ -142,6 +152,13 @@ class _Worker:
                 f.close()
             except Exception:
                 pass
+        self._release()
+
+    def _release(self) -> None:
+        """Give back the uid and the working directory (once the process is gone)."""
+        if self.lease is not None:
+            os.close(self.lease)
+            self.lease = None
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -280,8 +297,8 @@ class PythonGraderPool:
                         got = max(got, i + 1)
                     deadline = time.monotonic() + self.config.timeout_s + self.config.grace_s
                 w.tasks_done += len(pending)
-                if w.tasks_done >= self.config.max_tasks_per_worker:
-                    w.kill()
+                if msg.get("dirty") or w.tasks_done >= self.config.max_tasks_per_worker:
+                    w.kill()  # dirty: it could not empty its /tmp, so the next call gets a fresh worker
                     self._slots[slot] = None
                 start = len(tasks)
             except WorkerFailed as e:

@@ -5,18 +5,22 @@ Protocol on its stdin/stdout: frames of a 4-byte big-endian length + UTF-8 JSON.
     parent -> {"op": "init", "source": str, "timeout": s, "limits": {...}}   <- {"ok": true} | {"ok": false, "error": str}
     parent -> {"op": "grade", "items": [json text, ...], "tasks": [[sample, item_index], ...], "stream": bool}
            <- {"r": [[task_index, "ok", score] | [task_index, kind, message], ...]}  (one or more frames)
-           <- {"done": n}
+           <- {"done": n, "dirty": bool}
 
 Before any user code runs it sets its own rlimits (soft = hard, so they cannot be raised again),
 redirects fds 0-2 to /dev/null (user output goes nowhere), and after each task kills every other
 process of its pid namespace (fork bombs, stray children). Results are buffered and flushed at least
 every FLUSH_S of progress, or after every task when `stream` is set (used to find a task that hung).
+After each grade op it empties its scratch folder (TMPDIR at start: the sandbox's private /tmp, the
+private working directory without a sandbox), so a call never sees files an earlier call left; `dirty`
+says it could not, and the parent then replaces the worker (a new one gets a new /tmp).
 """
 
 import json
 import math
 import os
 import resource
+import shutil
 import signal
 import struct
 import sys
@@ -76,7 +80,22 @@ def _short_tb(limit=2000):
     return text[-limit:]
 
 
+def _wipe(folder):
+    """Empty `folder` without following links; False if anything could not be removed."""
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+    except OSError:
+        return False
+    return True
+
+
 def main():
+    scratch = os.path.realpath(os.environ["TMPDIR"])  # read before user code can change the environment
     rfd, wfd = os.dup(0), os.dup(1)
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
@@ -157,7 +176,7 @@ def main():
                 out, last = [], now
         if out:
             send({"r": out})
-        send({"done": len(msg["tasks"])})
+        send({"done": len(msg["tasks"]), "dirty": not _wipe(scratch)})
 
 
 if __name__ == "__main__":
