@@ -80,22 +80,41 @@ def _short_tb(limit=2000):
     return text[-limit:]
 
 
-def _wipe(folder):
-    """Empty `folder` without following links; False if anything could not be removed."""
+def _python_paths():
+    """The Python installation and virtualenv, as the launcher binds them: inside /tmp when they live there on
+    the host (a checkout in /tmp), where the wipe must leave them."""
+    paths = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))}
+    return {q for p in paths for q in (os.path.abspath(p), os.path.realpath(p))}
+
+
+def _wipe(folder, keep=frozenset()):
+    """Empty `folder` without following links, except the paths in `keep` and the folders on the way to them
+    (whose other entries go); False if anything could not be removed."""
+    ok = True
     try:
         with os.scandir(folder) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path)
-                else:
-                    os.unlink(entry.path)
+            entries = list(entries)
     except OSError:
         return False
-    return True
+    for entry in entries:
+        if entry.path in keep:
+            continue
+        if any(k.startswith(entry.path + "/") for k in keep):
+            ok = _wipe(entry.path, keep) and ok
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except OSError:
+            ok = False
+    return ok
 
 
 def main():
     scratch = os.path.realpath(os.environ["TMPDIR"])  # read before user code can change the environment
+    keep = frozenset(_python_paths())
     rfd, wfd = os.dup(0), os.dup(1)
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
@@ -176,7 +195,7 @@ def main():
                 out, last = [], now
         if out:
             send({"r": out})
-        send({"done": len(msg["tasks"]), "dirty": not _wipe(scratch)})
+        send({"done": len(msg["tasks"]), "dirty": not _wipe(scratch, keep)})
 
 
 if __name__ == "__main__":

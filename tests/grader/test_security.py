@@ -398,3 +398,18 @@ def test_tmpfs_counts_against_the_memory_budget():
         res = pool.grade([{}], [{}])[0]
     assert res.kind is None, res
     assert res.score <= cfg.memory_bytes
+
+
+def test_the_wipe_keeps_a_python_that_lives_in_tmp(tmp_path):
+    """A checkout under /tmp (CI's fresh clone) has its virtualenv bound inside the sandbox's /tmp: the wipe after
+    each call empties everything else there, or the worker would be replaced after every call."""
+    from grader.sandbox import worker
+
+    venv = tmp_path / "checkout" / ".venv"
+    (venv / "bin").mkdir(parents=True)
+    (tmp_path / "checkout" / "left-by-a-grader").write_text("x")
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "f").write_text("x")
+    assert worker._wipe(str(tmp_path), frozenset({str(venv)}))
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "checkout", "checkout/.venv", "checkout/.venv/bin"]
