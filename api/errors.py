@@ -1,5 +1,6 @@
 """The one error shape of the API, `{"error": {"message", "type", "param", "code"}}`, and the one mapper from
-exceptions to responses. Routes and services raise `APIError`; everything else becomes a sanitised 500."""
+exceptions to responses. Routes and services raise `APIError`, serving raises its `ServingError` (sent the same
+way); everything else becomes a sanitised 500."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving.interface import ServingError
 
 log = logging.getLogger("vrft.api")
 
@@ -115,6 +118,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_req: Request, exc: APIError) -> JSONResponse:
         return error_response(exc)
+
+    @app.exception_handler(ServingError)
+    async def _serving_error(_req: Request, exc: ServingError) -> JSONResponse:
+        return error_response(APIError(exc.status_code, exc.message, param=exc.param, code=exc.code, type=exc.type,
+                                       headers=exc.headers))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:

@@ -14,9 +14,9 @@ from api.errors import install_error_handlers
 from api.middleware import AuthMiddleware, BodyLimitMiddleware, RequestIdMiddleware
 from api.routes import chat, checkpoints, files, graders, jobs, models
 from api.services.files import FileValidator
+from api.services.model_access import ModelAccess
 from api.settings import Settings, get_settings
 from api.worker import Worker
-from serving.access import RequestAccess
 from serving.manager import ServingManager
 
 log = logging.getLogger("vrft.api")
@@ -36,8 +36,8 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool | None
             print(f"Created the first API key (saved to {settings.home / 'api_key'}):\n  {key}", flush=True)
         app.state.file_validator = FileValidator(settings)
         app.state.file_validator.resume_pending()
-        app.state.serving = ServingManager(settings)
-        app.state.serving_access = RequestAccess(settings)
+        app.state.model_access = ModelAccess(settings)
+        app.state.serving = ServingManager(settings, app.state.model_access)
         await app.state.serving.start()
         worker = Worker(settings) if run_worker else None
         if worker:

@@ -34,6 +34,7 @@ from api.settings import Settings
 from api.staging import Stager, StagingError, local_model_path
 from api.storage import delete_tree, get_tree, put_tree, storage_for
 from api.tables import Checkpoint, File, Job, JobEvent, Project
+from serving.engines import free_port
 from trainer.job_spec import JobSpec
 
 log = logging.getLogger("vrft.runner")
@@ -179,7 +180,7 @@ class JobRunner:
         if st.trainer_num_ranks > 1 or st.trainer_hostfile:
             cmd = [sys.executable, "-m", "deepspeed.launcher.runner"]
             cmd += ["--hostfile", st.trainer_hostfile] if st.trainer_hostfile else ["--num_gpus", str(st.trainer_num_ranks)]
-            cmd += ["--master_port", str(_free_port()), "--module", "trainer", job_file]
+            cmd += ["--master_port", str(free_port()), "--module", "trainer", job_file]
         else:
             cmd = [sys.executable, "-m", "trainer", job_file]
         env = {**os.environ}
@@ -416,11 +417,3 @@ def _tail(path: Path, n: int = 5) -> str:
     except OSError:
         return "(no log)"
     return " | ".join(lines[-n:])[-1500:]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

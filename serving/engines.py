@@ -28,7 +28,7 @@ from pathlib import Path
 
 import aiohttp
 
-from api.settings import Settings
+from serving.interface import ServingConfig
 
 log = logging.getLogger("vrft.serving")
 
@@ -38,12 +38,13 @@ NO_MEDIA_DOMAIN = "vrft.invalid"
 
 
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for an engine here; for a trainer's rendezvous in api/runner.py)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def device(settings: Settings) -> str:
+def device(settings: ServingConfig) -> str:
     if settings.serving_device != "auto":
         return settings.serving_device
     try:
@@ -62,7 +63,7 @@ def _is_multimodal(model_path: Path) -> bool:
     return "vision_config" in cfg
 
 
-def engine_command(settings: Settings, model_path: Path, served_name: str, port: int) -> list[str]:
+def engine_command(settings: ServingConfig, model_path: Path, served_name: str, port: int) -> list[str]:
     """The vLLM command line for one model folder."""
     s = settings
     cmd = [
@@ -88,7 +89,7 @@ def engine_command(settings: Settings, model_path: Path, served_name: str, port:
     return cmd + list(s.serving_extra_args)
 
 
-def engine_env(settings: Settings) -> dict[str, str]:
+def engine_env(settings: ServingConfig) -> dict[str, str]:
     """The environment of a vLLM server: offline, caches under `{home}/cache`, no media redirects, CPU knobs
     on CPU hosts."""
     cache = settings.cache_dir
@@ -116,7 +117,7 @@ def engine_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def estimate_gib(settings: Settings, model_path: Path) -> float:
+def estimate_gib(settings: ServingConfig, model_path: Path) -> float:
     """What one engine of this folder is expected to hold in memory (for the memory budget)."""
     weights = sum(p.stat().st_size for p in model_path.glob("*.safetensors")) + sum(p.stat().st_size for p in model_path.glob("*.bin"))
     kv = settings.serving_kv_cache_gib or 1.0
@@ -159,7 +160,7 @@ class Engine:
             return ""
 
     @classmethod
-    def launch(cls, settings: Settings, model_path: Path, served_name: str, project_id: str) -> Engine:
+    def launch(cls, settings: ServingConfig, model_path: Path, served_name: str, project_id: str) -> Engine:
         port = free_port()
         logs = settings.home / "logs" / "serving"
         logs.mkdir(parents=True, exist_ok=True)

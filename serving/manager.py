@@ -9,7 +9,8 @@ that holds more engines than it (the least recently used of those); so one proje
 by asking for many models, and a single-project deployment simply stops its least recently used. An engine
 that crashed is restarted by the next request for its model; one that failed to start is retried after a
 short back-off. A background task stops idle engines and starts the engine of each newly succeeded job
-(`serving_prewarm`), so the first request of a fresh model finds it warm.
+(`serving_prewarm`; the API says which jobs those are and where their weights are, serving.interface
+`ModelSource`), so the first request of a fresh model finds it warm.
 
 External mode: the servers run elsewhere (`serving_external_urls`); the manager only knows their URLs and the
 name each serves its model under.
@@ -24,11 +25,9 @@ from collections import Counter
 from pathlib import Path
 
 import aiohttp
-from sqlmodel import select
 
-from api.errors import APIError
-from api.settings import Settings
 from serving.engines import Engine
+from serving.interface import ModelSource, ServingConfig, ServingError
 
 log = logging.getLogger("vrft.serving")
 
@@ -41,8 +40,9 @@ def _retry_after(seconds: float) -> dict[str, str]:
 
 
 class ServingManager:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: ServingConfig, models: ModelSource) -> None:
         self.settings = settings
+        self.models = models
         self.engines: dict[str, Engine] = {}
         """Managed: by model folder. External: by base URL."""
         self.client: aiohttp.ClientSession | None = None
@@ -99,14 +99,16 @@ class ServingManager:
             try:
                 await asyncio.wait_for(asyncio.shield(engine.ready.wait()), timeout=wait)
             except TimeoutError:
-                raise APIError(503, f"The model '{model_id}' is starting up (this takes 20-60 s on CPU). Retry in a few seconds.",
-                               code="model_starting", headers=_retry_after(5)) from None
+                raise ServingError(503, f"The model '{model_id}' is starting up (this takes 20-60 s on CPU). "
+                                        "Retry in a few seconds.", code="model_starting",
+                                   headers=_retry_after(5)) from None
         if engine.state == "failed":
-            raise APIError(502, f"The model server for '{model_id}' failed to start: {engine.failure}. "
-                                f"It is tried again on a request after {FAILED_RETRY_SECONDS:.0f} s.",
-                           code="engine_failed", headers=_retry_after(FAILED_RETRY_SECONDS))
+            raise ServingError(502, f"The model server for '{model_id}' failed to start: {engine.failure}. "
+                                    f"It is tried again on a request after {FAILED_RETRY_SECONDS:.0f} s.",
+                               code="engine_failed", headers=_retry_after(FAILED_RETRY_SECONDS))
         if engine.state != "ready":  # stopped while we waited (evicted, shut down)
-            raise APIError(503, f"The model server for '{model_id}' was stopped. Retry.", code="model_starting", headers=_retry_after(1))
+            raise ServingError(503, f"The model server for '{model_id}' was stopped. Retry.", code="model_starting",
+                               headers=_retry_after(1))
         return engine
 
     async def _ensure(self, path: Path, model_id: str, project_id: str, *, evict: bool = True) -> Engine:
@@ -157,8 +159,8 @@ class ServingManager:
             idle = [e for e in live if e.state == "ready" and e.in_flight == 0
                     and (e.project_id == project_id or held[e.project_id] > held[project_id])] if evict else []
             if not idle:
-                raise APIError(503, "The serving budget is reached and every model server that could make room is busy. Retry shortly.",
-                               code="serving_capacity", headers=_retry_after(5))
+                raise ServingError(503, "The serving budget is reached and every model server that could make room is "
+                                        "busy. Retry shortly.", code="serving_capacity", headers=_retry_after(5))
             victim = min(idle, key=lambda e: e.last_used)
             log.info("serving budget reached: stopping the least recently used engine that project %s may take "
                      "(%s, of project %s)", project_id, victim.served_name, victim.project_id)
@@ -190,8 +192,9 @@ class ServingManager:
         urls = self.settings.serving_external_urls
         url = urls.get(model_id) or urls.get("*")
         if not url:
-            raise APIError(404, f"The model '{model_id}' exists but no server is configured for it "
-                                "(serving_external_urls has no entry for it).", param="model", code="model_not_served")
+            raise ServingError(404, f"The model '{model_id}' exists but no server is configured for it "
+                                    "(serving_external_urls has no entry for it).", param="model",
+                               code="model_not_served")
         url = url.rstrip("/").removesuffix("/v1")
         engine = self.engines.get(url)
         if engine is None:
@@ -199,8 +202,8 @@ class ServingManager:
                 async with self.client.get(url + "/v1/models", timeout=aiohttp.ClientTimeout(total=10), raise_for_status=True) as r:
                     served = [m["id"] for m in (await r.json(content_type=None))["data"]]
             except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as e:
-                raise APIError(502, f"The model server for '{model_id}' is not reachable ({type(e).__name__}).",
-                               code="engine_unreachable", headers=_retry_after(5)) from None
+                raise ServingError(502, f"The model server for '{model_id}' is not reachable ({type(e).__name__}).",
+                                   code="engine_unreachable", headers=_retry_after(5)) from None
             engine = Engine(key=url, served_name=model_id if model_id in served else served[0], base_url=url, state="ready")
             engine.ready.set()
             self.engines[url] = engine
@@ -242,7 +245,7 @@ class ServingManager:
             log.info("prewarming the engine of %s (job %s succeeded)", model_id, job_id)
             try:
                 await self.acquire_nowait(model_id, project_id, evict=False)
-            except APIError as e:
+            except ServingError as e:
                 log.info("not prewarming %s: %s", model_id, e.message)
             except Exception:
                 log.exception("prewarming %s", model_id)
@@ -250,23 +253,11 @@ class ServingManager:
     async def acquire_nowait(self, model_id: str, project_id: str, *, evict: bool = True) -> Engine:
         """Start (or find) the engine of a project's model without waiting for it to be ready. With
         `evict=False` it starts only if the budget has room (a prewarm never stops an engine in use)."""
-        from api.db import session_scope
-        from api.storage import storage_for
-        from serving.access import model_folder
-
-        def path() -> Path:
-            with session_scope(self.settings) as s:
-                return model_folder(s, self.settings, storage_for(self.settings.storage_url, self.settings.s3_endpoint_url), project_id, model_id)
-
-        return await self._ensure(await asyncio.to_thread(path), model_id, project_id, evict=evict)
+        path = await asyncio.to_thread(self.models.weights, project_id, model_id)
+        return await self._ensure(path, model_id, project_id, evict=evict)
 
     def _newly_succeeded(self) -> list[tuple[str, str, str]]:
-        from api.db import session_scope
-        from api.tables import Job
-
-        with session_scope(self.settings) as s:
-            rows = s.exec(select(Job.id, Job.project_id, Job.fine_tuned_model).where(
-                Job.status == "succeeded", Job.fine_tuned_model.is_not(None), Job.finished_at >= int(time.time()) - 3600)).all()
+        jobs = self.models.succeeded_since(int(time.time()) - 3600)
         if self._prewarmed is None:  # the look at start: what succeeded before is not "new"
-            self._prewarmed = {r[0] for r in rows}
-        return [tuple(r) for r in rows if r[0] not in self._prewarmed]
+            self._prewarmed = {job_id for job_id, _, _ in jobs}
+        return [job for job in jobs if job[0] not in self._prewarmed]

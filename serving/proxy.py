@@ -35,9 +35,8 @@ from fastapi.responses import Response, StreamingResponse
 from PIL import Image
 
 import media
-from api.errors import APIError, error_body
-from api.settings import Settings
 from serving.engines import Engine
+from serving.interface import ServingConfig, ServingError
 from serving.manager import ServingManager
 
 log = logging.getLogger("vrft.serving")
@@ -48,33 +47,34 @@ the pixel cap could be upscaled past it (a processor's `min_pixels`). Refused: i
 model's own processor files say."""
 
 
-async def read_payload(request: Request, settings: Settings) -> tuple[dict[str, Any], bytes]:
+async def read_payload(request: Request, settings: ServingConfig) -> tuple[dict[str, Any], bytes]:
     """The parsed body and its bytes (forwarded as they are when nothing needs a rewrite)."""
     raw = await request.body()
     try:
         payload = json.loads(raw)
     except (ValueError, RecursionError):  # RecursionError: nested deeper than the interpreter's stack
-        raise APIError(400, "We could not parse the JSON body of your request.", code="invalid_json") from None
+        raise ServingError(400, "We could not parse the JSON body of your request.", code="invalid_json") from None
     if not isinstance(payload, dict):
-        raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
+        raise ServingError(400, "The request body must be a JSON object.", code="invalid_json")
     model = payload.get("model")
     if model is None:
-        raise APIError(400, "Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
+        raise ServingError(400, "Missing required parameter: 'model'.", param="model",
+                           code="missing_required_parameter")
     if not isinstance(model, str) or not model:
-        raise APIError(400, "Invalid value for 'model': expected a model id.", param="model", code="invalid_value")
+        raise ServingError(400, "Invalid value for 'model': expected a model id.", param="model", code="invalid_value")
     for name in MEDIA_OVERRIDES:
         if payload.get(name) is not None:
-            raise APIError(400, f"Unrecognized request argument supplied: '{name}' (images are processed with the model's "
-                                "own settings).", param=name, code="unknown_parameter")
+            raise ServingError(400, f"Unrecognized request argument supplied: '{name}' (images are processed with "
+                                    "the model's own settings).", param=name, code="unknown_parameter")
     n = payload.get("n")
     # an integer only: vLLM would also take "16384" or 16384.0
     if n is not None and (type(n) is not int or n > settings.serving_max_n):
-        raise APIError(400, f"Invalid value for 'n': expected an integer of at most {settings.serving_max_n}.",
-                       param="n", code="invalid_value")
+        raise ServingError(400, f"Invalid value for 'n': expected an integer of at most {settings.serving_max_n}.",
+                           param="n", code="invalid_value")
     return payload, raw
 
 
-async def inline_images(settings: Settings, payload: dict[str, Any]) -> bool:
+async def inline_images(settings: ServingConfig, payload: dict[str, Any]) -> bool:
     """Replace every image URL of the chat messages by a data URL of the checked image (see the module's
     docstring). False when there was no image, so the body can go as it came."""
     found = _image_urls(payload)
@@ -82,7 +82,8 @@ async def inline_images(settings: Settings, payload: dict[str, Any]) -> bool:
         return False
     limit = settings.max_images_per_row
     if len(found) > limit:  # checked before anything is fetched
-        raise APIError(400, f"A request may hold at most {limit} images.", param=found[limit][2], code="too_many_images")
+        raise ServingError(400, f"A request may hold at most {limit} images.", param=found[limit][2],
+                           code="too_many_images")
     policy = media.AddressPolicy(tuple(settings.image_url_allowlist))
     # fetched at once, each in a worker thread (media.fetch blocks); the first bad one in message order is reported
     results = await asyncio.gather(*(asyncio.to_thread(_checked_data_url, settings, policy, holder[key], param)
@@ -113,23 +114,24 @@ def _image_urls(payload: dict[str, Any]) -> list[tuple[dict, str, str]]:
     return found
 
 
-def _checked_data_url(settings: Settings, policy: media.AddressPolicy, url: Any, param: str) -> str:
+def _checked_data_url(settings: ServingConfig, policy: media.AddressPolicy, url: Any, param: str) -> str:
     """The image at `url` (http(s), fetched; or a base64 data URL) as a data URL, once it passed the checks.
     The data URL is always rebuilt, so the engine decodes exactly the bytes that were checked."""
     try:
         raw = _image_bytes(settings, policy, url)
         info = media.inspect_image(raw, max_pixels=settings.max_image_pixels)
     except media.FetchError as e:
-        raise APIError(400, f"The image at '{param}' could not be fetched: {e.message}.", param=param, code=e.code) from None
+        raise ServingError(400, f"The image at '{param}' could not be fetched: {e.message}.", param=param,
+                           code=e.code) from None
     except media.ImageRejected as e:
-        raise APIError(400, f"Invalid image at '{param}': {e}.", param=param, code="invalid_image") from None
+        raise ServingError(400, f"Invalid image at '{param}': {e}.", param=param, code="invalid_image") from None
     except ValueError:  # a URL that does not parse (`http://[x`, a port past 65535)
-        raise APIError(400, f"Invalid image URL at '{param}'.", param=param, code="invalid_image_url") from None
+        raise ServingError(400, f"Invalid image URL at '{param}'.", param=param, code="invalid_image_url") from None
     mime = Image.MIME.get(info.format, f"image/{info.extension}")
     return f"data:{mime};base64," + base64.b64encode(raw).decode()
 
 
-def _image_bytes(settings: Settings, policy: media.AddressPolicy, url: Any) -> bytes:
+def _image_bytes(settings: ServingConfig, policy: media.AddressPolicy, url: Any) -> bytes:
     if not isinstance(url, str):
         raise media.ImageRejected("an image URL must be a string")
     if url[:5].lower() != "data:":  # vLLM's own test for a data URL
@@ -149,21 +151,21 @@ JSON = {"content-type": "application/json"}
 
 
 async def engine_error(manager: ServingManager, engine: Engine, exc: Exception | None, model_id: str,
-                 status: int | None = None, body: bytes = b"") -> APIError:
+                       status: int | None = None, body: bytes = b"") -> ServingError:
     """THE mapper from an engine failure (one of ENGINE_FAILURES, or an error status with its body) to our error."""
     if status is not None:
         message, param = _upstream_message(body, status)
         if status < 500:
-            return APIError(status, message, param=param, code="invalid_value" if status == 400 else None)
-        return APIError(502, f"The model server for '{model_id}' failed: {message}", code="engine_error")
+            return ServingError(status, message, param=param, code="invalid_value" if status == 400 else None)
+        return ServingError(502, f"The model server for '{model_id}' failed: {message}", code="engine_error")
     if isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return APIError(504, f"The model server for '{model_id}' did not answer in time ({type(exc).__name__}).",
-                        code="engine_timeout", type="server_error")
+        return ServingError(504, f"The model server for '{model_id}' did not answer in time ({type(exc).__name__}).",
+                            code="engine_timeout", type="server_error")
     if await manager.check_died(engine):
-        return APIError(502, f"The model server for '{model_id}' stopped unexpectedly; it is restarted on the next request.",
-                        code="engine_died", headers={"Retry-After": "1"})
-    return APIError(502, f"The model server for '{model_id}' is not reachable ({type(exc).__name__}).",
-                    code="engine_unreachable", headers={"Retry-After": "1"})
+        return ServingError(502, f"The model server for '{model_id}' stopped unexpectedly; it is restarted on the "
+                                 "next request.", code="engine_died", headers={"Retry-After": "1"})
+    return ServingError(502, f"The model server for '{model_id}' is not reachable ({type(exc).__name__}).",
+                        code="engine_unreachable", headers={"Retry-After": "1"})
 
 
 def _upstream_message(body: bytes, status: int) -> tuple[str, str | None]:
@@ -208,7 +210,9 @@ async def forward(manager: ServingManager, engine: Engine, path: str, payload: d
         except ENGINE_FAILURES as e:
             err = await engine_error(manager, engine, e, model_id)
             log.warning("stream from %s broke: %s", engine.served_name, err.message)
-            yield b"data: " + json.dumps(error_body(err.message, err.type, err.param, err.code)).encode() + b"\n\n"
+            # the API's error shape; every failure past the first byte is a 5xx, a server_error
+            error = {"message": err.message, "type": err.type or "server_error", "param": err.param, "code": err.code}
+            yield b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
         finally:
             # a stream read to its end gives its connection back to the pool; one cut short (the client left)
             # is closed, which also tells vLLM to abort the generation

@@ -7,23 +7,23 @@ from fastapi import APIRouter, Request, Response
 
 from api.deps import get_project
 from api.errors import APIError
+from api.services.model_access import ModelAccess
 from serving import proxy
-from serving.access import RequestAccess
 from serving.manager import ServingManager
 
 router = APIRouter(tags=["chat"])
 
 
-def _serving(request: Request) -> tuple[ServingManager, RequestAccess]:
+def _serving(request: Request) -> tuple[ServingManager, ModelAccess]:
     manager = getattr(request.app.state, "serving", None)
     if manager is None:
         raise APIError(501, "Serving is not enabled on this server.", code="serving_disabled")
-    return manager, request.app.state.serving_access
+    return manager, request.app.state.model_access
 
 
 async def _serve(path: str, request: Request) -> Response:
     # No SessionDep here: this path runs per generated answer, so its checks are cached (the key's by
-    # AuthMiddleware, the model's by RequestAccess).
+    # AuthMiddleware, the model's by ModelAccess).
     manager, access = _serving(request)
     project = get_project(request)
     payload, raw = await proxy.read_payload(request, manager.settings)

@@ -36,6 +36,6 @@ def list_permissions(fine_tuned_model_checkpoint: str, session: SessionDep, proj
 def delete_permission(fine_tuned_model_checkpoint: str, permission_id: str, request: Request, session: SessionDep,
                       project: ProjectDep) -> CheckpointPermissionDeleted:
     svc.revoke(session, svc.owned_checkpoint(session, project, fine_tuned_model_checkpoint), permission_id)
-    if (access := getattr(request.app.state, "serving_access", None)) is not None:
+    if (access := getattr(request.app.state, "model_access", None)) is not None:
         access.forget()  # chat on this server stops at once; on others within serving_access_cache_seconds
     return CheckpointPermissionDeleted(id=permission_id, deleted=True)

@@ -1,6 +1,7 @@
-"""Which models a project may call: base models, its fine-tuned models and checkpoints, checkpoints shared
-with it. Anything else is a 404, with a clear message when the model is one of the project's jobs that has
-not (or not yet) succeeded."""
+"""Which models a project may call for chat: base models, its fine-tuned models and checkpoints, checkpoints
+shared with it. Anything else is a 404, with a clear message when the model is one of the project's jobs that
+has not (or not yet) succeeded. `ModelAccess` also answers serving's questions about models
+(serving.interface `ModelSource`): where a model's weights are, which jobs newly succeeded."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from api.settings import Settings
 from api.staging import StagingError, local_model_path
 from api.storage import Storage, storage_for
 from api.tables import Job, Project
+from serving.interface import ServingError
 
 _FT = re.compile(r"ft:[^:]+:[^:]+:[^:]*:(?P<job>[A-Za-z0-9]+)(?::ckpt-step-\d+)?")
 _NOT_READY = {"failed": "failed", "cancelled": "was cancelled"}
@@ -33,8 +35,10 @@ def check_access(session: Session, settings: Settings, project: Project, model_i
     if job is not None:
         state = _NOT_READY.get(job.status, f"still {job.status.replace('_', ' ')}")
         raise APIError(404, f"The model '{model_id}' is not ready: its fine-tuning job {job.id} {state}. "
-                            "A fine-tuned model can be used once its job has succeeded.", param="model", code="model_not_ready")
-    raise APIError(404, f"The model '{model_id}' does not exist or you do not have access to it.", param="model", code="model_not_found")
+                            "A fine-tuned model can be used once its job has succeeded.", param="model",
+                       code="model_not_ready")
+    raise APIError(404, f"The model '{model_id}' does not exist or you do not have access to it.", param="model",
+                   code="model_not_found")
 
 
 def _job_of(session: Session, project: Project, model_id: str) -> Job | None:
@@ -49,12 +53,14 @@ def _job_of(session: Session, project: Project, model_id: str) -> Job | None:
 
 def model_folder(session: Session, settings: Settings, storage: Storage, project_id: str, model_id: str) -> Path:
     """The local HF folder of a model `check_access` allowed (fine-tuned weights are downloaded once: two
-    first requests at once wait for one download)."""
+    first requests at once wait for one download). A 404 `ServingError` when it has none: serving's prewarm
+    expects that type, and the error mapper sends it like any other."""
     with _download_locks.setdefault(model_id, threading.Lock()):
         try:
             return local_model_path(session, settings, storage, project_id, model_id).resolve()
         except StagingError as e:
-            raise APIError(404, f"The model '{model_id}' cannot be served: {e.message}.", param="model", code="model_not_found") from None
+            raise ServingError(404, f"The model '{model_id}' cannot be served: {e.message}.", param="model",
+                               code="model_not_found") from None
 
 
 _download_locks: dict[str, threading.Lock] = {}
@@ -65,12 +71,13 @@ def resolve(session: Session, settings: Settings, storage: Storage, project: Pro
     end the transaction, so that no database connection is held while the answer streams. One call, so a
     request pays one hop to a worker thread."""
     check_access(session, settings, project, model_id)
-    folder = None if settings.serving_mode == "external" else model_folder(session, settings, storage, project.id, model_id)
+    external = settings.serving_mode == "external"
+    folder = None if external else model_folder(session, settings, storage, project.id, model_id)
     session.commit()
     return folder
 
 
-class RequestAccess:
+class ModelAccess:
     """Model access for the proxied endpoints, with the decisions cached (TTLCache; the caller's key was
     checked, and cached the same way, by api.middleware.AuthMiddleware). A miss costs one hop to a worker
     thread and one short transaction; a hit costs neither."""
@@ -93,6 +100,20 @@ class RequestAccess:
         self.folders.clear()
 
     def _resolve(self, project: Project, model_id: str) -> Path | None:
-        storage = storage_for(self.settings.storage_url, self.settings.s3_endpoint_url)
         with session_scope(self.settings) as session:
-            return resolve(session, self.settings, storage, project, model_id)
+            return resolve(session, self.settings, self._storage(), project, model_id)
+
+    def _storage(self) -> Storage:
+        return storage_for(self.settings.storage_url, self.settings.s3_endpoint_url)
+
+    # serving.interface.ModelSource: for prewarming, where a job's own project asks, so no access check
+
+    def weights(self, project_id: str, model_id: str) -> Path:
+        with session_scope(self.settings) as session:
+            return model_folder(session, self.settings, self._storage(), project_id, model_id)
+
+    def succeeded_since(self, since: int) -> list[tuple[str, str, str]]:
+        with session_scope(self.settings) as session:
+            rows = session.exec(select(Job.id, Job.project_id, Job.fine_tuned_model).where(
+                Job.status == "succeeded", Job.fine_tuned_model.is_not(None), Job.finished_at >= since)).all()
+        return [tuple(r) for r in rows]
