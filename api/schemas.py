@@ -4,9 +4,12 @@ literals); request models validate what callers send and name the offending fiel
 from __future__ import annotations
 
 import re
+from dataclasses import is_dataclass
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model, field_validator
+
+from trainer.hparams import GRPOConfig, Setting, SFTConfig, check, settings
 
 T = TypeVar("T")
 
@@ -120,78 +123,33 @@ class ModelObject(BaseModel):
 # ---------------------------------------------------------------- requests
 
 
-def _number(kind: type, *, minimum: float, exclusive: bool = False, maximum: float | None = None, auto: bool = False):  # noqa: ANN202
-    """A number of `kind` in range (or `"auto"` when `auto`), with one clear message instead of pydantic's
-    union noise."""
-    bound = f"{'>' if exclusive else '>='} {minimum:g}" + (f" and <= {maximum:g}" if maximum is not None else "")
-    what = ("'auto' or " if auto else "") + ("an integer" if kind is int else "a number")
-
-    def check(v: Any) -> Any:
-        if auto and v == "auto":
-            return v
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
-        if ok and kind is int:
-            ok = float(v).is_integer()
-        if ok:
-            ok = (v > minimum if exclusive else v >= minimum) and (maximum is None or v <= maximum)
-        if not ok:
-            raise ValueError(f"must be {what} {bound}, got {v!r}")
-        return kind(v)
-
-    return Annotated[Any, BeforeValidator(check)]
-
-
-def _auto_or_number(kind: type, **bounds: Any):  # noqa: ANN202
-    return _number(kind, auto=True, **bounds)
-
-
-_range = _number
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class LoraConfig(_Strict):
-    r: _range(int, minimum=1, maximum=512) = 8
-    alpha: _range(float, minimum=0, exclusive=True) = 16
-    dropout: _range(float, minimum=0, maximum=1) = 0.0
-    target_modules: list[str] | None = None
+def _checked(s: Setting, auto: bool = True):  # noqa: ANN202
+    """A value as the trainer's declaration checks it (type, bounds, the service's cap; or "auto" when `auto`),
+    with one clear message instead of pydantic's union noise."""
+    return Annotated[Any, BeforeValidator(
+        lambda v: v if v is None or (auto and v == "auto") else check(s, v, capped=True, auto=auto))]
 
 
-class SupervisedHyperparameters(_Strict):
-    batch_size: _auto_or_number(int, minimum=1, maximum=4096) = "auto"
-    """Examples per optimizer step."""
-    learning_rate_multiplier: _auto_or_number(float, minimum=0, exclusive=True, maximum=100) = "auto"
-    """Times the per-model base learning rate."""
-    n_epochs: _auto_or_number(int, minimum=1, maximum=100) = "auto"
-    """Passes over the training file."""
-    # Our extras for every method (not in OpenAI's API), optional.
-    freeze_vision: bool | None = None
-    """Keep the vision tower fixed; train the language model only."""
-    lora: LoraConfig | None = None
-    """Train LoRA adapters instead of all weights."""
+def _hyperparameters(config: type, name: str, method: str = "") -> type[BaseModel]:
+    """The request model of a config's settings (trainer/hparams.py). OpenAI's fields come first, in its order
+    (by name), and show "auto" (reasoning_effort: "default") when not given; ours show nothing (the trainer's
+    default applies)."""
+    ours = [s for s in settings(config) if s.api]
+    openai = sorted((s for s in ours if method in s.openai), key=lambda s: s.name)
+    fields: dict[str, Any] = {}
+    for s in openai + [s for s in ours if s not in openai]:
+        kind = _hyperparameters(s.kind, s.kind.__name__) | None if is_dataclass(s.kind) else _checked(s)
+        default = ("default" if "default" in (s.choices or ()) else "auto") if s in openai else None
+        fields[s.name] = (kind, Field(default, description=s.doc))
+    return create_model(name, __base__=_Strict, **fields)
 
 
-class ReinforcementHyperparameters(SupervisedHyperparameters):
-    compute_multiplier: _auto_or_number(float, minimum=0, exclusive=True, maximum=100) = "auto"
-    """Scales the samples drawn per prompt."""
-    eval_interval: _auto_or_number(int, minimum=1) = "auto"
-    """Training steps between evaluations on the validation file."""
-    eval_samples: _auto_or_number(int, minimum=1, maximum=64) = "auto"
-    """Samples per validation prompt at each evaluation."""
-    reasoning_effort: Literal["default", "low", "medium", "high"] = "default"
-    """Completion length budget."""
-    # Our extras (not in OpenAI's API), all optional with defaults chosen by the trainer.
-    num_generations: _range(int, minimum=2, maximum=256) | None = None
-    """Completions per prompt, the GRPO group size G."""
-    beta: _range(float, minimum=0) | None = None
-    """KL coefficient to the frozen reference; 0 loads no reference."""
-    max_completion_length: _range(int, minimum=1, maximum=32768) | None = None
-    temperature: _range(float, minimum=0, exclusive=True, maximum=5) | None = None
-    loss_type: Literal["grpo", "dr_grpo", "dapo"] | None = None
-    scale_rewards: Literal["group", "batch", "none"] | None = None
-    num_iterations: _range(int, minimum=1, maximum=16) | None = None
+SupervisedHyperparameters = _hyperparameters(SFTConfig, "SupervisedHyperparameters", SFTConfig.method)
+ReinforcementHyperparameters = _hyperparameters(GRPOConfig, "ReinforcementHyperparameters", GRPOConfig.method)
 
 
 class SupervisedMethod(_Strict):
@@ -248,7 +206,7 @@ class JobCreate(_Strict):
     integrations: list[Integration] | None = None
     metadata: Metadata = None
     method: Method | None = None
-    seed: _range(int, minimum=0, maximum=2**31 - 1) | None = None
+    seed: _checked(Setting("seed", int, None, "", ge=0, le=2**31 - 1), auto=False) = None
     suffix: str | None = None
     validation_file: str | None = None
 

@@ -174,9 +174,9 @@ def _load_rollout(folder: Path, stamp: tuple):
     """`_local_rollout`'s cache: `stamp` (the files' names, times and sizes) is part of the key."""
     import torch
 
-    from trainer.grpo import _stop_ids, placeholder_token_ids
+    from trainer.model import is_vision_model, load_model, load_processor, placeholder_token_ids
+    from trainer.model import stop_token_ids as _stop_ids
     from trainer.rollout import HFRollout
-    from trainer.runtime import is_vision_model, load_model, load_processor
 
     vision = is_vision_model(str(folder))
     processor = load_processor(str(folder), vision)

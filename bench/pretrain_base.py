@@ -59,7 +59,7 @@ def corpus(args: argparse.Namespace) -> list[dict]:
 def _encode_rows(init: str, rows: list[dict], first: int) -> list:
     """SFT examples of `rows` (numbered from `first`, for error messages)."""
     from trainer.data import ChatData
-    from trainer.runtime import load_processor
+    from trainer.model import load_processor
 
     data = ChatData(rows, list(range(first, first + len(rows))), load_processor(init, True), True, "pretraining corpus")
     return [data.sft_example(i) for i in range(len(rows))]
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import torch
 
-    from trainer.runtime import load_model, load_processor
+    from trainer.model import load_model, load_processor
     from trainer.sft import collate, token_loss_sums
     from trainer.tiny_model import build_tiny_model
 

@@ -43,7 +43,7 @@ def image_tokens(folder: Path, rows: list[dict], batch: int = 64):
     """[n, tokens, dim] merged image-token features (what the language model receives) and the token grid (h, w)."""
     import torch
 
-    from trainer.runtime import load_model, load_processor
+    from trainer.model import load_model, load_processor
 
     processor = load_processor(str(folder), True)
     model = load_model(str(folder), True, torch.float32).eval()

@@ -13,11 +13,16 @@ import sys
 import traceback
 from pathlib import Path
 
+# Exit codes (the runner reads them together with the last event).
+EXIT_OK = 0  # finished (`final` event) or paused (`paused` event)
+EXIT_ERROR = 1  # `error` event written
+EXIT_CANCELLED = 143  # SIGTERM
+
 
 def _error_code(e: BaseException) -> tuple[str, str]:
     """(code, message a user can act on) for an exception that ended the run."""
     from trainer.data import DataError
-    from trainer.runtime import TrainerError
+    from trainer.job_spec import TrainerError
 
     if isinstance(e, TrainerError):
         return e.code, e.message
@@ -40,13 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m trainer JOB.json", file=sys.stderr)
         return 2
 
-    from trainer.runtime import setup_environment
+    from trainer.process import setup_environment
 
     setup_environment()  # before torch/vLLM/DeepSpeed are imported
 
     from trainer.events import EventLog
-    from trainer.job_spec import JobSpec
-    from trainer.runtime import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, Cancelled, Signals, write_pid
+    from trainer.job_spec import JobSpec, TrainerError
+    from trainer.process import Cancelled, Signals, init_distributed, write_pid
 
     job = JobSpec.read(Path(args[0]))
     output_dir = Path(job.output_dir)
@@ -58,8 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     if rank == 0:
         write_pid(output_dir)
     try:
-        from trainer.runtime import init_distributed
-
         dist = init_distributed()
         if dist.main:
             events.message(f"Trainer started: job {job.job_id}, method {job.method}, {dist.world} rank(s) on "
@@ -69,8 +72,6 @@ def main(argv: list[str] | None = None) -> int:
         elif job.method == "supervised":
             from trainer import sft as algo
         else:
-            from trainer.runtime import TrainerError
-
             raise TrainerError("invalid_method", f"method {job.method!r} is not supported (supervised, reinforcement)")
         outcome = algo.main(job, events, dist, signals)
         code = EXIT_OK

@@ -15,7 +15,8 @@ best 3 (by valid reward) plus the last are kept. Events follow OpenAI's RFT metr
 References: Shao et al. 2024 (GRPO, DeepSeekMath), DeepSeek-R1 2025, Liu et al. 2025 (Visual-RFT: reward
 = format + IoU/accuracy, beta 0.04, G 8, temperature 1), Liu et al. 2025 (Dr. GRPO: no length or std
 normalisation), Yu et al. 2025 (DAPO: token-level mean, clip-higher), Schulman 2020 (k3 KL estimator).
-The mapping from OpenAI's hyperparameters is in trainer/hparams.py and trainer/README.md.
+The settings (`GRPOConfig`, OpenAI's hyperparameters and ours) are declared in trainer/hparams.py; the table of
+them is in trainer/README.md.
 """
 
 from __future__ import annotations
@@ -27,77 +28,14 @@ from pathlib import Path
 
 import torch
 
-from trainer import hparams
+from trainer.checkpoints import Checkpointer
 from trainer.data import ChatData, Prompt, cat_mm, pack_prompts
-from trainer.hparams import TrainingConfig, get, positive
-from trainer.runtime import (REASONING_EFFORT_TOKENS, Checkpointer, TrainerError, all_gather_tensor, all_reduce, derive_seed,
-                             epoch_order, export_weights, load_job_data, lr_at, make_reference, memory_stats,
-                             prepare_policy, seed_everything, set_lr, write_rank_digest)
-
-
-@dataclass
-class GRPOConfig(TrainingConfig):
-    # ---- OpenAI's reinforcement hyperparameters, resolved ("auto" -> numbers); the shared ones in TrainingConfig
-    batch_size: int = 8
-    """prompts per optimizer step, all ranks together (a multiple of the rank count)"""
-    compute_multiplier: float = 1.0
-    """scales the samples per prompt: G = round(num_generations x compute_multiplier)"""
-    eval_samples: int = 1
-    """completions per validation prompt at each evaluation"""
-    reasoning_effort: str = "medium"
-    """completion budget when max_completion_length is not given: low 128, medium 256, high 1024 tokens"""
-    # ---- GRPO
-    num_generations: int = 8
-    """completions per prompt, the group size G (before compute_multiplier)"""
-    max_completion_length: int = 0
-    """tokens per completion (0 = from reasoning_effort)"""
-    beta: float = 0.04
-    """weight of the KL penalty to the frozen reference policy (0 loads no reference model)"""
-    epsilon: float = 0.2
-    """clip range of the policy ratio: [1 - epsilon, 1 + epsilon_high]"""
-    epsilon_high: float | None = None
-    """upper clip (DAPO's clip-higher); None = epsilon"""
-    temperature: float = 1.0
-    """sampling temperature; log-probs are computed at the same temperature"""
-    top_p: float = 1.0
-    """nucleus sampling"""
-    loss_type: str = "grpo"
-    """grpo: mean over each completion's tokens, then over completions; dr_grpo: sum / (completions x
-    max_completion_length); dapo: sum / all completion tokens of the batch"""
-    scale_rewards: str = "group"
-    """divide advantages by the std of the group, of the whole batch, or not at all (none)"""
-    num_iterations: int = 1
-    """optimizer steps on each batch of samples (mu); > 1 makes the ratio and clipping active"""
-    mask_truncated_completions: bool = False
-    """exclude completions cut by max_completion_length from the loss"""
-    # ---- evaluation, rollouts
-    max_eval_prompts: int = 64
-    """validation prompts used at each evaluation (a fixed subset, chosen by the seed)"""
-    vllm_gpu_memory_utilization: float = 0.3
-    """fraction of GPU memory vLLM may use beside the trainer"""
-
-    @classmethod
-    def resolve(cls, hp: dict, rows: int, world: int) -> "GRPOConfig":
-        """OpenAI's hyperparameters + our extras -> a config; "auto" resolved from the dataset size."""
-        c = cls()
-        hparams.resolve_common(c, hp, "reinforcement", rows, world)
-        c.compute_multiplier = get(hp, "compute_multiplier", 1.0, float)
-        positive("compute_multiplier", c.compute_multiplier)
-        c.num_generations = max(2, round(get(hp, "num_generations", 8, int) * c.compute_multiplier))
-        c.reasoning_effort = get(hp, "reasoning_effort", "medium", str, tuple(REASONING_EFFORT_TOKENS))
-        c.max_completion_length = get(hp, "max_completion_length", REASONING_EFFORT_TOKENS[c.reasoning_effort], int)
-        positive("max_completion_length", c.max_completion_length)
-        c.eval_samples = get(hp, "eval_samples", 1, int)
-        positive("eval_samples", c.eval_samples)
-        for name, kind in (("beta", float), ("epsilon", float), ("temperature", float), ("top_p", float),
-                           ("num_iterations", int), ("max_eval_prompts", int), ("vllm_gpu_memory_utilization", float)):
-            setattr(c, name, get(hp, name, getattr(c, name), kind))
-            positive(name, getattr(c, name), allow_zero=name in ("beta", "temperature"))
-        c.epsilon_high = get(hp, "epsilon_high", None, float)
-        c.loss_type = get(hp, "loss_type", "grpo", str, tuple(AGGREGATIONS))
-        c.scale_rewards = get(hp, "scale_rewards", "group", str, ("group", "batch", "none"))
-        c.mask_truncated_completions = get(hp, "mask_truncated_completions", False, bool)
-        return c
+from trainer.engine import lr_at, make_reference, prepare_policy, set_lr
+from trainer.export import export_weights, write_rank_digest
+from trainer.hparams import GRPOConfig
+from trainer.job_spec import TrainerError
+from trainer.model import load_job_data, placeholder_token_ids, stop_token_ids
+from trainer.process import all_gather_tensor, all_reduce, derive_seed, epoch_order, memory_stats, seed_everything
 
 
 # ------------------------------------------------------------------------------------------- the loss
@@ -310,13 +248,13 @@ def main(job, events, dist, signals) -> str:
     cpu = dist.device.type == "cpu"
     per_rank_prompts = cfg.batch_size // dist.world
     per_rank_seqs = per_rank_prompts * cfg.num_generations
-    policy = prepare_policy(job, cfg, "reinforcement", per_rank_seqs, vision, dist, events)
+    policy = prepare_policy(job, cfg, per_rank_seqs, vision, dist, events)
     engine, state, micro, dtype = policy.engine, policy.state, policy.micro, policy.dtype
     peak_lr, n_params = policy.peak_lr, policy.n_params
     ref = make_reference(job.model_path, vision, dtype, dist.device, cfg.zero_stage, policy.ds_config) if cfg.beta > 0 else None
 
     # The rollout engine, started on the base weights and synced to the policy's before any sampling.
-    stop_ids = _stop_ids(job.model_path, tokenizer)
+    stop_ids = stop_token_ids(job.model_path, tokenizer)
     suppress = placeholder_token_ids(engine.module.config)
     probe = [train.prompt(i) for i in range(min(len(train), 256))]
     if valid is not None:
@@ -555,38 +493,12 @@ def _eval_subset(valid: ChatData | None, max_prompts: int, seed: int) -> list[in
     return sorted(order[:max_prompts])
 
 
-def _stop_ids(model_path: str, tokenizer) -> list[int]:
-    """End-of-turn tokens: the generation config's eos ids, else the tokenizer's eos."""
-    from transformers import GenerationConfig
-
-    ids: list[int] = []
-    try:
-        eos = GenerationConfig.from_pretrained(model_path).eos_token_id
-        ids = [eos] if isinstance(eos, int) else list(eos or [])
-    except OSError:
-        pass
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
-
-
 def gradient_norm(engine, zero_stage: int) -> float | None:
     """The global gradient norm before clipping (ZeRO-0 holds whole averaged gradients; ZeRO 1-3 report their own)."""
     if zero_stage != 0:
         return None
     grads = [p.grad.detach().float().norm() for p in engine.module.parameters() if p.grad is not None]
     return torch.stack(grads).norm().item() if grads else 0.0
-
-
-def placeholder_token_ids(config) -> list[int]:
-    """Image/video/vision placeholder token ids of a multimodal config (none for a text-only model)."""
-    ids = set()
-    for cfg in (config, getattr(config, "text_config", None)):
-        for key, value in (vars(cfg).items() if cfg is not None else ()):
-            if key.endswith("_token_id") and isinstance(value, int) and any(
-                    w in key for w in ("image", "video", "vision", "audio")):
-                ids.add(value)
-    return sorted(ids)
 
 
 def _max_positions(model) -> int:

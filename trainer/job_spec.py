@@ -31,6 +31,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 
+class TrainerError(Exception):
+    """A failure a user can act on: becomes an `error` event with this code (trainer/README.md lists them),
+    then exit 1."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
 @dataclass
 class JobSpec:
     job_id: str

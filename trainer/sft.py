@@ -4,42 +4,26 @@ One optimizer step: `batch_size` examples (all ranks together), cross-entropy on
 assistant turns only (prompt, system, image and padding tokens are masked with -100), averaged over all
 trained tokens of the batch. Metrics follow OpenAI's SFT layout (train_loss, train_mean_token_accuracy,
 valid_loss, valid_mean_token_accuracy, full_valid_* at the end). A checkpoint at the end of each epoch; the
-last 3 are kept.
+last 3 are kept. The settings (`SFTConfig`) are declared in trainer/hparams.py.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from trainer import hparams
+from trainer.checkpoints import Checkpointer
 from trainer.data import ChatData, cat_mm, pad_per_token
-from trainer.hparams import TrainingConfig, get, positive
-from trainer.runtime import (Checkpointer, TrainerError, all_reduce, epoch_order, load_job_data, lr_at,
-                             memory_stats, prepare_policy, seed_everything, set_lr, write_rank_digest)
-
-
-@dataclass
-class SFTConfig(TrainingConfig):
-    n_epochs: int = 3
-    """passes over the training file"""
-    max_length: int = 4096
-    """longer examples are cut (their trailing tokens are not trained)"""
-    max_eval_examples: int = 64
-    """validation examples for the periodic valid_loss (the full file is used at the end)"""
-
-    @classmethod
-    def resolve(cls, hp: dict, rows: int, world: int) -> "SFTConfig":
-        c = cls()
-        hparams.resolve_common(c, hp, "supervised", rows, world)
-        for name in ("max_length", "max_eval_examples"):
-            setattr(c, name, get(hp, name, getattr(c, name), int))
-            positive(name, getattr(c, name))
-        return c
+from trainer.engine import lr_at, prepare_policy, set_lr
+from trainer.export import write_rank_digest
+from trainer.hparams import SFTConfig
+from trainer.job_spec import TrainerError
+from trainer.model import load_job_data
+from trainer.process import all_reduce, epoch_order, memory_stats, seed_everything
 
 
 def collate(examples: list[tuple[list[int], list[int], dict, dict]], pad_id: int, device):
@@ -79,7 +63,7 @@ def main(job, events, dist, signals) -> str:
     cfg = SFTConfig.resolve(job.hyperparameters, len(train), dist.world)
 
     per_rank = cfg.batch_size // dist.world
-    policy = prepare_policy(job, cfg, "supervised", per_rank, vision, dist, events)
+    policy = prepare_policy(job, cfg, per_rank, vision, dist, events)
     engine, state, micro, peak_lr, n_params = policy.engine, policy.state, policy.micro, policy.peak_lr, policy.n_params
     ckpt = Checkpointer(output_dir, job.model_path, events, dist, cfg.zero_stage, cfg.keep_checkpoints, metric=None)
     events.message(f"SFT: {cfg.total_steps} steps of {cfg.batch_size} examples, lr {peak_lr:g}, ZeRO-{cfg.zero_stage}, "

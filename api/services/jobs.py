@@ -104,7 +104,7 @@ def _check_training_file(session: Session, project: Project, file_id: str, param
 def _resolve_method(body: JobCreate, settings: Settings) -> dict[str, Any]:
     method = body.method
     if method is None:
-        hp = body.hyperparameters.model_dump() if body.hyperparameters else SupervisedMethod().hyperparameters.model_dump()
+        hp = (body.hyperparameters or SupervisedMethod().hyperparameters).model_dump(exclude_none=True)
         return {"type": "supervised", "supervised": {"hyperparameters": hp}}
     if body.hyperparameters is not None:
         raise APIError(400, "The top-level 'hyperparameters' is deprecated; set them in 'method' instead, not both.", param="hyperparameters")

@@ -31,7 +31,7 @@ def test_deepen_doubles_both_towers_and_keeps_what_the_model_computes(tmp_path) 
 
     import synthetic
     from trainer.data import ChatData
-    from trainer.runtime import load_model, load_processor
+    from trainer.model import load_model, load_processor
     from trainer.sft import collate, token_loss_sums
     from trainer.tiny_model import build_tiny_model
 

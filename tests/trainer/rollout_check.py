@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 def main(model_dir: str, train_file: str, work: str) -> None:
-    from trainer.runtime import setup_environment
+    from trainer.process import setup_environment
 
     setup_environment()
     import torch
@@ -28,9 +28,11 @@ def main(model_dir: str, train_file: str, work: str) -> None:
     import grader as graders
     from tests.trainer.synth import MULTI_GRADER
     from trainer.data import ChatData, read_jsonl
-    from trainer.grpo import _stop_ids, completion_logprobs, make_microbatches, placeholder_token_ids, Sequence
+    from trainer.grpo import Sequence, completion_logprobs, make_microbatches
     from trainer.rollout import HFRollout, VLLMRollout
-    from trainer.runtime import export_weights, load_processor, save_hf_folder
+    from trainer.checkpoints import save_hf_folder
+    from trainer.export import export_weights
+    from trainer.model import load_processor, placeholder_token_ids, stop_token_ids
 
     work_dir = Path(work)
     processor = load_processor(model_dir, True)
@@ -39,7 +41,7 @@ def main(model_dir: str, train_file: str, work: str) -> None:
     data = ChatData(rows, lines, processor, True, "training file")
     prompts = [data.prompt(i) for i in range(len(rows))]
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
-    stop, suppress = _stop_ids(model_dir, tok), placeholder_token_ids(model.config)
+    stop, suppress = stop_token_ids(model_dir, tok), placeholder_token_ids(model.config)
     hf = HFRollout(lambda: model, tok, stop, tok.pad_token_id, torch.device("cpu"), 0, suppress)
     t = time.monotonic()
     vl = VLLMRollout(model_dir, tokenizer=tok, stop_ids=stop, suppress_ids=suppress, dtype=torch.float32,

@@ -8,9 +8,10 @@ import json
 import pytest
 
 from trainer.events import EventLog
-from trainer.grpo import GRPOConfig
-from trainer.runtime import TrainerError, lr_at, retention
-from trainer.sft import SFTConfig
+from trainer.hparams import GRPOConfig, SFTConfig
+from trainer.checkpoints import retention
+from trainer.engine import lr_at
+from trainer.job_spec import TrainerError
 
 
 def test_openai_fields_map_to_grpo_settings():

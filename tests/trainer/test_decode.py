@@ -16,8 +16,7 @@ def vlm(tiny_model, dataset):
     from transformers import AutoModelForImageTextToText
 
     from trainer.data import ChatData, read_jsonl
-    from trainer.grpo import _stop_ids, placeholder_token_ids
-    from trainer.runtime import load_processor
+    from trainer.model import load_processor, placeholder_token_ids, stop_token_ids
 
     processor = load_processor(str(tiny_model), True)
     rows, lines = read_jsonl(dataset["train"])
@@ -25,7 +24,7 @@ def vlm(tiny_model, dataset):
     data = ChatData(rows, lines[:3] + [0], processor, True, "training file")
     model = AutoModelForImageTextToText.from_pretrained(tiny_model, dtype=torch.float32).eval()
     tok = processor.tokenizer
-    return dict(model=model, tok=tok, stop=_stop_ids(str(tiny_model), tok), suppress=placeholder_token_ids(model.config),
+    return dict(model=model, tok=tok, stop=stop_token_ids(str(tiny_model), tok), suppress=placeholder_token_ids(model.config),
                 prompts=[data.prompt(i) for i in range(len(rows))])
 
 

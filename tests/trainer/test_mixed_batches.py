@@ -12,7 +12,7 @@ def mixed(tiny_model, dataset):
     from transformers import AutoModelForImageTextToText
 
     from trainer.data import ChatData, read_jsonl
-    from trainer.runtime import load_processor
+    from trainer.model import load_processor
 
     processor = load_processor(str(tiny_model), True)
     rows, lines = read_jsonl(dataset["train"])
@@ -39,11 +39,11 @@ def test_sft_loss_of_a_mixed_batch_is_the_sum_of_each_row_alone(mixed) -> None:
 
 
 def test_greedy_rollout_of_a_mixed_batch_equals_each_prompt_alone(mixed) -> None:
-    from trainer.grpo import _stop_ids, placeholder_token_ids
+    from trainer.model import placeholder_token_ids, stop_token_ids
     from trainer.rollout import HFRollout
 
     data, model, tok = mixed["data"], mixed["model"], mixed["processor"].tokenizer
-    rollout = HFRollout(lambda: model, tok, _stop_ids(str(model.name_or_path), tok), tok.pad_token_id, torch.device("cpu"),
+    rollout = HFRollout(lambda: model, tok, stop_token_ids(str(model.name_or_path), tok), tok.pad_token_id, torch.device("cpu"),
                         suppress_ids=placeholder_token_ids(model.config))
     prompts = [data.prompt(i) for i in range(4)]
     together = rollout.generate(prompts, 2, 12, 0.0, 1.0, seeds=[0, 1, 2, 3])

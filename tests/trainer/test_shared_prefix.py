@@ -14,7 +14,7 @@ def setup(tiny_model, dataset):
     from transformers import AutoModelForImageTextToText
 
     from trainer.data import ChatData, read_jsonl
-    from trainer.runtime import load_processor
+    from trainer.model import load_processor
 
     processor = load_processor(str(tiny_model), True)
     rows, lines = read_jsonl(dataset["train"])

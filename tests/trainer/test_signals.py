@@ -13,7 +13,7 @@ import torch
 
 @pytest.fixture
 def signals():
-    from trainer.runtime import Signals
+    from trainer.process import Signals
 
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
     yield Signals()
@@ -27,7 +27,7 @@ def _deliver(sig) -> None:
 
 
 def test_a_swallowed_sigterm_still_stops_at_the_next_step_boundary(signals):
-    from trainer.runtime import Cancelled
+    from trainer.process import Cancelled
 
     try:
         _deliver(signal.SIGTERM)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import free_port
 from tests.trainer.conftest import (load_safetensors, read_events, run_trainer, start_trainer, trainer_env,
                                     wait_for_event, write_job)
 from tests.trainer.synth import MULTI_GRADER, make_rows, write_jsonl
@@ -201,7 +202,7 @@ def test_two_cpu_ranks_under_the_deepspeed_launcher_stay_identical(tiny_model, d
     job = write_job(tmp_path, tiny_model, dataset, rollout_engine="vllm",
                     hyperparameters={"n_epochs": 1, "batch_size": 2, "eval_interval": 2, "zero_stage": 2})
     launcher = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
-                "--master_port", str(_free_port())]
+                "--master_port", str(free_port())]
     rc, events, log = run_trainer(job, tmp_path, timeout=400, launcher=launcher,
                                   env_extra={"VRFT_RANK_DIGESTS": "1", "OMP_NUM_THREADS": "1"})
     assert rc == 0, log[-5000:]
@@ -211,11 +212,3 @@ def test_two_cpu_ranks_under_the_deepspeed_launcher_stay_identical(tiny_model, d
     assert len(digests) == 2
     a, b = (json.loads(p.read_text()) for p in digests)
     assert a["step"] == b["step"] == 4 and a["sha256"] == b["sha256"]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
