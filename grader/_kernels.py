@@ -48,7 +48,8 @@ def number(b, i, end):
         else:
             break
         i += 1
-    if nd == 0 or nd > 15 or (i < end and (b[i] == 46 or b[i] == 101 or b[i] == 69)) or (dot and (frac == 0 or b[first] == 46)):
+    if (nd == 0 or nd > 15 or (i < end and (b[i] == 46 or b[i] == 101 or b[i] == 69))
+            or (dot and (frac == 0 or b[first] == 46))):
         return np.nan, -1
     return mant / pow10[frac], i  # a table, not a pow() call: exact powers, same values
 

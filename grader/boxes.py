@@ -32,7 +32,8 @@ _JSON_CONF = re.compile(_CONF_KEY + _NUM)
 _JSON_POS = re.compile(_KEY + _QUAD)
 _LIST = re.compile(_QUAD)
 _TUPLE = re.compile(r"\(\s*" + _NUM + _SEP + _NUM + r"\s*\)\s*,?\s*\(\s*" + _NUM + _SEP + _NUM + r"\s*\)")
-_QWEN = re.compile(r"<\|box_start\|>\s*\(\s*" + _NUM + _SEP + _NUM + r"\s*\)\s*,?\s*\(\s*" + _NUM + _SEP + _NUM + r"\s*\)\s*<\|box_end\|>")
+_QWEN = re.compile(r"<\|box_start\|>\s*\(\s*" + _NUM + _SEP + _NUM + r"\s*\)\s*,?\s*\(\s*" + _NUM + _SEP + _NUM
+                   + r"\s*\)\s*<\|box_end\|>")
 
 PARSERS = ("qwen", "json", "tuple", "list")
 """The order `auto` tries."""
@@ -254,17 +255,6 @@ def boxes_from_value(value: Any, parser: str = "auto") -> list[tuple[Box, float 
     return None
 
 
-def dedupe(boxes: list[tuple[Box, float | None]]) -> list[tuple[Box, float | None]]:
-    """Drop repeated positions, keeping the first (as Visual-RFT's remove_duplicates)."""
-    seen, out = set(), []
-    for box, conf in boxes:
-        key = tuple(box)
-        if key not in seen:
-            seen.add(key)
-            out.append((box, conf))
-    return out
-
-
 # ------------------------------------------------------------------------------- conventions
 
 
@@ -392,7 +382,8 @@ def detection_batch(
 
 
 def detection_padded(g: np.ndarray, gmask: np.ndarray, p: np.ndarray, pmask: np.ndarray, c: np.ndarray,
-                     iou_threshold: float = 0.5, giou: bool = False, accel: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                     iou_threshold: float = 0.5, giou: bool = False, accel: bool = True
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """Visual-RFT's detection reward for a whole batch at once -> (iou_term [B], confidence_term [B]).
 
     g [B, G, 4] reference boxes, p [B, P, 4] predictions, c [B, P] confidences, masks for the padding.
@@ -532,20 +523,6 @@ def dedupe_rows(vals: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 _HASH_MUL = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x27D4EB2F165667C5], dtype=np.uint64)
-
-
-def grounding_batch(gts: list[np.ndarray], preds: np.ndarray, giou: bool = False) -> np.ndarray:
-    """Dense grounding reward [B]: IoU (or (GIoU+1)/2) of each sample's predicted box [B, 4] with the best
-    of its reference boxes; 0 for a sample without reference boxes."""
-    g, gmask = _pad(gts, 4, 0.0)
-    if g.shape[1] == 0:
-        return np.zeros(len(gts))
-    m = iou_matrix(preds[:, None, :], g, giou=giou)[:, 0, :]  # [B, G]
-    if giou:
-        m = (m + 1) / 2
-    m = np.where(gmask, m, -np.inf)
-    best = m.max(1)
-    return np.where(np.isfinite(best), np.clip(best, 0.0, 1.0), 0.0)
 
 
 def finite_boxes(boxes: Iterable[tuple[Box, float | None]]) -> list[tuple[Box, float | None]]:

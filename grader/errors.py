@@ -30,24 +30,13 @@ ERROR_DETAILS: tuple[str, ...] = (
 """String details that go with some flags (null when unset)."""
 
 
+_EMPTY = {k: None if k in ERROR_DETAILS else False for k in sorted(ERROR_FLAGS + ERROR_DETAILS)}
+"""OpenAI's key order is alphabetical (each detail right after its flag)."""
+
+
 def empty_errors() -> dict:
     """A fresh errors object with every flag false and every detail null, in OpenAI's key order."""
-    return {
-        "formula_parse_error": False,
-        "invalid_variable_error": False,
-        "model_grader_parse_error": False,
-        "model_grader_refusal_error": False,
-        "model_grader_server_error": False,
-        "model_grader_server_error_details": None,
-        "other_error": False,
-        "python_grader_runtime_error": False,
-        "python_grader_runtime_error_details": None,
-        "python_grader_server_error": False,
-        "python_grader_server_error_type": None,
-        "sample_parse_error": False,
-        "truncated_observation_error": False,
-        "unresponsive_reward_error": False,
-    }
+    return _EMPTY.copy()
 
 
 def merge_errors(into: dict, other: dict) -> dict:

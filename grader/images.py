@@ -105,7 +105,8 @@ def item_image_size(item: Any) -> tuple[int, int]:
         raise SampleError("other_error", "item.image_size must be [width, height]")
     url = first_image_url(item)
     if url is None:
-        raise SampleError("other_error", "pixel coordinates need the image size: the row has no image and no image_size")
+        raise SampleError("other_error",
+                          "pixel coordinates need the image size: the row has no image and no image_size")
     try:
         return size_from_data_url(url)
     except ValueError as e:

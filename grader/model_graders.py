@@ -1,10 +1,10 @@
-"""score_model and label_model: ask a judge model through any OpenAI-compatible chat endpoint.
+"""The judge graders (score_model, label_model): ask a judge model through any OpenAI-compatible chat endpoint.
 
 The judge is at the endpoint its caller names: the API builds a `ModelEndpoint` from its settings (never
 from the request), the trainer and the grader service default to VRFT_GRADER_MODEL_BASE_URL /
 VRFT_GRADER_MODEL_API_KEY; a `resolver` may map a model id to its own base URL.
-The judge is asked for JSON through `response_format` (json_schema): score_model
-`{"steps": [...], "result": number}`, label_model `{"steps": [...], "result": label}`.
+The judge is asked for JSON through `response_format` (json_schema): `{"steps": [...], "result": ...}`, the
+result a number (score_model) or one of the labels (label_model), as each type's module says.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any, Callable, Sequence
 import httpx
 
 from grader.errors import SampleError
-from grader.specs import InputAudio, InputImage, InputText, LabelModelGrader, OutputText, ScoreModelGrader
-from grader.templates import Template
+from grader.messages import Prompt
+from grader.reward import Out, Reward
 
 _NUMBER = re.compile(r"^\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*$")
 _RESULT = re.compile(r'"result"\s*:\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)')
@@ -136,6 +136,7 @@ class ModelEndpoint:
 
 
 def _schema(result: dict) -> dict:
+    """The response_format that asks for `{"steps": [...], "result": <result>}`."""
     return {
         "type": "json_schema",
         "json_schema": {
@@ -160,55 +161,6 @@ def _schema(result: dict) -> dict:
             },
         },
     }
-
-
-class _Prompt:
-    """The grader's `input` messages with every template parsed once."""
-
-    def __init__(self, spec: ScoreModelGrader | LabelModelGrader):
-        self.messages = []
-        for i, msg in enumerate(spec.input):
-            role = "system" if msg.role == "developer" else msg.role
-            if isinstance(msg.content, list):
-                parts = [self._part(p, f"input.{i}.content.{j}") for j, p in enumerate(msg.content)]
-                self.messages.append((role, parts))
-            else:
-                self.messages.append((role, self._part(msg.content, f"input.{i}.content")))
-
-    @staticmethod
-    def _part(p, where):
-        if isinstance(p, str):
-            return ("text", Template(p, where))
-        if isinstance(p, (InputText, OutputText)):
-            return ("text", Template(p.text, where))
-        if isinstance(p, InputImage):
-            return ("image", Template(p.image_url, where), p.detail)
-        if isinstance(p, InputAudio):
-            return ("audio", p.input_audio.data, p.input_audio.format)
-        raise TypeError(type(p))
-
-    @staticmethod
-    def _render_part(part, sample, item, in_list: bool):
-        kind = part[0]
-        if kind == "text":
-            text = part[1].render(sample, item)
-            return {"type": "text", "text": text} if in_list else text
-        if kind == "image":
-            url = {"url": part[1].render(sample, item)}
-            if part[2]:
-                url["detail"] = part[2]
-            return {"type": "image_url", "image_url": url}
-        return {"type": "input_audio", "input_audio": {"data": part[1], "format": part[2]}}
-
-    def render(self, sample, item) -> list[dict]:
-        out = []
-        for role, content in self.messages:
-            if isinstance(content, list):
-                out.append({"role": role, "content": [self._render_part(p, sample, item, True) for p in content]})
-            else:
-                rendered = self._render_part(content, sample, item, False)
-                out.append({"role": role, "content": rendered if isinstance(rendered, str) else [rendered]})
-        return out
 
 
 def _usage(resp: dict) -> dict:
@@ -246,8 +198,9 @@ def parse_score(content: str) -> float:
         return float(m.group(1))
     try:
         obj = json.loads(text)
-        if isinstance(obj, dict) and isinstance(obj.get("result"), (int, float)) and not isinstance(obj["result"], bool):
-            return float(obj["result"])
+        result = obj.get("result") if isinstance(obj, dict) else None
+        if isinstance(result, (int, float)) and not isinstance(result, bool):
+            return float(result)
     except ValueError:
         pass
     m = _RESULT.search(text)
@@ -272,53 +225,43 @@ def parse_label(content: str, labels: Sequence[str]) -> str:
     raise SampleError("model_grader_parse_error", f"the judge's answer is not one of the labels: {text[:200]!r}")
 
 
-class ModelJudge:
-    """Runs a score_model or label_model grader over a batch, `max_concurrency` requests at a time."""
+_SAMPLING = (("temperature", "temperature"), ("top_p", "top_p"), ("seed", "seed"),
+             ("max_completions_tokens", "max_completion_tokens"), ("reasoning_effort", "reasoning_effort"))
+"""The grader's sampling_params (OpenAI's field names) and the chat parameter each sets."""
 
-    def __init__(self, spec: ScoreModelGrader | LabelModelGrader, endpoint: ModelEndpoint):
-        self.spec, self.endpoint = spec, endpoint
-        self.prompt = _Prompt(spec)
-        if isinstance(spec, ScoreModelGrader):
-            lo, hi = spec.range or [0.0, 1.0]
-            self.range = (float(lo), float(hi))
-            self.response_format = _schema({"type": "number"})
-        else:
-            self.range = (0.0, 1.0)
-            self.response_format = _schema({"type": "string", "enum": list(spec.labels)})
+
+class ModelJudge(Reward):
+    """The reward of a judge grader: its `input` rendered per sample and sent, `max_concurrency` requests at a
+    time; the answer's `result` has the JSON schema `result` and `score(content)` reads the reward from it."""
+
+    waits = True
+
+    def __init__(self, spec, endpoint: ModelEndpoint, result: dict, score: Callable[[str], float]):
+        super().__init__(spec)
+        self.endpoint, self.score = endpoint, score
+        self.prompt = Prompt(spec.input)
+        self.response_format = _schema(result)
 
     def _body(self, messages: list[dict]) -> dict:
         body: dict[str, Any] = {"model": self.spec.model, "messages": messages,
                                 "response_format": self.response_format}
         sp = getattr(self.spec, "sampling_params", None)
-        if sp is not None:
-            if sp.temperature is not None:
-                body["temperature"] = sp.temperature
-            if sp.top_p is not None:
-                body["top_p"] = sp.top_p
-            if sp.seed is not None:
-                body["seed"] = sp.seed
-            if sp.max_completions_tokens is not None:
-                body["max_completion_tokens"] = sp.max_completions_tokens
-            if sp.reasoning_effort is not None:
-                body["reasoning_effort"] = sp.reasoning_effort
+        for ours, param in _SAMPLING:
+            if getattr(sp, ours, None) is not None:
+                body[param] = getattr(sp, ours)
         return body
 
-    def one(self, sample, item) -> tuple[float, dict | None, str | None, SampleError | None]:
-        """(score, token usage, model name, error) for one sample."""
+    def one(self, sample, item) -> Out:
+        """One sample's score, with the judge's token usage and model name."""
         usage = model_name = None
         try:
             resp = self.endpoint.chat(self.spec.model, self._body(self.prompt.render(sample, item)))
             usage, model_name = _usage(resp), resp.get("model") or self.spec.model
-            content = _message(resp).get("content") or ""
-            if isinstance(self.spec, ScoreModelGrader):
-                lo, hi = self.range
-                return min(hi, max(lo, parse_score(content))), usage, model_name, None
-            label = parse_label(content, self.spec.labels)
-            return (1.0 if label in self.spec.passing_labels else 0.0), usage, model_name, None
+            return Out(self.score(_message(resp).get("content") or ""), None, None, usage, model_name)
         except SampleError as e:
-            return 0.0, usage, model_name, e
+            return Out(0.0, e, None, usage, model_name)
 
-    def batch(self, samples: Sequence[Any], items: Sequence[Any]):
+    def grade(self, samples: Sequence[Any], items: Sequence[Any]) -> list[Out]:
         if len(samples) <= 1:
             return [self.one(s, i) for s, i in zip(samples, items)]
         with ThreadPoolExecutor(max_workers=min(self.endpoint.max_concurrency, len(samples))) as ex:

@@ -2,7 +2,8 @@
 
 Reward computation (python sandboxes, judge models) can live on CPU machines apart from the GPU
 trainers. The trainer grades in-process with `grader.compile(spec)`, or through this service with
-`grader.compile(spec, service_url=URL)` (a RemoteGrader): both return the same BatchResult.
+`grader.compile(spec, service_url=URL)` (a RemoteGrader): both return the same BatchResult. This module uses
+grader.core; grader.core never imports it.
 
 HTTP (JSON):
     GET  /health
@@ -31,9 +32,11 @@ from typing import Any, Optional, Sequence
 import httpx
 from pydantic import BaseModel, ConfigDict
 
-from grader.core import BatchResult, CompiledGrader, ModelEndpoint, compile, run
+from grader.core import CompiledGrader, compile, run
 from grader.errors import GraderValidationError
-from grader.specs import validate_grader
+from grader.model_graders import ModelEndpoint
+from grader.registry import validate_grader
+from grader.reward import BatchResult
 from grader.wire import GraderRunRequest, GraderValidateRequest
 
 CACHE_SIZE = 16

@@ -4,7 +4,7 @@ The only namespaces are `item` (the dataset row) and `sample` (the model's outpu
 graders guide. Paths use dots and `[index]` / `["key"]`. A variable that does not resolve on a
 sample raises `SampleError("invalid_variable_error")`; a malformed template fails validation.
 
->>> render("Answer: {{ sample.output_text }} vs {{item.ref[1]}}", make_sample("B"), {"ref": ["A", "B"]})
+>>> Template("Answer: {{ sample.output_text }} vs {{item.ref[1]}}").render(make_sample("B"), {"ref": ["A", "B"]})
 'Answer: B vs B'
 >>> make_sample("<think>x</think><answer> cat </answer>")["answer"]
 'cat'
@@ -171,11 +171,6 @@ class Template:
             except SampleError as e:
                 out.append(e)
         return out
-
-
-def render(text: str, sample: dict, item: Any) -> str:
-    """One-off rendering (parses the template every call; compiled graders keep a Template)."""
-    return Template(text).render(sample, item)
 
 
 def extract_answer(text: str) -> str:
