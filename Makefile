@@ -43,8 +43,10 @@ install: sysdeps $(VENV)/.stamp-base ml sdk3 model
 serve: install
 	$(VENV)/bin/vrft serve
 
-# The whole suite with the venv's openai 2.x, then the SDK-driven tests again with openai 3.x.
+# The linter (ruff: pyproject.toml), the whole suite with the venv's openai 2.x, then the SDK-driven tests
+# again with openai 3.x.
 test: install
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 	PYTHONPATH=$(CURDIR)/$(SDK3_DIR) $(PY) -m pytest -q -m sdk -p no:cacheprovider
 

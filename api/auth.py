@@ -33,7 +33,9 @@ def hash_key(key: str) -> str:
 
 def get_or_create_project(session: Session, name: str) -> Project:
     if not PROJECT_NAME_RE.fullmatch(name):
-        raise ValueError("project names are 1-40 lowercase letters, digits, '_' or '-', starting with a letter or digit")
+        raise ValueError(
+            "project names are 1-40 lowercase letters, digits, '_' or '-', starting with a letter or digit"
+        )
     project = session.exec(select(Project).where(Project.name == name)).first()
     if project is None:
         project = Project(id=new_id("proj_"), name=name, created_at=now())
@@ -45,7 +47,9 @@ def get_or_create_project(session: Session, name: str) -> Project:
 def add_key(session: Session, project: Project, key: str | None = None) -> str:
     """Store a key for the project and return it in clear (the only time it is seen)."""
     key = key or "sk-vrft-" + secrets.token_urlsafe(32)
-    session.add(ApiKey(id=new_id("key_"), project_id=project.id, key_hash=hash_key(key), prefix=key[:12], created_at=now()))
+    session.add(
+        ApiKey(id=new_id("key_"), project_id=project.id, key_hash=hash_key(key), prefix=key[:12], created_at=now())
+    )
     session.flush()
     return key
 

@@ -12,7 +12,9 @@ from sqlmodel import Session
 
 from api.settings import get_settings
 
-app = typer.Typer(help="vrft: an OpenAI-compatible fine-tuning service for vision-language models.", no_args_is_help=True)
+app = typer.Typer(
+    help="vrft: an OpenAI-compatible fine-tuning service for vision-language models.", no_args_is_help=True
+)
 keys = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(keys, name="keys")
 grader_cli = typer.Typer(help="The standalone grader service.", no_args_is_help=True)
@@ -30,8 +32,13 @@ def _private_files() -> None:
 
 
 @app.command()
-def serve(host: str = typer.Option(None, help="default: HOST or 127.0.0.1"), port: int = typer.Option(None, help="default: PORT or 8000"),
-          worker: bool | None = typer.Option(None, "--worker/--no-worker", help="run a job worker in the same process (default: VRFT_EMBEDDED_WORKER, true)")) -> None:
+def serve(
+    host: str = typer.Option(None, help="default: HOST or 127.0.0.1"),
+    port: int = typer.Option(None, help="default: PORT or 8000"),
+    worker: bool | None = typer.Option(
+        None, "--worker/--no-worker", help="run a job worker in the same process (default: VRFT_EMBEDDED_WORKER, true)"
+    ),
+) -> None:
     """Start the API on the embedded defaults (SQLite and a local folder under VRFT_HOME)."""
     import uvicorn
 
@@ -75,9 +82,12 @@ def migrate() -> None:
 
 
 @grader_cli.command("serve")
-def grader_serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8100),
-                 workers: int = typer.Option(None, help="python-sandbox workers per grader (default: CPU count)"),
-                 token: str = typer.Option(None, help="bearer token to require (default: VRFT_GRADER_SERVICE_TOKEN)")) -> None:
+def grader_serve(
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8100),
+    workers: int = typer.Option(None, help="python-sandbox workers per grader (default: CPU count)"),
+    token: str = typer.Option(None, help="bearer token to require (default: VRFT_GRADER_SERVICE_TOKEN)"),
+) -> None:
     """Serve graders over HTTP (batch scoring), so rewards can be computed apart from the trainers."""
     from grader.service import serve as run
 
@@ -136,7 +146,9 @@ def keys_list(project: str = typer.Option(None, help="only this project's keys")
 
 
 @keys.command("revoke")
-def keys_revoke(key: str = typer.Argument(..., metavar="KEY_ID_OR_PREFIX", help="as `vrft keys list` shows it")) -> None:
+def keys_revoke(
+    key: str = typer.Argument(..., metavar="KEY_ID_OR_PREFIX", help="as `vrft keys list` shows it"),
+) -> None:
     """Revoke a key: requests made with it get a 401 from then on (chat requests once the server's access
     cache, `VRFT_SERVING_ACCESS_CACHE_SECONDS`, has expired)."""
     from api.auth import revoke_key

@@ -70,7 +70,9 @@ def shown(value: object, limit: int = 64) -> str:
 
 
 def not_found(kind: str, ident: str, param: str | None = None) -> APIError:
-    return APIError(404, f"No {kind} found with id {shown(ident)}.", param=param, code=f"{kind}_not_found".replace(" ", "_"))
+    return APIError(
+        404, f"No {kind} found with id {shown(ident)}.", param=param, code=f"{kind}_not_found".replace(" ", "_")
+    )
 
 
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:  # noqa: A002
@@ -110,7 +112,9 @@ def validation_error_to_api_error(exc: RequestValidationError) -> APIError:
     if first.get("type") == "missing":
         return APIError(400, f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
     if first.get("type") == "extra_forbidden":
-        return APIError(400, f"Unrecognized request argument supplied: '{param}'.", param=param, code="unknown_parameter")
+        return APIError(
+            400, f"Unrecognized request argument supplied: '{param}'.", param=param, code="unknown_parameter"
+        )
     return APIError(400, f"Invalid value for '{param}': {msg}.", param=param, code="invalid_value")
 
 

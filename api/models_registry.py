@@ -34,11 +34,14 @@ def base_models(settings: Settings) -> dict[str, BaseModel]:
 
 def _project_models(session: Session, project: Project) -> list[ModelObject]:
     jobs = session.exec(
-        select(Job).where(Job.project_id == project.id, Job.status == "succeeded", Job.fine_tuned_model.is_not(None)).order_by(Job.seq)
+        select(Job)
+        .where(Job.project_id == project.id, Job.status == "succeeded", Job.fine_tuned_model.is_not(None))
+        .order_by(Job.seq)
     ).all()
     out = [ModelObject(id=j.fine_tuned_model, created=j.finished_at or j.created_at, owned_by=project.id) for j in jobs]
     shared = session.exec(
-        select(Checkpoint).join(CheckpointPermission, CheckpointPermission.checkpoint == Checkpoint.fine_tuned_model_checkpoint)
+        select(Checkpoint)
+        .join(CheckpointPermission, CheckpointPermission.checkpoint == Checkpoint.fine_tuned_model_checkpoint)
         .where(CheckpointPermission.project_id == project.id)
     ).all()
     out += [ModelObject(id=c.fine_tuned_model_checkpoint, created=c.created_at, owned_by=c.project_id) for c in shared]
@@ -55,9 +58,13 @@ def get_model(session: Session, settings: Settings, project: Project, model_id: 
         if m.id == model_id:
             return m
     ckpt = session.exec(
-        select(Checkpoint).where(Checkpoint.fine_tuned_model_checkpoint == model_id, Checkpoint.project_id == project.id)
+        select(Checkpoint).where(
+            Checkpoint.fine_tuned_model_checkpoint == model_id, Checkpoint.project_id == project.id
+        )
     ).first()
-    return ModelObject(id=ckpt.fine_tuned_model_checkpoint, created=ckpt.created_at, owned_by=project.id) if ckpt else None
+    return (
+        ModelObject(id=ckpt.fine_tuned_model_checkpoint, created=ckpt.created_at, owned_by=project.id) if ckpt else None
+    )
 
 
 def resolve_trainable(session: Session, settings: Settings, project: Project, model_id: str) -> ModelObject | None:

@@ -95,8 +95,13 @@ class JobRunner:
                     svc.release(s, job, worker_id=self.worker_id)
                     return
             else:
-                svc.add_event(s, job, f"Worker {self.worker_id} took over the job"
-                              + (f"; resuming from {Path(spec.resume_from).name}" if spec.resume_from else ""), level="warn")
+                svc.add_event(
+                    s,
+                    job,
+                    f"Worker {self.worker_id} took over the job"
+                    + (f"; resuming from {Path(spec.resume_from).name}" if spec.resume_from else ""),
+                    level="warn",
+                )
                 s.commit()
         spec.write(job_dir / "JOB.json")
         proc = self._launch(job_dir)
@@ -135,7 +140,9 @@ class JobRunner:
         data.mkdir(parents=True, exist_ok=True)
         with session_scope(st) as s:
             job = self._job(s, job_id)
-            files = {f.id: f for f in s.exec(select(File).where(File.id.in_([job.training_file, job.validation_file]))).all()}
+            files = {
+                f.id: f for f in s.exec(select(File).where(File.id.in_([job.training_file, job.validation_file]))).all()
+            }
         stager = Stager.of(st, self.storage, self._heartbeat(job_id))
 
         def stage(file_id: str, name: str) -> str:
@@ -163,12 +170,16 @@ class JobRunner:
         """The newest recorded checkpoint that still holds its optimizer state (`trainer_state/`), on this
         disk or fetched from storage. The trainer keeps that state only in its newest checkpoint, so after a
         crash the newest *recorded* one may have lost it locally while its stored copy still has it."""
-        ckpts = s.exec(select(Checkpoint).where(Checkpoint.job_id == job.id).order_by(Checkpoint.step_number.desc())).all()
+        ckpts = s.exec(
+            select(Checkpoint).where(Checkpoint.job_id == job.id).order_by(Checkpoint.step_number.desc())
+        ).all()
         for ckpt in ckpts:
             local = out_dir / "checkpoints" / f"step-{ckpt.step_number}"
             if (local / "trainer_state").is_dir():
                 return str(local)
-            if ckpt.storage_key and any(k.startswith("trainer_state/") for k in self.storage.list_keys(ckpt.storage_key)):
+            if ckpt.storage_key and any(
+                k.startswith("trainer_state/") for k in self.storage.list_keys(ckpt.storage_key)
+            ):
                 shutil.rmtree(local, ignore_errors=True)
                 get_tree(self.storage, ckpt.storage_key, local)
                 return str(local)
@@ -179,7 +190,11 @@ class JobRunner:
         job_file = str(job_dir / "JOB.json")
         if st.trainer_num_ranks > 1 or st.trainer_hostfile:
             cmd = [sys.executable, "-m", "deepspeed.launcher.runner"]
-            cmd += ["--hostfile", st.trainer_hostfile] if st.trainer_hostfile else ["--num_gpus", str(st.trainer_num_ranks)]
+            cmd += (
+                ["--hostfile", st.trainer_hostfile]
+                if st.trainer_hostfile
+                else ["--num_gpus", str(st.trainer_num_ranks)]
+            )
             cmd += ["--master_port", str(free_port()), "--module", "trainer", job_file]
         else:
             cmd = [sys.executable, "-m", "trainer", job_file]
@@ -189,7 +204,9 @@ class JobRunner:
         (job_dir / "output" / "trainer.pid").unlink(missing_ok=True)  # a stale pid must never be signalled
         log_file = open(job_dir / "trainer.log", "ab")  # noqa: SIM115  (handed to the child)
         log.info("launching %s", " ".join(cmd))
-        return subprocess.Popen(cmd, cwd=job_dir, env=env, stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=_set_pdeathsig)
+        return subprocess.Popen(
+            cmd, cwd=job_dir, env=env, stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=_set_pdeathsig
+        )
 
     # ------------------------------------------------------------ watching
 
@@ -204,7 +221,9 @@ class JobRunner:
             with session_scope(self.settings) as s:
                 job = self._job(s, job_id)
                 if time.time() - last_lease > min(5.0, self.settings.job_lease_seconds / 3):
-                    if not svc.renew_lease(s, job, worker_id=self.worker_id, lease_seconds=self.settings.job_lease_seconds):
+                    if not svc.renew_lease(
+                        s, job, worker_id=self.worker_id, lease_seconds=self.settings.job_lease_seconds
+                    ):
                         self._signal(proc, signal.SIGKILL)
                         return "lost"
                     last_lease = time.time()
@@ -280,7 +299,9 @@ class JobRunner:
         elif kind == "checkpoint":
             self._register_checkpoint(s, job, ev["step"], out_dir / ev["path"], ev.get("metrics", {}))
         elif kind == "checkpoint_deleted":
-            ckpt = s.exec(select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.step_number == ev["step"])).first()
+            ckpt = s.exec(
+                select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.step_number == ev["step"])
+            ).first()
             if ckpt is not None:
                 if ckpt.storage_key:
                     delete_tree(self.storage, ckpt.storage_key)
@@ -295,7 +316,10 @@ class JobRunner:
 
     def _register_checkpoint(self, s: Session, job: Job, step: int, folder: Path, metrics: dict) -> None:
         """Upload a checkpoint folder and record it, once per step."""
-        if s.exec(select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.step_number == step)).first() is not None:
+        if (
+            s.exec(select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.step_number == step)).first()
+            is not None
+        ):
             return
         key = f"checkpoints/{job.id}/step-{step}"
         # The trainer goes on while this uploads: it drops an older checkpoint's optimizer state when it writes
@@ -331,7 +355,12 @@ class JobRunner:
 
     def _results_file(self, s: Session, job: Job) -> File:
         """A CSV of the per-step metrics, as OpenAI attaches to a finished job."""
-        rows = [e.data for e in s.exec(select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.type == "metrics").order_by(JobEvent.seq)).all()]
+        rows = [
+            e.data
+            for e in s.exec(
+                select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.type == "metrics").order_by(JobEvent.seq)
+            ).all()
+        ]
         flat = [_flatten(r or {}) for r in rows]
         columns = ["step"] + sorted({k for r in flat for k in r} - {"step"})
         buf = io.StringIO()
@@ -345,8 +374,17 @@ class JobRunner:
         file_id = new_id("file-")
         key = f"files/{job.project_id}/{file_id}"
         self.storage.put_file(key, tmp)
-        f = File(id=file_id, project_id=job.project_id, filename="step_metrics.csv", purpose="fine-tune-results", bytes=len(data),
-                 created_at=now(), status="processed", storage_key=key, sha256=hashlib.sha256(data).hexdigest())
+        f = File(
+            id=file_id,
+            project_id=job.project_id,
+            filename="step_metrics.csv",
+            purpose="fine-tune-results",
+            bytes=len(data),
+            created_at=now(),
+            status="processed",
+            storage_key=key,
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
         s.add(f)
         return f
 
@@ -374,12 +412,23 @@ class JobRunner:
                 svc.release(s, job, worker_id=self.worker_id)
                 return
             if outcome == "shutdown" and code == 0:
-                svc.transition(s, job, "queued", "The worker is shutting down; the job goes back to the queue and resumes from its last checkpoint", level="warn")
+                svc.transition(
+                    s,
+                    job,
+                    "queued",
+                    "The worker is shutting down; the job goes back to the queue and resumes from its last checkpoint",
+                    level="warn",
+                )
                 svc.release(s, job, worker_id=self.worker_id)
                 return
             if code == -signal.SIGKILL or code == 137:
-                self._fail(s, job, "out_of_memory", "The trainer was killed (signal 9), most often by the kernel when memory runs out. "
-                           "Lower batch_size, num_generations or max_completion_length, or use a larger machine.")
+                self._fail(
+                    s,
+                    job,
+                    "out_of_memory",
+                    "The trainer was killed (signal 9), most often by the kernel when memory runs out. "
+                    "Lower batch_size, num_generations or max_completion_length, or use a larger machine.",
+                )
             elif code != 0:
                 tail = _tail(job_dir / "trainer.log")
                 self._fail(s, job, "trainer_crashed", f"The trainer exited with code {code}. Last log lines: {tail}")

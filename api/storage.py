@@ -104,7 +104,13 @@ class LocalStorage:
 
     def list_keys(self, prefix: str) -> list[str]:
         root = self._path(prefix)
-        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and not p.name.endswith(".part")) if root.is_dir() else []
+        return (
+            sorted(
+                p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and not p.name.endswith(".part")
+            )
+            if root.is_dir()
+            else []
+        )
 
 
 class S3Storage:

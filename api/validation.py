@@ -171,7 +171,8 @@ def check_row(row: object, limits: DatasetLimits) -> tuple[str, int, int]:
     if last == "assistant":
         return "sft", images, urls
     raise RowError(
-        f"the last message must be from the user (a reinforcement row) or the assistant (a supervised row), got {shown(last)}"
+        "the last message must be from the user (a reinforcement row) or the assistant (a supervised row), "
+        f"got {shown(last)}"
     )
 
 

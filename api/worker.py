@@ -29,7 +29,12 @@ class Worker:
     def files_step(self) -> bool:
         """Check one new job's files; False when there was nothing to do."""
         with session_scope(self.settings) as s:
-            job = svc.claim_job(s, worker_id=self.worker_id + "/files", status="validating_files", lease_seconds=self.settings.job_lease_seconds)
+            job = svc.claim_job(
+                s,
+                worker_id=self.worker_id + "/files",
+                status="validating_files",
+                lease_seconds=self.settings.job_lease_seconds,
+            )
             if job is None:
                 return False
             try:
@@ -46,7 +51,9 @@ class Worker:
         from api.runner import JobRunner
 
         with session_scope(self.settings) as s:
-            job = svc.claim_job(s, worker_id=self.worker_id, status=("queued", "running"), lease_seconds=self.settings.job_lease_seconds)
+            job = svc.claim_job(
+                s, worker_id=self.worker_id, status=("queued", "running"), lease_seconds=self.settings.job_lease_seconds
+            )
             if job is None:
                 return False
             job_id = job.id
@@ -63,8 +70,18 @@ class Worker:
                 job = s.exec(select(Job).where(Job.id == job_id)).one()
                 if job.status not in svc.TERMINAL:
                     try:
-                        svc.transition(s, job, "failed", "Fine-tuning job failed: internal error in the job runner", level="error",
-                                       error={"code": "internal_error", "message": "The job runner failed; see the server log.", "param": None})
+                        svc.transition(
+                            s,
+                            job,
+                            "failed",
+                            "Fine-tuning job failed: internal error in the job runner",
+                            level="error",
+                            error={
+                                "code": "internal_error",
+                                "message": "The job runner failed; see the server log.",
+                                "param": None,
+                            },
+                        )
                     except APIError:
                         pass
                 svc.release(s, job, worker_id=self.worker_id)

@@ -14,8 +14,7 @@ from typing import Any, Sequence
 
 from grader import registry
 from grader.model_graders import ModelEndpoint
-from grader.reward import BatchResult
-from grader.reward import Context, Reward
+from grader.reward import BatchResult, Context, Reward
 from grader.templates import make_sample
 
 __all__ = ["CompiledGrader", "compile", "run"]

@@ -46,8 +46,8 @@ def is_public(ip: IPAddress) -> bool:
 
     >>> [is_public(ipaddress.ip_address(a)) for a in ("93.184.215.14", "2606:4700::1111")]
     [True, True]
-    >>> [is_public(ipaddress.ip_address(a)) for a in ("127.0.0.1", "10.0.0.1", "169.254.169.254", "100.100.100.200",
-    ...                                                "::1", "fd00:ec2::254", "::ffff:127.0.0.1", "0.0.0.0", "224.0.0.1")]
+    >>> [is_public(ipaddress.ip_address(a)) for a in ("127.0.0.1", "10.0.0.1", "169.254.169.254",
+    ...     "100.100.100.200", "::1", "fd00:ec2::254", "::ffff:127.0.0.1", "0.0.0.0", "224.0.0.1")]
     [False, False, False, False, False, False, False, False, False]
     """
     if isinstance(ip, ipaddress.IPv6Address):
@@ -92,8 +92,11 @@ class AddressPolicy:
 
 
 def _not_allowed(host: str) -> FetchError:
-    return FetchError(f"the host {host!r} is not a public internet host this service may reach (it does not resolve, "
-                      "or it resolves to a loopback, private, link-local or metadata address)", code="image_url_not_allowed")
+    return FetchError(
+        f"the host {host!r} is not a public internet host this service may reach (it does not resolve, "
+        "or it resolves to a loopback, private, link-local or metadata address)",
+        code="image_url_not_allowed",
+    )
 
 
 class _GuardedBackend(httpcore.NetworkBackend):
@@ -170,7 +173,9 @@ class _DeadlineStream(httpcore.NetworkStream):
 
     def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
                   timeout: float | None = None) -> httpcore.NetworkStream:
-        inner = self._inner.start_tls(ssl_context, server_hostname, self._backend.left(timeout, httpcore.ConnectTimeout))
+        inner = self._inner.start_tls(
+            ssl_context, server_hostname, self._backend.left(timeout, httpcore.ConnectTimeout)
+        )
         return _DeadlineStream(inner, self._backend)
 
     def get_extra_info(self, info: str):  # noqa: ANN201
@@ -208,7 +213,9 @@ def fetch(url: str, *, policy: AddressPolicy, max_bytes: int, timeout_s: float, 
                         raise FetchError(f"the server answered HTTP {r.status}")
                     return _read_capped(r, max_bytes)
             except httpcore.TimeoutException:
-                raise FetchError(f"the download took longer than the {timeout_s:g} s allowed", code="image_timeout") from None
+                raise FetchError(
+                    f"the download took longer than the {timeout_s:g} s allowed", code="image_timeout"
+                ) from None
             except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol, ssl.SSLError, OSError):
                 raise FetchError("the server could not be reached, or it broke off the connection") from None
     raise FetchError(f"more than {max_redirects} redirects")

@@ -119,7 +119,9 @@ def engine_env(settings: ServingConfig) -> dict[str, str]:
 
 def estimate_gib(settings: ServingConfig, model_path: Path) -> float:
     """What one engine of this folder is expected to hold in memory (for the memory budget)."""
-    weights = sum(p.stat().st_size for p in model_path.glob("*.safetensors")) + sum(p.stat().st_size for p in model_path.glob("*.bin"))
+    weights = sum(p.stat().st_size for p in model_path.glob("*.safetensors")) + sum(
+        p.stat().st_size for p in model_path.glob("*.bin")
+    )
     kv = settings.serving_kv_cache_gib or 1.0
     return weights / GiB + kv + settings.serving_engine_overhead_gib
 
@@ -169,10 +171,24 @@ class Engine:
         log.info("starting vLLM for %s on port %d: %s", served_name, port, " ".join(cmd))
         with open(log_path, "ab") as out:
             # its own process group: stopping it also stops the engine-core and worker processes vLLM spawns
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=engine_env(settings), start_new_session=True,
-                                    cwd=settings.home)
-        return cls(key=str(model_path), served_name=served_name, base_url=f"http://127.0.0.1:{port}", model_path=model_path,
-                   proc=proc, log_path=log_path, memory_gib=estimate_gib(settings, model_path), project_id=project_id)
+            proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=engine_env(settings),
+                start_new_session=True,
+                cwd=settings.home,
+            )
+        return cls(
+            key=str(model_path),
+            served_name=served_name,
+            base_url=f"http://127.0.0.1:{port}",
+            model_path=model_path,
+            proc=proc,
+            log_path=log_path,
+            memory_gib=estimate_gib(settings, model_path),
+            project_id=project_id,
+        )
 
     async def wait_healthy(self, client: aiohttp.ClientSession, timeout: float) -> None:
         """Poll `/health` until it answers 200 (-> ready), the process exits or `timeout` passes (-> failed)."""

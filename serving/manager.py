@@ -117,7 +117,11 @@ class ServingManager:
             engine = self.engines.get(key)
             if engine is not None and engine.state == "ready" and not engine.alive():
                 self._mark_dead(engine)
-            if engine is not None and engine.state == "failed" and time.monotonic() - engine.started_at < FAILED_RETRY_SECONDS:
+            if (
+                engine is not None
+                and engine.state == "failed"
+                and time.monotonic() - engine.started_at < FAILED_RETRY_SECONDS
+            ):
                 return engine
             if engine is not None and engine.state in ("dead", "failed", "stopped"):
                 await engine.stop()  # reap what is left of it
@@ -152,7 +156,10 @@ class ServingManager:
         def over() -> bool:
             if len(live) + 1 > s.serving_max_engines:
                 return True
-            return s.serving_max_memory_gib is not None and sum(e.memory_gib for e in live) + need_gib > s.serving_max_memory_gib
+            return (
+                s.serving_max_memory_gib is not None
+                and sum(e.memory_gib for e in live) + need_gib > s.serving_max_memory_gib
+            )
 
         while over():
             held = Counter(e.project_id for e in live)
@@ -199,12 +206,16 @@ class ServingManager:
         engine = self.engines.get(url)
         if engine is None:
             try:
-                async with self.client.get(url + "/v1/models", timeout=aiohttp.ClientTimeout(total=10), raise_for_status=True) as r:
+                async with self.client.get(
+                    url + "/v1/models", timeout=aiohttp.ClientTimeout(total=10), raise_for_status=True
+                ) as r:
                     served = [m["id"] for m in (await r.json(content_type=None))["data"]]
             except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as e:
                 raise ServingError(502, f"The model server for '{model_id}' is not reachable ({type(e).__name__}).",
                                    code="engine_unreachable", headers=_retry_after(5)) from None
-            engine = Engine(key=url, served_name=model_id if model_id in served else served[0], base_url=url, state="ready")
+            engine = Engine(
+                key=url, served_name=model_id if model_id in served else served[0], base_url=url, state="ready"
+            )
             engine.ready.set()
             self.engines[url] = engine
         engine.last_used = time.monotonic()

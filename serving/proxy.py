@@ -135,7 +135,9 @@ def _image_bytes(settings: ServingConfig, policy: media.AddressPolicy, url: Any)
     if not isinstance(url, str):
         raise media.ImageRejected("an image URL must be a string")
     if url[:5].lower() != "data:":  # vLLM's own test for a data URL
-        return media.fetch(url, policy=policy, max_bytes=settings.max_image_bytes, timeout_s=settings.image_fetch_timeout_seconds)
+        return media.fetch(
+            url, policy=policy, max_bytes=settings.max_image_bytes, timeout_s=settings.image_fetch_timeout_seconds
+        )
     raw = media.decode_data_url(url)
     if raw is None:
         raise media.ImageRejected("a data URL must hold a base64 image (data:image/png;base64,...)")
@@ -171,17 +173,25 @@ async def engine_error(manager: ServingManager, engine: Engine, exc: Exception |
 def _upstream_message(body: bytes, status: int) -> tuple[str, str | None]:
     try:
         err = json.loads(body)["error"]
-        return str(err.get("message") or "")[:2000] or f"status {status}", err.get("param") if isinstance(err.get("param"), str) else None
+        return str(err.get("message") or "")[:2000] or f"status {status}", err.get("param") if isinstance(
+            err.get("param"), str
+        ) else None
     except (ValueError, KeyError, TypeError, AttributeError):
         return f"status {status}", None
 
 
-async def forward(manager: ServingManager, engine: Engine, path: str, payload: dict[str, Any], raw: bytes | None) -> Response:
+async def forward(
+    manager: ServingManager, engine: Engine, path: str, payload: dict[str, Any], raw: bytes | None
+) -> Response:
     """Send the request (`payload`, parsed from `raw`; None once `payload` was rewritten) to `engine`'s `path`
     (`/v1/chat/completions`, ...) and relay the answer."""
     model_id = payload["model"]
     stream = bool(payload.get("stream"))
-    body = raw if raw is not None and engine.served_name == model_id else json.dumps({**payload, "model": engine.served_name}).encode()
+    body = (
+        raw
+        if raw is not None and engine.served_name == model_id
+        else json.dumps({**payload, "model": engine.served_name}).encode()
+    )
     rename = _renamer(engine.served_name, model_id)
     engine.in_flight += 1
     try:
@@ -222,8 +232,12 @@ async def forward(manager: ServingManager, engine: Engine, path: str, payload: d
                 resp.close()
             _release(engine)
 
-    return StreamingResponse(relay(), status_code=resp.status, media_type=resp.headers.get("content-type", "text/event-stream"),
-                             headers={"cache-control": "no-cache"})
+    return StreamingResponse(
+        relay(),
+        status_code=resp.status,
+        media_type=resp.headers.get("content-type", "text/event-stream"),
+        headers={"cache-control": "no-cache"},
+    )
 
 
 def _release(engine: Engine) -> None:

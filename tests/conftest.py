@@ -46,8 +46,12 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real S3 endpoint: moto in server mode, in its own process."""
     port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)], stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                            env={**os.environ, **AWS_ENV})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-p", str(port)],
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **AWS_ENV},
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(150):
         try:
@@ -73,7 +77,11 @@ def make_bucket(endpoint: str) -> str:
 
 
 def _aws_kwargs() -> dict:
-    return {"aws_access_key_id": AWS_ENV["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": AWS_ENV["AWS_SECRET_ACCESS_KEY"], "region_name": AWS_ENV["AWS_DEFAULT_REGION"]}
+    return {
+        "aws_access_key_id": AWS_ENV["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+        "region_name": AWS_ENV["AWS_DEFAULT_REGION"],
+    }
 
 
 @dataclass
@@ -117,7 +125,11 @@ def make_settings(env: dict[str, str], home: Path):  # noqa: ANN201
     from api.settings import Settings
 
     # JSON values (lists, dicts) as the environment source would parse them
-    keys = {k.removeprefix("VRFT_").lower(): json.loads(v) if v[:1] in "[{" else v for k, v in env.items() if k.startswith("VRFT_")}
+    keys = {
+        k.removeprefix("VRFT_").lower(): json.loads(v) if v[:1] in "[{" else v
+        for k, v in env.items()
+        if k.startswith("VRFT_")
+    }
     keys.pop("home", None)
     return Settings(home=home, **keys)
 

@@ -53,15 +53,29 @@ def jsonl(rows: list) -> bytes:
 MULTI_GRADER = {
     "type": "multi",
     "graders": {
-        "colour": {"type": "string_check", "name": "colour", "input": "{{sample.output_text}}", "reference": "{{item.solution}}", "operation": "eq"},
-        "close": {"type": "text_similarity", "name": "close", "input": "{{sample.output_text}}", "reference": "{{item.solution}}", "evaluation_metric": "fuzzy_match"},
+        "colour": {
+            "type": "string_check",
+            "name": "colour",
+            "input": "{{sample.output_text}}",
+            "reference": "{{item.solution}}",
+            "operation": "eq",
+        },
+        "close": {
+            "type": "text_similarity",
+            "name": "close",
+            "input": "{{sample.output_text}}",
+            "reference": "{{item.solution}}",
+            "evaluation_metric": "fuzzy_match",
+        },
     },
     "calculate_output": "0.5 * colour + 0.5 * close",
     "name": "colour-multi",
 }
 
 
-def assert_openai_error(resp: httpx.Response, status: int, *, param: str | None = None, contains: str | None = None) -> dict:
+def assert_openai_error(
+    resp: httpx.Response, status: int, *, param: str | None = None, contains: str | None = None
+) -> dict:
     assert resp.status_code == status, (resp.status_code, resp.text)
     body = resp.json()
     assert set(body) == {"error"}, body

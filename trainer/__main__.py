@@ -31,8 +31,10 @@ def _error_code(e: BaseException) -> tuple[str, str]:
         return code, str(e)
     text = f"{type(e).__name__}: {e}"
     if isinstance(e, MemoryError) or "out of memory" in text.lower() or "OutOfMemoryError" in text:
-        return "out_of_memory", ("The trainer ran out of memory. Lower batch_size, num_generations or "
-                                 f"max_completion_length, use LoRA, or a higher zero_stage with offload. ({text[:300]})")
+        return "out_of_memory", (
+            "The trainer ran out of memory. Lower batch_size, num_generations or "
+            f"max_completion_length, use LoRA, or a higher zero_stage with offload. ({text[:300]})"
+        )
     if isinstance(e, FileNotFoundError):
         return "file_not_found", f"A file the job needs is missing: {e}"
     return "internal_error", f"The trainer failed: {text[:500]}"

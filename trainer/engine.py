@@ -15,6 +15,7 @@ from trainer.job_spec import TrainerError
 from trainer.model import count_parameters, load_model
 from trainer.process import seed_everything
 
+
 def base_learning_rate(method: str, n_params: int, lora: bool) -> float:
     """The rate `learning_rate_multiplier` multiplies: by method and model size (full fine-tuning).
 

@@ -37,7 +37,6 @@ from trainer.job_spec import TrainerError
 from trainer.model import load_job_data, placeholder_token_ids, stop_token_ids
 from trainer.process import all_gather_tensor, all_reduce, derive_seed, epoch_order, memory_stats, seed_everything
 
-
 # ------------------------------------------------------------------------------------------- the loss
 
 def group_advantages(rewards: torch.Tensor, scale_rewards: str, eps: float = 1e-4) -> torch.Tensor:
@@ -223,7 +222,6 @@ def make_microbatches(seqs: list[Sequence], size: int, pad_id: int, device) -> l
 def main(job, events, dist, signals) -> str:
     """Train; returns "finished" or "paused"."""
     import grader as graders
-
     from trainer.rollout import HFRollout, VLLMRollout, constrains, kv_cache_bytes
 
     t_setup = time.perf_counter()
@@ -236,11 +234,16 @@ def main(job, events, dist, signals) -> str:
     if not job.grader:
         raise TrainerError("invalid_grader", "a reinforcement job needs a grader")
     if constrains(job.response_format) and job.rollout_engine != "vllm":
-        raise TrainerError("unsupported_response_format", "response_format needs the vLLM rollout engine "
-                           f"(VRFT_ROLLOUT_ENGINE=vllm); the '{job.rollout_engine}' engine cannot constrain its samples")
+        raise TrainerError(
+            "unsupported_response_format",
+            "response_format needs the vLLM rollout engine "
+            f"(VRFT_ROLLOUT_ENGINE=vllm); the '{job.rollout_engine}' engine cannot constrain its samples",
+        )
     try:
         types = grader_types(job.grader)
-        grader = graders.compile(job.grader, service_url=job.grader_url) if job.grader_url else graders.compile(job.grader)
+        grader = (
+            graders.compile(job.grader, service_url=job.grader_url) if job.grader_url else graders.compile(job.grader)
+        )
     except graders.GraderValidationError as e:
         raise TrainerError("invalid_grader", f"the grader is invalid: {e}") from None
 
@@ -251,7 +254,11 @@ def main(job, events, dist, signals) -> str:
     policy = prepare_policy(job, cfg, per_rank_seqs, vision, dist, events)
     engine, state, micro, dtype = policy.engine, policy.state, policy.micro, policy.dtype
     peak_lr, n_params = policy.peak_lr, policy.n_params
-    ref = make_reference(job.model_path, vision, dtype, dist.device, cfg.zero_stage, policy.ds_config) if cfg.beta > 0 else None
+    ref = (
+        make_reference(job.model_path, vision, dtype, dist.device, cfg.zero_stage, policy.ds_config)
+        if cfg.beta > 0
+        else None
+    )
 
     # The rollout engine, started on the base weights and synced to the policy's before any sampling.
     stop_ids = stop_token_ids(job.model_path, tokenizer)
@@ -323,7 +330,9 @@ def main(job, events, dist, signals) -> str:
         t_train = time.perf_counter()
         engine.train()
         counted = [s for s in seqs if not (cfg.mask_truncated_completions and s.truncated)]
-        n_tokens = all_reduce(torch.tensor(float(sum(len(s.completion_ids) for s in counted)), device=dist.device)).item()
+        n_tokens = all_reduce(
+            torch.tensor(float(sum(len(s.completion_ids) for s in counted)), device=dist.device)
+        ).item()
         n_seqs = cfg.batch_size * cfg.num_generations
         batches = make_microbatches(seqs, micro, pad_id, dist.device)
         shared = not cfg.gradient_checkpointing  # checkpointed layers cannot keep the prompt's cache
@@ -332,7 +341,9 @@ def main(job, events, dist, signals) -> str:
             for mb in batches:
                 old_logps.append(completion_logprobs(engine.module, mb, cfg.temperature, suppress, shared)
                                  if cfg.num_iterations > 1 else None)
-                ref_logps.append(completion_logprobs(ref, mb, cfg.temperature, suppress, shared) if ref is not None else None)
+                ref_logps.append(
+                    completion_logprobs(ref, mb, cfg.temperature, suppress, shared) if ref is not None else None
+                )
         lr = lr_at(step, cfg.total_steps, peak_lr, cfg.lr_scheduler, warmup_steps)
         set_lr(engine, lr)
         stats = torch.zeros(5, dtype=torch.float64)  # loss, kl sum, clipped sum, token count, (spare)
@@ -363,7 +374,9 @@ def main(job, events, dist, signals) -> str:
 
         # Metrics (OpenAI's RFT layout + RL health signals), an evaluation and a checkpoint now and then.
         stats = all_reduce(stats.to(dist.device)).cpu()
-        lengths = all_gather_tensor(torch.tensor([float(len(s.completion_ids)) for s in seqs], device=dist.device)).cpu()
+        lengths = all_gather_tensor(
+            torch.tensor([float(len(s.completion_ids)) for s in seqs], device=dist.device)
+        ).cpu()
         truncs = all_gather_tensor(torch.tensor([float(s.truncated) for s in seqs], device=dist.device)).cpu()
         train_scores = _grader_scores(graded, types, dist, "train")
         data = {

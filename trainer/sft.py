@@ -87,10 +87,15 @@ def main(job, events, dist, signals) -> str:
         positions = list(range((step - 1) * cfg.batch_size, step * cfg.batch_size))
         mine = positions[dist.rank * per_rank:(dist.rank + 1) * per_rank]
         examples = [example(train, epoch_order(n_rows, job.seed, pos // n_rows)[pos % n_rows]) for pos in mine]
-        n_tokens = all_reduce(torch.tensor(float(sum(sum(1 for x in lab[1:] if x != -100) for _, lab, _, _ in examples)),
-                                           device=dist.device)).item()
+        n_tokens = all_reduce(
+            torch.tensor(
+                float(sum(sum(1 for x in lab[1:] if x != -100) for _, lab, _, _ in examples)), device=dist.device
+            )
+        ).item()
         if n_tokens == 0:
-            raise TrainerError("invalid_training_file", "a batch has no assistant tokens to learn (all cut by max_length?)")
+            raise TrainerError(
+                "invalid_training_file", "a batch has no assistant tokens to learn (all cut by max_length?)"
+            )
         engine.train()
         lr = lr_at(step, cfg.total_steps, peak_lr, cfg.lr_scheduler, warmup_steps)
         set_lr(engine, lr)
@@ -123,7 +128,9 @@ def main(job, events, dist, signals) -> str:
 
         pause = signals.should_pause(dist.device)
         epoch_end = math.floor(step / steps_per_epoch) > math.floor((step - 1) / steps_per_epoch)
-        ckpt_metrics = {k: v for k, v in metrics.items() if k not in ("timing", "learning_rate", "total_steps", "memory")}
+        ckpt_metrics = {
+            k: v for k, v in metrics.items() if k not in ("timing", "learning_rate", "total_steps", "memory")
+        }
         if epoch_end and not last:
             ckpt.save(engine, state, ckpt_metrics)
         if pause and not last:

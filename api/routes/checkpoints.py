@@ -15,20 +15,33 @@ router = APIRouter(prefix="/fine_tuning/checkpoints/{fine_tuned_model_checkpoint
 
 def _page(rows: list, more: bool) -> ListPage[CheckpointPermissionObject]:
     data = [svc.to_wire(p) for p in rows]
-    return ListPage(data=data, has_more=more, first_id=data[0].id if data else None, last_id=data[-1].id if data else None)
+    return ListPage(
+        data=data, has_more=more, first_id=data[0].id if data else None, last_id=data[-1].id if data else None
+    )
 
 
 @router.post("", response_model=ListPage[CheckpointPermissionObject])
-def create_permissions(fine_tuned_model_checkpoint: str, body: PermissionCreate, session: SessionDep, project: ProjectDep) -> ListPage[CheckpointPermissionObject]:
+def create_permissions(
+    fine_tuned_model_checkpoint: str, body: PermissionCreate, session: SessionDep, project: ProjectDep
+) -> ListPage[CheckpointPermissionObject]:
     ckpt = svc.owned_checkpoint(session, project, fine_tuned_model_checkpoint)
     return _page(svc.grant(session, ckpt, body.project_ids), False)
 
 
 @router.get("", response_model=ListPage[CheckpointPermissionObject])
-def list_permissions(fine_tuned_model_checkpoint: str, session: SessionDep, project: ProjectDep, after: str | None = None, limit: int = 10,
-                     order: Literal["ascending", "descending"] = "descending", project_id: str | None = None) -> ListPage[CheckpointPermissionObject]:
+def list_permissions(
+    fine_tuned_model_checkpoint: str,
+    session: SessionDep,
+    project: ProjectDep,
+    after: str | None = None,
+    limit: int = 10,
+    order: Literal["ascending", "descending"] = "descending",
+    project_id: str | None = None,
+) -> ListPage[CheckpointPermissionObject]:
     ckpt = svc.owned_checkpoint(session, project, fine_tuned_model_checkpoint)
-    rows, more = svc.list_permissions(session, ckpt, after=after, limit=limit, order="asc" if order == "ascending" else "desc", project_id=project_id)
+    rows, more = svc.list_permissions(
+        session, ckpt, after=after, limit=limit, order="asc" if order == "ascending" else "desc", project_id=project_id
+    )
     return _page(rows, more)
 
 

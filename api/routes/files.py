@@ -19,7 +19,9 @@ router = APIRouter(tags=["files"])
 
 
 @router.post("/files", response_model=FileObject)
-async def upload_file(request: Request, settings: SettingsDep, session: SessionDep, storage: StorageDep, project: ProjectDep) -> FileObject:
+async def upload_file(
+    request: Request, settings: SettingsDep, session: SessionDep, storage: StorageDep, project: ProjectDep
+) -> FileObject:
     up = await svc.receive_upload(request, settings)
     row = svc.create_file(session, storage, project, up)
     if row.status == "uploaded":
@@ -35,7 +37,9 @@ def list_files(session: SessionDep, project: ProjectDep, after: str | None = Non
         stmt = stmt.where(File.purpose == purpose)
     rows, more = page(session, stmt, File, after=after, limit=limit, order=order)
     data = [svc.to_wire(f) for f in rows]
-    return ListPage(data=data, has_more=more, first_id=data[0].id if data else None, last_id=data[-1].id if data else None)
+    return ListPage(
+        data=data, has_more=more, first_id=data[0].id if data else None, last_id=data[-1].id if data else None
+    )
 
 
 @router.get("/files/{file_id}", response_model=FileObject)

@@ -17,8 +17,14 @@ def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep, proj
 
 
 @router.get("", response_model=ListPage[FineTuningJob])
-def list_jobs(request: Request, session: SessionDep, project: ProjectDep, after: str | None = None, limit: int = 20) -> ListPage[FineTuningJob]:
-    metadata = {k[len("metadata["):-1]: v for k, v in request.query_params.items() if k.startswith("metadata[") and k.endswith("]")}
+def list_jobs(
+    request: Request, session: SessionDep, project: ProjectDep, after: str | None = None, limit: int = 20
+) -> ListPage[FineTuningJob]:
+    metadata = {
+        k[len("metadata[") : -1]: v
+        for k, v in request.query_params.items()
+        if k.startswith("metadata[") and k.endswith("]")
+    }
     rows, more = svc.list_jobs(session, project, after=after, limit=limit, metadata=metadata)
     return ListPage(data=[svc.to_wire(j) for j in rows], has_more=more)
 
@@ -44,13 +50,21 @@ def resume_job(fine_tuning_job_id: str, session: SessionDep, project: ProjectDep
 
 
 @router.get("/{fine_tuning_job_id}/events", response_model=ListPage[FineTuningJobEvent])
-def list_events(fine_tuning_job_id: str, session: SessionDep, project: ProjectDep, after: str | None = None, limit: int = 20) -> ListPage[FineTuningJobEvent]:
+def list_events(
+    fine_tuning_job_id: str, session: SessionDep, project: ProjectDep, after: str | None = None, limit: int = 20
+) -> ListPage[FineTuningJobEvent]:
     rows, more = svc.list_events(session, svc.get_job(session, project, fine_tuning_job_id), after=after, limit=limit)
     return ListPage(data=[svc.event_to_wire(e) for e in rows], has_more=more)
 
 
 @router.get("/{fine_tuning_job_id}/checkpoints", response_model=ListPage[FineTuningJobCheckpoint])
-def list_checkpoints(fine_tuning_job_id: str, session: SessionDep, project: ProjectDep, after: str | None = None, limit: int = 10) -> ListPage[FineTuningJobCheckpoint]:
-    rows, more = svc.list_checkpoints(session, svc.get_job(session, project, fine_tuning_job_id), after=after, limit=limit)
+def list_checkpoints(
+    fine_tuning_job_id: str, session: SessionDep, project: ProjectDep, after: str | None = None, limit: int = 10
+) -> ListPage[FineTuningJobCheckpoint]:
+    rows, more = svc.list_checkpoints(
+        session, svc.get_job(session, project, fine_tuning_job_id), after=after, limit=limit
+    )
     data = [svc.checkpoint_to_wire(c) for c in rows]
-    return ListPage(data=data, has_more=more, first_id=data[0].id if data else None, last_id=data[-1].id if data else None)
+    return ListPage(
+        data=data, has_more=more, first_id=data[0].id if data else None, last_id=data[-1].id if data else None
+    )

@@ -21,5 +21,10 @@ def list_models(session: SessionDep, settings: SettingsDep, project: ProjectDep)
 def retrieve_model(model_id: str, session: SessionDep, settings: SettingsDep, project: ProjectDep) -> ModelObject:
     model = models_registry.get_model(session, settings, project, model_id)
     if model is None:
-        raise APIError(404, f"The model {shown(model_id, 200)} does not exist or you do not have access to it.", param="model", code="model_not_found")
+        raise APIError(
+            404,
+            f"The model {shown(model_id, 200)} does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )
     return model

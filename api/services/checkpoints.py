@@ -28,21 +28,30 @@ def grant(session: Session, ckpt: Checkpoint, project_ids: list[str]) -> list[Ch
     known = set(session.exec(select(Project.id).where(Project.id.in_(project_ids))).all())
     for i, pid in enumerate(project_ids):
         if pid not in known:
-            raise APIError(400, f"No project found with id '{pid}'.", param=f"project_ids[{i}]", code="project_not_found")
+            raise APIError(
+                400, f"No project found with id '{pid}'.", param=f"project_ids[{i}]", code="project_not_found"
+            )
     out = []
     for pid in dict.fromkeys(project_ids):
         perm = session.exec(
-            select(CheckpointPermission).where(CheckpointPermission.checkpoint == ckpt.fine_tuned_model_checkpoint, CheckpointPermission.project_id == pid)
+            select(CheckpointPermission).where(
+                CheckpointPermission.checkpoint == ckpt.fine_tuned_model_checkpoint,
+                CheckpointPermission.project_id == pid,
+            )
         ).first()
         if perm is None:
-            perm = CheckpointPermission(id=new_id("cp_"), checkpoint=ckpt.fine_tuned_model_checkpoint, project_id=pid, created_at=now())
+            perm = CheckpointPermission(
+                id=new_id("cp_"), checkpoint=ckpt.fine_tuned_model_checkpoint, project_id=pid, created_at=now()
+            )
             session.add(perm)
         out.append(perm)
     session.commit()
     return out
 
 
-def list_permissions(session: Session, ckpt: Checkpoint, *, after: str | None, limit: int, order: str, project_id: str | None) -> tuple[list[CheckpointPermission], bool]:
+def list_permissions(
+    session: Session, ckpt: Checkpoint, *, after: str | None, limit: int, order: str, project_id: str | None
+) -> tuple[list[CheckpointPermission], bool]:
     stmt = select(CheckpointPermission).where(CheckpointPermission.checkpoint == ckpt.fine_tuned_model_checkpoint)
     if project_id:
         stmt = stmt.where(CheckpointPermission.project_id == project_id)
@@ -51,7 +60,10 @@ def list_permissions(session: Session, ckpt: Checkpoint, *, after: str | None, l
 
 def revoke(session: Session, ckpt: Checkpoint, permission_id: str) -> None:
     perm = session.exec(
-        select(CheckpointPermission).where(CheckpointPermission.id == permission_id, CheckpointPermission.checkpoint == ckpt.fine_tuned_model_checkpoint)
+        select(CheckpointPermission).where(
+            CheckpointPermission.id == permission_id,
+            CheckpointPermission.checkpoint == ckpt.fine_tuned_model_checkpoint,
+        )
     ).first()
     if perm is None:
         raise not_found("permission", permission_id, "permission_id")

@@ -119,7 +119,9 @@ def _too_large(limit: int) -> APIError:
 async def receive_upload(request: Request, settings: Settings) -> _Upload:
     ctype, opts = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or b"boundary" not in opts:
-        raise APIError(400, "Uploads must be sent as multipart/form-data with 'file' and 'purpose' fields.", param="file")
+        raise APIError(
+            400, "Uploads must be sent as multipart/form-data with 'file' and 'purpose' fields.", param="file"
+        )
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + 1024 * 1024:
         raise _too_large(settings.max_upload_bytes)
@@ -148,9 +150,15 @@ def _expires_at(fields: dict[str, str], created: int) -> int | None:
     if anchor is None and seconds is None:
         return None
     if anchor != "created_at":
-        raise APIError(400, "Invalid value for 'expires_after.anchor': must be 'created_at'.", param="expires_after.anchor")
+        raise APIError(
+            400, "Invalid value for 'expires_after.anchor': must be 'created_at'.", param="expires_after.anchor"
+        )
     if not (seconds or "").isdigit() or not 3600 <= int(seconds) <= 2_592_000:
-        raise APIError(400, "Invalid value for 'expires_after.seconds': must be between 3600 and 2592000.", param="expires_after.seconds")
+        raise APIError(
+            400,
+            "Invalid value for 'expires_after.seconds': must be between 3600 and 2592000.",
+            param="expires_after.seconds",
+        )
     return created + int(seconds)
 
 
@@ -166,9 +174,15 @@ def create_file(session: Session, storage: Storage, project: Project, up: _Uploa
     try:
         purpose = up.fields.get("purpose")
         if purpose is None:
-            raise APIError(400, "Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter")
+            raise APIError(
+                400, "Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter"
+            )
         if purpose not in FILE_PURPOSES:
-            raise APIError(400, f"Invalid value for 'purpose': {shown(purpose)}. Supported: {', '.join(FILE_PURPOSES)}.", param="purpose")
+            raise APIError(
+                400,
+                f"Invalid value for 'purpose': {shown(purpose)}. Supported: {', '.join(FILE_PURPOSES)}.",
+                param="purpose",
+            )
         if up.filename is None:
             raise APIError(400, "Missing required parameter: 'file'.", param="file", code="missing_required_parameter")
         if purpose == "fine-tune" and up.size == 0:

@@ -63,7 +63,9 @@ def to_wire(job: Job) -> FineTuningJob:
 
 
 def event_to_wire(e: JobEvent) -> FineTuningJobEvent:
-    return FineTuningJobEvent(id=e.id, created_at=e.created_at, level=e.level, message=e.message, data=e.data, type=e.type)
+    return FineTuningJobEvent(
+        id=e.id, created_at=e.created_at, level=e.level, message=e.message, data=e.data, type=e.type
+    )
 
 
 def checkpoint_to_wire(c: Checkpoint) -> FineTuningJobCheckpoint:
@@ -79,24 +81,42 @@ def checkpoint_to_wire(c: Checkpoint) -> FineTuningJobCheckpoint:
 def _check_training_file(session: Session, project: Project, file_id: str, param: str, method: str) -> File:
     f = session.exec(select(File).where(File.id == file_id, File.project_id == project.id)).first()
     if f is None:
-        raise APIError(400, f"Invalid file '{file_id}': no such file in this project.", param=param, code="invalid_file")
+        raise APIError(
+            400, f"Invalid file '{file_id}': no such file in this project.", param=param, code="invalid_file"
+        )
     if f.purpose != "fine-tune":
-        raise APIError(400, f"File '{file_id}' has purpose '{f.purpose}'; upload it with purpose 'fine-tune'.", param=param, code="invalid_file")
+        raise APIError(
+            400,
+            f"File '{file_id}' has purpose '{f.purpose}'; upload it with purpose 'fine-tune'.",
+            param=param,
+            code="invalid_file",
+        )
     if f.status == "uploaded":
-        raise APIError(400, f"File '{file_id}' is still being validated; wait until its status is 'processed'.", param=param, code="file_not_ready")
+        raise APIError(
+            400,
+            f"File '{file_id}' is still being validated; wait until its status is 'processed'.",
+            param=param,
+            code="file_not_ready",
+        )
     if f.status == "error":
         raise APIError(400, f"File '{file_id}' failed validation: {f.status_details}", param=param, code="invalid_file")
     stats = f.stats or {}
     rows = stats.get("rows", 0)
     if method == "reinforcement" and stats.get("rl_rows", 0) != rows:
         raise APIError(
-            400, f"File '{file_id}' has {rows - stats.get('rl_rows', 0)} row(s) ending with an assistant message; "
-            "reinforcement rows must end with the user's message (the model writes the answer).", param=param, code="invalid_file",
+            400,
+            f"File '{file_id}' has {rows - stats.get('rl_rows', 0)} row(s) ending with an assistant message; "
+            "reinforcement rows must end with the user's message (the model writes the answer).",
+            param=param,
+            code="invalid_file",
         )
     if method == "supervised" and stats.get("sft_rows", 0) != rows:
         raise APIError(
-            400, f"File '{file_id}' has {rows - stats.get('sft_rows', 0)} row(s) whose last message is not the assistant's; "
-            "supervised rows must end with the assistant message to learn.", param=param, code="invalid_file",
+            400,
+            f"File '{file_id}' has {rows - stats.get('sft_rows', 0)} row(s) whose last message is not the assistant's; "
+            "supervised rows must end with the assistant message to learn.",
+            param=param,
+            code="invalid_file",
         )
     return f
 
@@ -107,17 +127,33 @@ def _resolve_method(body: JobCreate, settings: Settings) -> dict[str, Any]:
         hp = (body.hyperparameters or SupervisedMethod().hyperparameters).model_dump(exclude_none=True)
         return {"type": "supervised", "supervised": {"hyperparameters": hp}}
     if body.hyperparameters is not None:
-        raise APIError(400, "The top-level 'hyperparameters' is deprecated; set them in 'method' instead, not both.", param="hyperparameters")
+        raise APIError(
+            400,
+            "The top-level 'hyperparameters' is deprecated; set them in 'method' instead, not both.",
+            param="hyperparameters",
+        )
     for other in ("supervised", "dpo", "reinforcement"):
         if other != method.type and getattr(method, other) is not None:
-            raise APIError(400, f"'method.{other}' was given but method.type is '{method.type}'.", param=f"method.{other}")
+            raise APIError(
+                400, f"'method.{other}' was given but method.type is '{method.type}'.", param=f"method.{other}"
+            )
     if method.type == "dpo":
-        raise APIError(400, "DPO fine-tuning is not supported by this server yet; use 'supervised' or 'reinforcement'.", param="method.type", code="unsupported_method")
+        raise APIError(
+            400,
+            "DPO fine-tuning is not supported by this server yet; use 'supervised' or 'reinforcement'.",
+            param="method.type",
+            code="unsupported_method",
+        )
     if method.type == "supervised":
         sup = method.supervised or SupervisedMethod()
         return {"type": "supervised", "supervised": sup.model_dump(exclude_none=True)}
     if method.reinforcement is None:
-        raise APIError(400, "Missing required parameter: 'method.reinforcement' (with its 'grader').", param="method.reinforcement", code="missing_required_parameter")
+        raise APIError(
+            400,
+            "Missing required parameter: 'method.reinforcement' (with its 'grader').",
+            param="method.reinforcement",
+            code="missing_required_parameter",
+        )
     rl = method.reinforcement
     _validate_grader(rl.grader)
     _validate_response_format(rl.response_format, settings)
@@ -135,8 +171,12 @@ def _validate_response_format(rf: dict[str, Any] | None, settings: Settings) -> 
     P = RESPONSE_FORMAT_PARAM
     kind = rf.get("type")
     if kind not in ("text", "json_object", "json_schema"):
-        raise APIError(400, f"Invalid value for '{P}.type': {shown(kind)}; expected 'text', 'json_object' or 'json_schema'.",
-                       param=f"{P}.type", code="invalid_response_format")
+        raise APIError(
+            400,
+            f"Invalid value for '{P}.type': {shown(kind)}; expected 'text', 'json_object' or 'json_schema'.",
+            param=f"{P}.type",
+            code="invalid_response_format",
+        )
     if kind == "json_schema":
         js = rf.get("json_schema")
         if not isinstance(js, dict):
@@ -156,8 +196,13 @@ def _validate_response_format(rf: dict[str, Any] | None, settings: Settings) -> 
             raise APIError(400, f"Invalid '{P}.json_schema.schema' at {where}: {e.message}",
                            param=f"{P}.json_schema.schema", code="invalid_response_format") from None
     if kind != "text" and settings.rollout_engine != "vllm":
-        raise APIError(400, f"'{P}' needs the vLLM rollout engine to constrain the samples; this server samples "
-                       f"with '{settings.rollout_engine}' (VRFT_ROLLOUT_ENGINE).", param=P, code="unsupported_response_format")
+        raise APIError(
+            400,
+            f"'{P}' needs the vLLM rollout engine to constrain the samples; this server samples "
+            f"with '{settings.rollout_engine}' (VRFT_ROLLOUT_ENGINE).",
+            param=P,
+            code="unsupported_response_format",
+        )
 
 
 def _validate_grader(spec: dict[str, Any]) -> None:
@@ -173,16 +218,29 @@ def _validate_grader(spec: dict[str, Any]) -> None:
 def create_job(session: Session, settings: Settings, project: Project, body: JobCreate) -> Job:
     method = _resolve_method(body, settings)
     if models_registry.resolve_trainable(session, settings, project, body.model) is None:
-        raise APIError(400, f"Model '{body.model}' is not available for fine-tuning. GET /v1/models lists the base models.", param="model", code="model_not_found")
+        raise APIError(
+            400,
+            f"Model '{body.model}' is not available for fine-tuning. GET /v1/models lists the base models.",
+            param="model",
+            code="model_not_found",
+        )
     _check_training_file(session, project, body.training_file, "training_file", method["type"])
     if body.validation_file:
         _check_training_file(session, project, body.validation_file, "validation_file", method["type"])
     job = Job(
-        id=new_id("ftjob-"), project_id=project.id, created_at=now(), model=body.model,
-        training_file=body.training_file, validation_file=body.validation_file, status="validating_files",
-        method=method, hyperparameters=(method[method["type"]] or {}).get("hyperparameters", {}),
-        seed=body.seed if body.seed is not None else random.randint(0, 2**31 - 1), suffix=body.suffix,
-        metadata_=body.metadata, integrations=[i.model_dump(exclude_none=True) for i in body.integrations] if body.integrations else None,
+        id=new_id("ftjob-"),
+        project_id=project.id,
+        created_at=now(),
+        model=body.model,
+        training_file=body.training_file,
+        validation_file=body.validation_file,
+        status="validating_files",
+        method=method,
+        hyperparameters=(method[method["type"]] or {}).get("hyperparameters", {}),
+        seed=body.seed if body.seed is not None else random.randint(0, 2**31 - 1),
+        suffix=body.suffix,
+        metadata_=body.metadata,
+        integrations=[i.model_dump(exclude_none=True) for i in body.integrations] if body.integrations else None,
         result_files=[],
     )
     session.add(job)
@@ -193,7 +251,12 @@ def create_job(session: Session, settings: Settings, project: Project, body: Job
         files += f" and validation file: {job.validation_file}"
     add_event(session, job, files)
     if job.integrations:
-        add_event(session, job, "Integrations are recorded but not reported to: this server sends no metrics to W&B.", level="warn")
+        add_event(
+            session,
+            job,
+            "Integrations are recorded but not reported to: this server sends no metrics to W&B.",
+            level="warn",
+        )
     session.commit()
     return job
 
@@ -208,12 +271,18 @@ def get_job(session: Session, project: Project, job_id: str) -> Job:
     return job
 
 
-def list_jobs(session: Session, project: Project, *, after: str | None, limit: int, metadata: dict[str, str]) -> tuple[list[Job], bool]:
+def list_jobs(
+    session: Session, project: Project, *, after: str | None, limit: int, metadata: dict[str, str]
+) -> tuple[list[Job], bool]:
     stmt = select(Job).where(Job.project_id == project.id)
     if not metadata:
         return page(session, stmt, Job, after=after, limit=limit)
     # JSON filtering differs by database; filter in Python over the project's jobs, newest first.
-    rows = [j for j in session.exec(stmt.order_by(Job.seq.desc())).all() if all((j.metadata_ or {}).get(k) == v for k, v in metadata.items())]
+    rows = [
+        j
+        for j in session.exec(stmt.order_by(Job.seq.desc())).all()
+        if all((j.metadata_ or {}).get(k) == v for k, v in metadata.items())
+    ]
     if after is not None:
         ids = [j.id for j in rows]
         if after not in ids:
@@ -233,8 +302,12 @@ def list_checkpoints(session: Session, job: Job, *, after: str | None, limit: in
 # ---------------------------------------------------------------- writing
 
 
-def add_event(session: Session, job: Job, message: str, *, level: str = "info", type: str = "message", data: dict | None = None) -> JobEvent:  # noqa: A002
-    ev = JobEvent(id=new_id("ftevent-"), job_id=job.id, created_at=now(), level=level, message=message, type=type, data=data)
+def add_event(
+    session: Session, job: Job, message: str, *, level: str = "info", type: str = "message", data: dict | None = None
+) -> JobEvent:  # noqa: A002
+    ev = JobEvent(
+        id=new_id("ftevent-"), job_id=job.id, created_at=now(), level=level, message=message, type=type, data=data
+    )
     session.add(ev)
     return ev
 
@@ -243,12 +316,16 @@ class StateChanged(APIError):
     """A compare-and-set transition lost to a concurrent change; the job has been refreshed."""
 
 
-def transition(session: Session, job: Job, to: str, message: str, *, level: str = "info", error: dict | None = None) -> Job:
+def transition(
+    session: Session, job: Job, to: str, message: str, *, level: str = "info", error: dict | None = None
+) -> Job:
     """Move `job` to `to` if the state machine allows it from its current status (compare-and-set, so a
     concurrent change by a worker or another request wins cleanly), with an event; else a 400."""
     frm = job.status
     if to not in TRANSITIONS.get(frm, ()):
-        raise APIError(400, f"Cannot move a job from '{frm}' to '{to}'.", param="fine_tuning_job_id", code="invalid_state")
+        raise APIError(
+            400, f"Cannot move a job from '{frm}' to '{to}'.", param="fine_tuning_job_id", code="invalid_state"
+        )
     values: dict[str, Any] = {"status": to}
     if to in TERMINAL:
         values["finished_at"] = now()  # the claim stays: its worker still stops the trainer and releases it
@@ -258,7 +335,12 @@ def transition(session: Session, job: Job, to: str, message: str, *, level: str 
     if res.rowcount != 1:
         session.rollback()
         session.refresh(job)
-        raise StateChanged(400, f"The job changed state to '{job.status}' meanwhile; try again.", param="fine_tuning_job_id", code="invalid_state")
+        raise StateChanged(
+            400,
+            f"The job changed state to '{job.status}' meanwhile; try again.",
+            param="fine_tuning_job_id",
+            code="invalid_state",
+        )
     add_event(session, job, message, level=level)
     session.commit()
     session.refresh(job)
@@ -267,9 +349,24 @@ def transition(session: Session, job: Job, to: str, message: str, *, level: str 
 
 _USER_ACTIONS = {
     # action: (allowed from, to, event message, message when refused)
-    "cancel": (("validating_files", "queued", "running", "paused"), "cancelled", "Job cancelled by the user", "Cannot cancel a job that already {s}."),
-    "pause": (("queued", "running"), "paused", "Job paused by the user", "Only a queued or running job can be paused; this one is {s}."),
-    "resume": (("paused",), "queued", "Job resumed by the user, moving it to the queue", "Only a paused job can be resumed; this one is {s}."),
+    "cancel": (
+        ("validating_files", "queued", "running", "paused"),
+        "cancelled",
+        "Job cancelled by the user",
+        "Cannot cancel a job that already {s}.",
+    ),
+    "pause": (
+        ("queued", "running"),
+        "paused",
+        "Job paused by the user",
+        "Only a queued or running job can be paused; this one is {s}.",
+    ),
+    "resume": (
+        ("paused",),
+        "queued",
+        "Job resumed by the user, moving it to the queue",
+        "Only a paused job can be resumed; this one is {s}.",
+    ),
 }
 
 
@@ -279,7 +376,13 @@ def user_action(session: Session, job: Job, action: str) -> Job:
     allowed, to, message, refusal = _USER_ACTIONS[action]
     for _ in range(10):
         if job.status not in allowed:
-            s = job.status if action != "cancel" else {"succeeded": "succeeded", "failed": "failed", "cancelled": "was cancelled"}.get(job.status, job.status)
+            s = (
+                job.status
+                if action != "cancel"
+                else {"succeeded": "succeeded", "failed": "failed", "cancelled": "was cancelled"}.get(
+                    job.status, job.status
+                )
+            )
             raise APIError(400, refusal.format(s=s), param="fine_tuning_job_id", code="invalid_state")
         try:
             return transition(session, job, to, message)
@@ -294,7 +397,9 @@ def fine_tuned_model_name(job: Job, project: Project) -> str:
     return f"ft:{base}:{project.name}:{job.suffix or ''}:{job.id.removeprefix('ftjob-')[:8]}"
 
 
-def register_checkpoint(session: Session, job: Job, project: Project, *, step: int, metrics: dict, storage_key: str | None) -> Checkpoint:
+def register_checkpoint(
+    session: Session, job: Job, project: Project, *, step: int, metrics: dict, storage_key: str | None
+) -> Checkpoint:
     ckpt = Checkpoint(
         id=new_id("ftckpt_"), job_id=job.id, project_id=job.project_id, created_at=now(),
         fine_tuned_model_checkpoint=f"{fine_tuned_model_name(job, project)}:ckpt-step-{step}",
@@ -338,14 +443,20 @@ def claim_job(session: Session, *, worker_id: str, status: str | tuple[str, ...]
 def renew_lease(session: Session, job: Job, *, worker_id: str, lease_seconds: float) -> bool:
     """Extend the worker's lease; False if it lost the job (another worker took it over)."""
     res = session.execute(
-        update(Job).where(Job.seq == job.seq, Job.claimed_by == worker_id).values(lease_expires_at=time.time() + lease_seconds)
+        update(Job)
+        .where(Job.seq == job.seq, Job.claimed_by == worker_id)
+        .values(lease_expires_at=time.time() + lease_seconds)
     )
     session.commit()
     return res.rowcount == 1
 
 
 def release(session: Session, job: Job, *, worker_id: str) -> None:
-    session.execute(update(Job).where(Job.seq == job.seq, Job.claimed_by == worker_id).values(claimed_by=None, lease_expires_at=None))
+    session.execute(
+        update(Job)
+        .where(Job.seq == job.seq, Job.claimed_by == worker_id)
+        .values(claimed_by=None, lease_expires_at=None)
+    )
     session.commit()
 
 
@@ -357,7 +468,17 @@ def validate_job_files(session: Session, job: Job) -> Job:
         if job.validation_file:
             _check_training_file(session, project, job.validation_file, "validation_file", job.method["type"])
     except APIError as e:
-        return transition(session, job, "failed", f"File validation failed: {e.message}", level="error",
-                          error={"code": "invalid_training_file" if e.param == "training_file" else "invalid_validation_file", "message": e.message, "param": e.param})
+        return transition(
+            session,
+            job,
+            "failed",
+            f"File validation failed: {e.message}",
+            level="error",
+            error={
+                "code": "invalid_training_file" if e.param == "training_file" else "invalid_validation_file",
+                "message": e.message,
+                "param": e.param,
+            },
+        )
     return transition(session, job, "queued", "Files validated, moving job to queued state")
 

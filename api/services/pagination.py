@@ -11,7 +11,9 @@ from api.errors import APIError, shown
 T = TypeVar("T")
 
 
-def page(session: Session, stmt: Any, table: type[T], *, after: str | None, limit: int, order: str = "desc") -> tuple[list[T], bool]:
+def page(
+    session: Session, stmt: Any, table: type[T], *, after: str | None, limit: int, order: str = "desc"
+) -> tuple[list[T], bool]:
     """Run `stmt` (already filtered to the caller's scope) one page at a time; return rows and has_more."""
     if not 1 <= limit <= 10_000:
         raise APIError(400, f"Invalid value for 'limit': must be between 1 and 10000, got {limit}.", param="limit")

@@ -2,7 +2,8 @@
 
 Protocol on its stdin/stdout: frames of a 4-byte big-endian length + UTF-8 JSON.
 
-    parent -> {"op": "init", "source": str, "timeout": s, "limits": {...}}   <- {"ok": true} | {"ok": false, "error": str}
+    parent -> {"op": "init", "source": str, "timeout": s, "limits": {...}}
+           <- {"ok": true} | {"ok": false, "error": str}
     parent -> {"op": "grade", "items": [json text, ...], "tasks": [[sample, item_index], ...], "stream": bool}
            <- {"r": [[task_index, "ok", score] | [task_index, kind, message], ...]}  (one or more frames)
            <- {"done": n, "dirty": bool}

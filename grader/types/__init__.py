@@ -6,7 +6,16 @@ order of registration is the order of the unions).
 """
 
 from grader import registry
-from grader.types import string_check, text_similarity, python, score_model, label_model, multi  # noqa: F401, I001
-from grader.types import iou, format, classification  # noqa: F401
+from grader.types import (  # noqa: F401, I001  # noqa: F401
+    classification,
+    format,
+    iou,
+    label_model,
+    multi,
+    python,
+    score_model,
+    string_check,
+    text_similarity,
+)
 
 registry.resolve()

@@ -163,7 +163,8 @@ def _parse_texts(texts: list[str], parser: str, max_boxes: int, dedupe: bool = T
     """
     import numpy as np
 
-    from grader import _accel, boxes as B
+    from grader import _accel
+    from grader import boxes as B
 
     n = len(texts)
     found = np.ones(n, dtype=bool)

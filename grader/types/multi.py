@@ -11,8 +11,7 @@ from grader import registry
 from grader.errors import GraderValidationError, empty_errors, merge_errors
 from grader.formula import Formula, FormulaError
 from grader.registry import Spec, from_pydantic, joiner, register
-from grader.reward import BatchResult
-from grader.reward import Col, Reward, merge_usage, zero_nonfinite
+from grader.reward import BatchResult, Col, Reward, merge_usage, zero_nonfinite
 
 
 class MultiGrader(Spec):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 _SDK_GRADER_TYPES = ("string_check", "text_similarity", "python", "score_model", "label_model")
 
 
@@ -36,6 +35,9 @@ def strict(cls: type, obj: Any) -> dict:
                 MultiGrader.model_validate({**grader, "graders": sub})
         placeholder = {"type": "string_check", "name": "x", "input": "a", "reference": "b", "operation": "eq"}
         StringCheckGrader.model_validate(placeholder)
-        data = {**data, "method": {**data["method"], "reinforcement": {**data["method"]["reinforcement"], "grader": placeholder}}}
+        data = {
+            **data,
+            "method": {**data["method"], "reinforcement": {**data["method"]["reinforcement"], "grader": placeholder}},
+        }
     cls.model_validate(data)
     return obj if isinstance(obj, dict) else obj.to_dict()

@@ -59,8 +59,14 @@ def test_no_body_is_read_before_the_key_is_checked(server: LiveServer, key: str 
     assert time.monotonic() - start < 2
 
 
-@pytest.mark.parametrize(("path", "cap"), [("/v1/fine_tuning/jobs", JSON_CAP), ("/v1/fine_tuning/alpha/graders/run", JSON_CAP),
-                                           ("/v1/chat/completions", CHAT_CAP)])
+@pytest.mark.parametrize(
+    ("path", "cap"),
+    [
+        ("/v1/fine_tuning/jobs", JSON_CAP),
+        ("/v1/fine_tuning/alpha/graders/run", JSON_CAP),
+        ("/v1/chat/completions", CHAT_CAP),
+    ],
+)
 def test_a_declared_length_past_the_cap_is_refused_unread(server: LiveServer, path: str, cap: int) -> None:
     status, body = head_only(server, path, cap + 1, KEY)
     assert status == 413 and body["error"]["code"] == "request_too_large" and str(cap) in body["error"]["message"]
@@ -78,7 +84,9 @@ def test_a_chunked_body_is_cut_at_the_cap(server: LiveServer) -> None:
 
     with httpx.Client(base_url=server.url + "/v1", headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as h:
         try:
-            assert_openai_error(h.post("/fine_tuning/jobs", content=chunks(), headers={"content-type": "application/json"}), 413)
+            assert_openai_error(
+                h.post("/fine_tuning/jobs", content=chunks(), headers={"content-type": "application/json"}), 413
+            )
         except (httpx.WriteError, httpx.RemoteProtocolError):
             pass  # the server answered 413 and closed the connection while we still wrote
     assert sent < 64 * 2**20
@@ -93,8 +101,9 @@ def test_a_deep_nested_body_is_a_400(server: LiveServer) -> None:
 
 def test_errors_do_not_echo_huge_values(server: LiveServer) -> None:
     with httpx.Client(base_url=server.url + "/v1", headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as h:
-        err = assert_openai_error(h.post("/files", files={"file": ("a.jsonl", b"{}\n")}, data={"purpose": "p" * 60_000}), 400,
-                                  param="purpose")
+        err = assert_openai_error(
+            h.post("/files", files={"file": ("a.jsonl", b"{}\n")}, data={"purpose": "p" * 60_000}), 400, param="purpose"
+        )
         assert len(err["message"]) < 300 and "(60000 characters)" in err["message"]
         err = assert_openai_error(h.get("/files/file-" + "z" * 6000), 404)
         assert len(err["message"]) < 300

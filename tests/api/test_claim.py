@@ -30,8 +30,18 @@ def _add_jobs(settings: Settings, n: int) -> list[str]:
     with session_scope(settings) as s:
         p = get_or_create_project(s, "claims")
         for _ in range(n):
-            j = Job(id=new_id("ftjob-"), project_id=p.id, created_at=now(), model="m", training_file="f", status="queued",
-                    method={"type": "supervised", "supervised": {}}, hyperparameters={}, seed=0, result_files=[])
+            j = Job(
+                id=new_id("ftjob-"),
+                project_id=p.id,
+                created_at=now(),
+                model="m",
+                training_file="f",
+                status="queued",
+                method={"type": "supervised", "supervised": {}},
+                hyperparameters={},
+                seed=0,
+                result_files=[],
+            )
             s.add(j)
             ids.append(j.id)
     return ids
@@ -100,7 +110,9 @@ def test_user_action_racing_a_worker_is_decided_on_the_new_status(settings: Sett
                 svc.transition(s, job, read, "set up")
         with session_scope(settings) as user, session_scope(settings) as worker:
             stale = user.exec(select(Job).where(Job.id == job_id)).one()
-            svc.transition(worker, worker.exec(select(Job).where(Job.id == job_id)).one(), concurrent, "concurrent change")
+            svc.transition(
+                worker, worker.exec(select(Job).where(Job.id == job_id)).one(), concurrent, "concurrent change"
+            )
             if expected is None:
                 with pytest.raises(svc.APIError, match=f"Only a paused job can be resumed; this one is {concurrent}"):
                     svc.user_action(user, stale, action)

@@ -6,10 +6,7 @@ import json
 import subprocess
 import time
 
-import pytest
-
 from tests.helpers import jsonl, sft_row
-
 
 
 def curl(dep, *args: str) -> tuple[int, dict]:  # noqa: ANN001
@@ -25,15 +22,25 @@ def test_curl_flow(deployment, tmp_path) -> None:  # noqa: ANN001
     path = tmp_path / "train.jsonl"
     path.write_bytes(jsonl([sft_row(i) for i in range(3)]))
     code, f = curl(deployment, f"{deployment.base_url}/files", "-F", "purpose=fine-tune", "-F", f"file=@{path}")
-    assert code == 200 and f["object"] == "file" and f["filename"] == "train.jsonl" and f["bytes"] == path.stat().st_size
+    assert (
+        code == 200 and f["object"] == "file" and f["filename"] == "train.jsonl" and f["bytes"] == path.stat().st_size
+    )
     for _ in range(1200):
         code, f = curl(deployment, f"{deployment.base_url}/files/{f['id']}")
         if f["status"] != "uploaded":
             break
         time.sleep(0.05)
     assert f["status"] == "processed"
-    body = json.dumps({"model": "tiny-qwen2-vl", "training_file": f["id"], "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}}})
-    code, job = curl(deployment, f"{deployment.base_url}/fine_tuning/jobs", "-H", "Content-Type: application/json", "-d", body)
+    body = json.dumps(
+        {
+            "model": "tiny-qwen2-vl",
+            "training_file": f["id"],
+            "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}},
+        }
+    )
+    code, job = curl(
+        deployment, f"{deployment.base_url}/fine_tuning/jobs", "-H", "Content-Type: application/json", "-d", body
+    )
     assert code == 200 and job["object"] == "fine_tuning.job" and job["hyperparameters"]["n_epochs"] == 2
     code, listed = curl(deployment, f"{deployment.base_url}/fine_tuning/jobs?limit=1")
     assert code == 200 and listed["object"] == "list" and listed["data"][0]["id"] == job["id"] and "has_more" in listed

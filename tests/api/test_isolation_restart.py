@@ -18,7 +18,9 @@ def _wait(h, path: str, field: str, value: str) -> dict:  # noqa: ANN001
 
 def test_other_project_sees_nothing_and_restart_keeps_everything(deployment) -> None:  # noqa: ANN001
     a, b = deployment.http(), deployment.http(deployment.other_key)
-    f = a.post("/files", files={"file": ("a.jsonl", jsonl([sft_row(1), sft_row(2)]))}, data={"purpose": "fine-tune"}).json()
+    f = a.post(
+        "/files", files={"file": ("a.jsonl", jsonl([sft_row(1), sft_row(2)]))}, data={"purpose": "fine-tune"}
+    ).json()
     _wait(a, f"/files/{f['id']}", "status", "processed")
     job = a.post("/fine_tuning/jobs", json={"model": "tiny-qwen2-vl", "training_file": f["id"], "suffix": "iso"}).json()
     job = _wait(a, f"/fine_tuning/jobs/{job['id']}", "status", "queued")
@@ -93,7 +95,13 @@ def test_keys_create_cli(tmp_path) -> None:  # noqa: ANN001
     assert key.startswith("sk-vrft-")
     db = sqlite3.connect(tmp_path / "home" / "vrft.db")
     assert key not in str(db.execute("select * from apikey").fetchall())
-    bad = subprocess.run([sys.executable, "-m", "api", "keys", "create", "--project", "Bad Name!"], env=env, cwd=REPO, capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "api", "keys", "create", "--project", "Bad Name!"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode != 0 and "project names" in bad.stderr + bad.stdout
     server = LiveServer({}, tmp_path / "home").start()
     try:

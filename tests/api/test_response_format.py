@@ -11,7 +11,9 @@ SCHEMA = {"type": "json_schema", "json_schema": {"name": "colour", "strict": Tru
 
 
 @pytest.mark.parametrize("engine", ["vllm", "hf"])
-@pytest.mark.parametrize("rf", [None, {"type": "text"}, {"type": "json_object"}, SCHEMA], ids=["none", "text", "json_object", "json_schema"])
+@pytest.mark.parametrize(
+    "rf", [None, {"type": "text"}, {"type": "json_object"}, SCHEMA], ids=["none", "text", "json_object", "json_schema"]
+)
 def test_response_format_against_the_rollout_engine(tmp_path, engine, rf) -> None:
     from api.errors import APIError
     from api.services.jobs import _validate_response_format

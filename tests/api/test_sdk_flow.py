@@ -19,7 +19,10 @@ pytestmark = pytest.mark.sdk
 
 
 def rft_method(**hp) -> dict:
-    return {"type": "reinforcement", "reinforcement": {"grader": MULTI_GRADER, "hyperparameters": {"n_epochs": 1, "batch_size": 2, **hp}}}
+    return {
+        "type": "reinforcement",
+        "reinforcement": {"grader": MULTI_GRADER, "hyperparameters": {"n_epochs": 1, "batch_size": 2, **hp}},
+    }
 
 
 @pytest.fixture
@@ -54,8 +57,15 @@ def test_upload_create_events_pause_resume_cancel(client: openai.OpenAI, tmp_pat
     assert client.files.content(f.id).content == (tmp_path / "train.jsonl").read_bytes()
     assert f.id in [x.id for x in client.files.list(purpose="fine-tune")]
 
-    job = client.fine_tuning.jobs.create(model="tiny-qwen2-vl", training_file=f.id, validation_file=f.id, method=rft_method(eval_interval=2),
-                                         suffix="flow", metadata={"run": "sync"}, seed=7)
+    job = client.fine_tuning.jobs.create(
+        model="tiny-qwen2-vl",
+        training_file=f.id,
+        validation_file=f.id,
+        method=rft_method(eval_interval=2),
+        suffix="flow",
+        metadata={"run": "sync"},
+        seed=7,
+    )
     strict(FineTuningJob, job)
     assert job.status == "validating_files" and job.seed == 7 and job.metadata == {"run": "sync"}
     assert job.method.type == "reinforcement" and job.method.reinforcement.grader.type == "multi"
@@ -84,14 +94,21 @@ def test_upload_create_events_pause_resume_cancel(client: openai.OpenAI, tmp_pat
     with pytest.raises(openai.BadRequestError, match="Cannot cancel a job that already was cancelled"):
         client.fine_tuning.jobs.cancel(job.id)
     messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id)]
-    assert messages[:3] == ["Job cancelled by the user", "Job resumed by the user, moving it to the queue", "Job paused by the user"]
+    assert messages[:3] == [
+        "Job cancelled by the user",
+        "Job resumed by the user, moving it to the queue",
+        "Job paused by the user",
+    ]
     assert list(client.fine_tuning.jobs.checkpoints.list(job.id)) == []
 
 
 def test_job_list_auto_pagination_and_metadata_filter(client: openai.OpenAI, tmp_path) -> None:  # noqa: ANN001
     f = upload(client, tmp_path, [sft_row(i) for i in range(3)])
     tag = f"page-{time.time_ns()}"
-    made = [client.fine_tuning.jobs.create(model="tiny-qwen2-vl", training_file=f.id, metadata={"tag": tag, "i": str(i)}).id for i in range(5)]
+    made = [
+        client.fine_tuning.jobs.create(model="tiny-qwen2-vl", training_file=f.id, metadata={"tag": tag, "i": str(i)}).id
+        for i in range(5)
+    ]
     listed = [j.id for j in client.fine_tuning.jobs.list(limit=2, metadata={"tag": tag})]
     assert listed == made[::-1]  # newest first, across three pages
     first = client.fine_tuning.jobs.list(limit=2, metadata={"tag": tag})
@@ -106,10 +123,11 @@ def test_job_list_auto_pagination_and_metadata_filter(client: openai.OpenAI, tmp
 
 
 def test_checkpoints_permissions_and_models(client: openai.OpenAI, deployment, tmp_path) -> None:  # noqa: ANN001
+    from sqlmodel import select
+
     from api.db import session_scope
     from api.services import jobs as svc
     from api.tables import Job, Project
-    from sqlmodel import select
     from tests.conftest import make_settings
 
     f = upload(client, tmp_path, [rl_row(0)])
@@ -120,7 +138,9 @@ def test_checkpoints_permissions_and_models(client: openai.OpenAI, deployment, t
         row = s.exec(select(Job).where(Job.id == job.id)).one()
         proj = s.exec(select(Project).where(Project.id == row.project_id)).one()
         for step in (2, 4):
-            svc.register_checkpoint(s, row, proj, step=step, metrics={"step": step, "train_loss": 1.0 / step}, storage_key=None)
+            svc.register_checkpoint(
+                s, row, proj, step=step, metrics={"step": step, "train_loss": 1.0 / step}, storage_key=None
+            )
     ckpts = list(client.fine_tuning.jobs.checkpoints.list(job.id, limit=1))
     for c in ckpts:
         strict(FineTuningJobCheckpoint, c)

@@ -57,7 +57,9 @@ NAMES = [  # (sent, stored and downloaded)
 ]
 
 
-@pytest.mark.parametrize(("sent", "stored"), NAMES, ids=["non-latin", "quote", "backslash", "nul-newline", "rtl-override"])
+@pytest.mark.parametrize(
+    ("sent", "stored"), NAMES, ids=["non-latin", "quote", "backslash", "nul-newline", "rtl-override"]
+)
 def test_download_keeps_the_file_name_and_a_sound_header(deployment, sent: str, stored: str) -> None:  # noqa: ANN001
     with deployment.http() as h:
         r = _upload_named(h, sent)

@@ -40,7 +40,9 @@ def _peak_rss_kib(pid: int) -> int:
 
 def test_large_upload_is_streamed_not_held_in_memory(tmp_path) -> None:  # noqa: ANN001
     """A 300 MB upload raises the server's peak memory by far less than its size."""
-    server = LiveServer({"VRFT_API_KEY": "sk-big", "VRFT_MAX_UPLOAD_BYTES": str(400 * 2**20)}, tmp_path / "home").start()
+    server = LiveServer(
+        {"VRFT_API_KEY": "sk-big", "VRFT_MAX_UPLOAD_BYTES": str(400 * 2**20)}, tmp_path / "home"
+    ).start()
     try:
         big = tmp_path / "big.bin"
         with open(big, "wb") as f:
@@ -63,7 +65,12 @@ def test_large_upload_is_streamed_not_held_in_memory(tmp_path) -> None:  # noqa:
 
 def test_worker_alone_beside_an_api_without_one(tmp_path, pg_database) -> None:  # noqa: ANN001
     """`vrft serve --no-worker` plus a separate `vrft worker` on a shared PostgreSQL: the worker moves jobs on."""
-    env = {"VRFT_API_KEY": "sk-split", "VRFT_DATABASE_URL": pg_database(), "VRFT_WORKER_POLL_SECONDS": "0.2", "VRFT_WORKER_TRAIN": "false"}
+    env = {
+        "VRFT_API_KEY": "sk-split",
+        "VRFT_DATABASE_URL": pg_database(),
+        "VRFT_WORKER_POLL_SECONDS": "0.2",
+        "VRFT_WORKER_TRAIN": "false",
+    }
     (tmp_path / "home" / "models" / "tiny-qwen2-vl").mkdir(parents=True)
     (tmp_path / "home" / "models" / "tiny-qwen2-vl" / "config.json").write_text("{}")
     server = LiveServer(env, tmp_path / "home")

@@ -25,7 +25,13 @@ from tests.conftest import make_settings
 from tests.helpers import LiveServer, image_data_url, jsonl
 from tests.netfixtures import HTTPDouble, Tripwire, bomb_png, drip, png, redirect, send
 
-GRADER = {"type": "string_check", "name": "c", "input": "{{sample.output_text}}", "reference": "{{item.solution}}", "operation": "eq"}
+GRADER = {
+    "type": "string_check",
+    "name": "c",
+    "input": "{{sample.output_text}}",
+    "reference": "{{item.solution}}",
+    "operation": "eq",
+}
 ENV = {
     "VRFT_WORKER_POLL_SECONDS": "0.2", "VRFT_SERVING_PREWARM": "false",
     "VRFT_JOB_LEASE_SECONDS": "3",  # staging must renew it: a download below outlasts it
@@ -39,8 +45,9 @@ ENV = {
 class Stack:
     def __init__(self, server: LiveServer, images: HTTPDouble, tripwire: Tripwire) -> None:
         self.server, self.images, self.tripwire = server, images, tripwire
-        self.http = httpx.Client(base_url=server.url + "/v1", headers={"Authorization": f"Bearer {server.env['VRFT_API_KEY']}"},
-                                 timeout=30)
+        self.http = httpx.Client(
+            base_url=server.url + "/v1", headers={"Authorization": f"Bearer {server.env['VRFT_API_KEY']}"}, timeout=30
+        )
         self.settings = make_settings({k: v for k, v in server.env.items() if k.startswith("VRFT_")}, server.home)
 
     def upload(self, rows: list) -> dict:
@@ -61,7 +68,9 @@ class Stack:
         assert r.status_code == 200, r.text
         return r.json()["id"]
 
-    def wait(self, job_id: str, statuses: tuple[str, ...] = ("failed", "cancelled", "succeeded"), timeout: float = 30) -> dict:
+    def wait(
+        self, job_id: str, statuses: tuple[str, ...] = ("failed", "cancelled", "succeeded"), timeout: float = 30
+    ) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             job = self.http.get(f"/fine_tuning/jobs/{job_id}").json()
@@ -78,7 +87,9 @@ class Stack:
 
 
 def row(*urls: str) -> dict:
-    content = [{"type": "text", "text": "Which colour?"}] + [{"type": "image_url", "image_url": {"url": u}} for u in urls]
+    content = [{"type": "text", "text": "Which colour?"}] + [
+        {"type": "image_url", "image_url": {"url": u}} for u in urls
+    ]
     return {"messages": [{"role": "user", "content": content}], "solution": "red"}
 
 
@@ -157,8 +168,11 @@ def test_decompression_bombs_are_refused_at_upload_and_at_staging(stack: Stack) 
     bomb = "data:image/png;base64," + base64.b64encode(bomb_png()).decode()
     f = stack.upload([row(image_data_url()), row(bomb)])
     assert f["status"] == "error"
-    assert "line 2: messages[0].content[1].image_url.url: the image has 13000 x 13000 pixels, more than the 1,000,000 allowed" \
+    assert (
+        "line 2: messages[0].content[1].image_url.url: "
+        "the image has 13000 x 13000 pixels, more than the 1,000,000 allowed"
         in f["status_details"]
+    )
     job = stack.wait(stack.job_on(stack.images.url("/bomb.png", host="localhost")))
     assert job["error"]["code"] == "invalid_image" and "13000 x 13000 pixels" in job["error"]["message"], job["error"]
 
@@ -166,15 +180,22 @@ def test_decompression_bombs_are_refused_at_upload_and_at_staging(stack: Stack) 
 def test_image_urls_per_file_are_capped(stack: Stack) -> None:
     url = stack.images.url("/ok.png", host="localhost")
     f = stack.upload([row(url, url), row(url), row(url)])
-    assert f["status"] == "error" and "line 3: the file has more than the 3 image URLs allowed" in f["status_details"], f
+    assert (
+        f["status"] == "error" and "line 3: the file has more than the 3 image URLs allowed" in f["status_details"]
+    ), f
 
 
 def test_an_overlong_line_is_refused(stack: Stack) -> None:
     """Finding 9: no valid row is longer than its images as data URLs plus 1 MiB; a longer line is refused
     where it passes that length, not read whole."""
     limits = DatasetLimits.of(stack.settings)
-    f = stack.upload([row(image_data_url()), {"messages": [{"role": "user", "content": "x" * (limits.max_line_bytes + 10)}]}])
-    assert f["status"] == "error" and f"line 2: the line is longer than the {limits.max_line_bytes} bytes" in f["status_details"], f
+    f = stack.upload(
+        [row(image_data_url()), {"messages": [{"role": "user", "content": "x" * (limits.max_line_bytes + 10)}]}]
+    )
+    assert (
+        f["status"] == "error"
+        and f"line 2: the line is longer than the {limits.max_line_bytes} bytes" in f["status_details"]
+    ), f
 
 
 def test_lines_are_split_in_linear_time() -> None:
@@ -207,10 +228,17 @@ def test_staged_images_are_named_by_their_format(tmp_path: Path) -> None:
         src = tmp_path / "src.jsonl"
         src.write_bytes(jsonl([row(images.url("/picture." + "x" * 300)), row(images.url("/a.png?size=large"))]))
         storage.put_file("files/p/f", src)
-        limits = DatasetLimits(max_rows=10, max_image_bytes=10_000, max_images_per_row=2, max_image_pixels=10_000, max_image_urls=5)
-        stager = Stager(storage, limits, AddressPolicy(("127.0.0.0/8",)), image_timeout_s=5, deadline=time.monotonic() + 30)
+        limits = DatasetLimits(
+            max_rows=10, max_image_bytes=10_000, max_images_per_row=2, max_image_pixels=10_000, max_image_urls=5
+        )
+        stager = Stager(
+            storage, limits, AddressPolicy(("127.0.0.0/8",)), image_timeout_s=5, deadline=time.monotonic() + 30
+        )
         staged = stager.stage(File(id="file-x", storage_key="files/p/f"), tmp_path / "job" / "train.jsonl")
-        urls = [json.loads(line)["messages"][0]["content"][1]["image_url"]["url"] for line in staged.read_text().splitlines()]
+        urls = [
+            json.loads(line)["messages"][0]["content"][1]["image_url"]["url"]
+            for line in staged.read_text().splitlines()
+        ]
         assert urls[0] == urls[1] and urls[0].startswith("file://") and urls[0].endswith(".png")
         assert len(list((tmp_path / "job" / "images").iterdir())) == 1
     finally:

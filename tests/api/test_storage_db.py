@@ -80,9 +80,13 @@ def test_upgrade_from_the_first_schema_keeps_rows(tmp_path, pg_database) -> None
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "0001")
             conn.execute(text("INSERT INTO project (id, name, created_at) VALUES ('proj_old', 'old', 1)"))
-            conn.execute(text(
-                "INSERT INTO job (id, project_id, created_at, model, training_file, status, method, hyperparameters, seed, result_files) "
-                "VALUES ('ftjob-old', 'proj_old', 1, 'm', 'file-1', 'queued', '{\"type\": \"supervised\"}', '{}', 3, '[]')"))
+            conn.execute(
+                text(
+                    "INSERT INTO job (id, project_id, created_at, model, training_file, status, method, "
+                    "hyperparameters, seed, result_files) VALUES ('ftjob-old', 'proj_old', 1, 'm', 'file-1', "
+                    "'queued', '{\"type\": \"supervised\"}', '{}', 3, '[]')"
+                )
+            )
         migrate(settings)
         with engine.begin() as conn:
             assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"

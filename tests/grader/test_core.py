@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-
 import pytest
 from openai.types.fine_tuning.alpha import GraderRunResponse, GraderValidateResponse
 
 import grader
 from grader.errors import ERROR_FLAGS
 
-SC = {"type": "string_check", "name": "sc", "input": "{{sample.output_text}}", "reference": "{{item.ref}}", "operation": "eq"}
+SC = {
+    "type": "string_check",
+    "name": "sc",
+    "input": "{{sample.output_text}}",
+    "reference": "{{item.ref}}",
+    "operation": "eq",
+}
 
 
 @pytest.mark.parametrize("op,inp,ref,want", [
@@ -63,8 +68,10 @@ def test_multi_sub_rewards_and_formula():
     resp = grader.run(spec, "<think>x</think><answer>Rose</answer>", {"label": "rose"})
     assert resp["reward"] == 1.0 and resp["sub_rewards"] == {"fmt": 1.0, "cls": 1.0}
     g = grader.compile(spec)
-    res = g.grade(["<answer>rose</answer>", "<think>x</think><answer>tulip</answer>", "<think></think><answer>rose</answer>"],
-                  [{"label": "rose"}, {"label": "rose"}, {}])
+    res = g.grade(
+        ["<answer>rose</answer>", "<think>x</think><answer>tulip</answer>", "<think></think><answer>rose</answer>"],
+        [{"label": "rose"}, {"label": "rose"}, {}],
+    )
     assert res.rewards == [0.5, 0.5, 0.5]
     assert res.sub_rewards == {"fmt": [0.0, 1.0, 1.0], "cls": [1.0, 0.0, 0.0]}
     assert res.results[2].errors["invalid_variable_error"] and res.results[2].sub_rewards == {"fmt": 1.0, "cls": 0.0}
@@ -103,7 +110,11 @@ def test_python_grader_end_to_end():
     assert resp["reward"] == 1.0
     resp = grader.run({**spec, "source": "def grade(sample, item):\n    return item['nope']\n"}, "x", {})
     errs = resp["metadata"]["errors"]
-    assert resp["reward"] == 0.0 and errs["python_grader_runtime_error"] and "KeyError" in errs["python_grader_runtime_error_details"]
+    assert (
+        resp["reward"] == 0.0
+        and errs["python_grader_runtime_error"]
+        and "KeyError" in errs["python_grader_runtime_error_details"]
+    )
     GraderRunResponse.model_validate(resp)
     with grader.compile(spec, workers=2) as g:
         res = g.grade([str(i) for i in range(50)], [{"answer": str(i % 2)} for i in range(50)])
@@ -120,10 +131,20 @@ def test_python_grader_timeout_is_unresponsive_reward_error():
 
 
 def test_multi_with_python_and_visual_graders():
-    spec = {"type": "multi", "name": "visual-rft", "calculate_output": "(fmt + 2 * det + py) / 4", "graders": {
-        "fmt": {"type": "format", "name": "fmt"},
-        "det": {"type": "iou", "name": "det", "confidence_weight": 0.5},
-        "py": {"type": "python", "name": "py", "source": "def grade(s, i):\n    return 1.0 if '<answer>' in s['output_text'] else 0.0\n"}}}
+    spec = {
+        "type": "multi",
+        "name": "visual-rft",
+        "calculate_output": "(fmt + 2 * det + py) / 4",
+        "graders": {
+            "fmt": {"type": "format", "name": "fmt"},
+            "det": {"type": "iou", "name": "det", "confidence_weight": 0.5},
+            "py": {
+                "type": "python",
+                "name": "py",
+                "source": "def grade(s, i):\n    return 1.0 if '<answer>' in s['output_text'] else 0.0\n",
+            },
+        },
+    }
     text = "<think>one box</think><answer>[{'Position': [0, 0, 10, 10], 'Confidence': 1.0}]</answer>"
     resp = grader.run(spec, text, {"boxes": [[0, 0, 10, 10]]})
     assert resp["reward"] == pytest.approx(1.0)

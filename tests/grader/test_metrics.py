@@ -83,7 +83,10 @@ def test_cosine_loads_lazily_and_never_at_import():
     import subprocess
     import sys
 
-    code = "import grader, grader.core, grader.metrics, sys; assert 'torch' not in sys.modules and 'sentence_transformers' not in sys.modules"
+    code = (
+        "import grader, grader.core, grader.metrics, sys; "
+        "assert 'torch' not in sys.modules and 'sentence_transformers' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

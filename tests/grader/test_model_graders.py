@@ -13,21 +13,52 @@ import grader
 from grader.model_graders import ModelEndpoint, parse_label, parse_score
 
 BASE = "http://judge.test/v1"
-SM = {"type": "score_model", "name": "judge", "model": "tiny-judge",
-      "input": [{"role": "developer", "content": "Score the answer from 0 to 1."},
-                {"role": "user", "content": [{"type": "input_text", "text": "Answer: {{sample.output_text}} Ref: {{item.ref}}"},
-                                             {"type": "input_image", "image_url": "{{item.img}}", "detail": "low"}]}],
-      "sampling_params": {"temperature": 0.0, "seed": 7, "max_completions_tokens": 64}}
-LM = {"type": "label_model", "name": "lab", "model": "tiny-judge", "input": [{"role": "user", "content": "{{sample.output_text}}"}],
-      "labels": ["correct", "incorrect"], "passing_labels": ["correct"]}
+SM = {
+    "type": "score_model",
+    "name": "judge",
+    "model": "tiny-judge",
+    "input": [
+        {"role": "developer", "content": "Score the answer from 0 to 1."},
+        {
+            "role": "user",
+            "content": [
+                {"type": "input_text", "text": "Answer: {{sample.output_text}} Ref: {{item.ref}}"},
+                {"type": "input_image", "image_url": "{{item.img}}", "detail": "low"},
+            ],
+        },
+    ],
+    "sampling_params": {"temperature": 0.0, "seed": 7, "max_completions_tokens": 64},
+}
+LM = {
+    "type": "label_model",
+    "name": "lab",
+    "model": "tiny-judge",
+    "input": [{"role": "user", "content": "{{sample.output_text}}"}],
+    "labels": ["correct", "incorrect"],
+    "passing_labels": ["correct"],
+}
 
 
 def completion(content, *, refusal=None, model="tiny-judge-0001", prompt=10, completion_tokens=5) -> dict:
-    return {"id": "c1", "object": "chat.completion", "model": model, "created": 0,
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": content, "refusal": refusal}}],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": completion_tokens, "total_tokens": prompt + completion_tokens,
-                      "prompt_tokens_details": {"cached_tokens": 2}}}
+    return {
+        "id": "c1",
+        "object": "chat.completion",
+        "model": model,
+        "created": 0,
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": content, "refusal": refusal},
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": 2},
+        },
+    }
 
 
 @pytest.fixture
@@ -63,7 +94,9 @@ def test_score_model_request_and_response(endpoint):
 
 @respx.mock
 def test_score_is_clipped_to_range(endpoint):
-    respx.post(f"{BASE}/chat/completions").mock(return_value=httpx.Response(200, json=completion('{"steps": [], "result": 7}')))
+    respx.post(f"{BASE}/chat/completions").mock(
+        return_value=httpx.Response(200, json=completion('{"steps": [], "result": 7}'))
+    )
     assert grader.run(SM, "x", {"ref": "y", "img": "u"}, endpoint=endpoint)["reward"] == 1.0
     assert grader.run({**SM, "range": [0, 10]}, "x", {"ref": "y", "img": "u"}, endpoint=endpoint)["reward"] == 7.0
     assert grader.run({**SM, "range": [-1, 0.5]}, "x", {"ref": "y", "img": "u"}, endpoint=endpoint)["reward"] == 0.5
@@ -94,8 +127,16 @@ def test_unparsable_refusal_and_server_errors(endpoint):
 
 @respx.mock
 def test_label_model_inside_multi(endpoint):
-    respx.post(f"{BASE}/chat/completions").mock(side_effect=lambda req: httpx.Response(200, json=completion(
-        '{"steps": [], "result": "correct"}' if "good" in json.loads(req.content)["messages"][0]["content"] else "incorrect")))
+    respx.post(f"{BASE}/chat/completions").mock(
+        side_effect=lambda req: httpx.Response(
+            200,
+            json=completion(
+                '{"steps": [], "result": "correct"}'
+                if "good" in json.loads(req.content)["messages"][0]["content"]
+                else "incorrect"
+            ),
+        )
+    )
     spec = {"type": "multi", "name": "m", "graders": {"lab": LM}, "calculate_output": "lab"}
     with grader.compile(spec, endpoint=endpoint) as g:
         res = g.grade(["good answer", "bad answer", "good again"], [{}, {}, {}])

@@ -10,7 +10,6 @@ import pytest
 
 from grader.sandbox import PythonGraderPool, SandboxConfig, SandboxUnavailable, grade_once, resolve_mode
 
-
 ECHO = "def grade(sample, item):\n    return float(item['x'])\n"
 
 
@@ -91,18 +90,24 @@ def test_read_service_database_and_api_key(cfg, secrets):
 
 
 def test_cannot_see_home_root_or_project(cfg):
-    assert_blocked(src("""
+    assert_blocked(
+        src("""
         import os
-        seen = [p for p in ('/root', '/home', '/work/main/api', '/work/main/.vrft', '/etc') if os.path.exists(p) and os.listdir(p) not in ([], ['.pyenv'])]
+        seen = [p for p in ('/root', '/home', '/work/main/api', '/work/main/.vrft', '/etc')
+                if os.path.exists(p) and os.listdir(p) not in ([], ['.pyenv'])]
         if seen: return 1.0
         raise RuntimeError('nothing visible')
-    """), cfg)
+    """),
+        cfg,
+    )
 
 
 def test_write_outside_tmp_fails_but_tmp_works(cfg):
     for path in ("/usr/evil", "/evil", "/work/main/.venv/evil", "/proc/evil"):
         assert_blocked(src(f"open({path!r}, 'w').write('x')"), cfg)
-    with PythonGraderPool(src("open('/tmp/ok', 'w').write('fine'); return float(len(open('/tmp/ok').read()))"), cfg) as pool:
+    with PythonGraderPool(
+        src("open('/tmp/ok', 'w').write('fine'); return float(len(open('/tmp/ok').read()))"), cfg
+    ) as pool:
         assert pool.grade([{}], [{}])[0].score == 4.0
 
 
@@ -173,7 +178,13 @@ def test_exit_and_os_exit(cfg):
 
 
 def test_huge_output_is_discarded(cfg):
-    with PythonGraderPool(src("print('x' * (50 * 1024 * 1024)); import sys; sys.stderr.write('y' * 10**7); import os; os.write(1, b'z' * 10**6)"), cfg) as pool:
+    with PythonGraderPool(
+        src(
+            "print('x' * (50 * 1024 * 1024)); import sys; sys.stderr.write('y' * 10**7); "
+            "import os; os.write(1, b'z' * 10**6)"
+        ),
+        cfg,
+    ) as pool:
         r = pool.grade([{}] * 3, [{}] * 3)
         assert [x.score for x in r] == [1.0, 1.0, 1.0]
 
@@ -233,7 +244,9 @@ def test_warm_pool_is_fast_and_compiles_once(cfg):
 
 
 def test_state_does_not_leak_between_graders(cfg):
-    with PythonGraderPool("import os\ndef grade(s, i):\n    open('/tmp/mark', 'w').write('a'); return 1.0\n", cfg) as p1:
+    with PythonGraderPool(
+        "import os\ndef grade(s, i):\n    open('/tmp/mark', 'w').write('a'); return 1.0\n", cfg
+    ) as p1:
         p1.grade([{}], [{}])
     with PythonGraderPool("import os\ndef grade(s, i):\n    return float(os.path.exists('/tmp/mark'))\n", cfg) as p2:
         assert p2.grade([{}], [{}])[0].score == 0.0
@@ -281,7 +294,9 @@ def test_compiled_grader_reports_sandbox_unavailable():
     r = g.grade(["x"], [{"x": 1}]).results[0]
     g.close()
     assert r.reward == 0.0
-    assert r.errors["python_grader_server_error"] and r.errors["python_grader_server_error_type"] == "sandbox_unavailable"
+    assert (
+        r.errors["python_grader_server_error"] and r.errors["python_grader_server_error_type"] == "sandbox_unavailable"
+    )
 
 
 def test_grader_image_packages_import_in_the_sandbox(cfg):
@@ -292,7 +307,8 @@ def test_grader_image_packages_import_in_the_sandbox(cfg):
         from ast_grep_py import SgRoot
         r = rouge_scorer.RougeScorer(["rouge1"]).score("a red circle", sample["output_text"])["rouge1"].fmeasure
         assert SgRoot("x = 1", "python").root().find(pattern="x = $A") is not None
-        assert not deepdiff.DeepDiff({"a": 1}, {"a": 1}) and sqlparse.format("select 1", keyword_case="upper") == "SELECT 1"
+        assert not deepdiff.DeepDiff({"a": 1}, {"a": 1})
+        assert sqlparse.format("select 1", keyword_case="upper") == "SELECT 1"
         return r
     """)
     cfg2 = SandboxConfig(timeout_s=60, grace_s=2, memory_bytes=2 << 30, disk_bytes=64 << 20, workers=1)

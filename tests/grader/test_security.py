@@ -32,15 +32,19 @@ from api.routes.graders import GraderRuns, judge_endpoint, own_v1
 from api.settings import Settings
 from grader.errors import SampleError
 from grader.model_graders import ModelEndpoint
-from grader.sandbox import PythonGraderPool, SandboxConfig, SandboxUnavailable
-from grader.sandbox import launcher
+from grader.sandbox import PythonGraderPool, SandboxConfig, SandboxUnavailable, launcher
 from grader.sandbox.launcher import count_uid_tasks, lease_uid
 from tests.helpers import REPO, LiveServer, assert_openai_error
 from tests.netfixtures import Tripwire
 
 RUN = "/fine_tuning/alpha/graders/run"
 JUDGE_KEY = "sk-judge-" + secrets.token_hex(4)
-SM = {"type": "score_model", "name": "judge", "model": "judge-model", "input": [{"role": "user", "content": "{{sample.output_text}}"}]}
+SM = {
+    "type": "score_model",
+    "name": "judge",
+    "model": "judge-model",
+    "input": [{"role": "user", "content": "{{sample.output_text}}"}],
+}
 SC = {"type": "string_check", "name": "sc", "input": "{{sample.output_text}}", "reference": "x", "operation": "eq"}
 
 
@@ -99,8 +103,13 @@ def live_api(tmp_path, env: dict[str, str], projects: list[str]) -> tuple[LiveSe
 
 
 def call(server: LiveServer, key: str, method: str, path: str, **kw) -> httpx.Response:
-    return httpx.request(method, server.url + "/v1" + path, headers={"Authorization": f"Bearer {key}", **kw.pop("headers", {})},
-                         timeout=60, **kw)
+    return httpx.request(
+        method,
+        server.url + "/v1" + path,
+        headers={"Authorization": f"Bearer {key}", **kw.pop("headers", {})},
+        timeout=60,
+        **kw,
+    )
 
 
 # ----------------------------------------------------------------------------------------- 1. judge URL
@@ -131,7 +140,9 @@ def test_judge_endpoint_comes_from_settings():
         assert own_v1(Settings(host=host, port=8123)) == url
     ep = judge_endpoint(Settings(host="0.0.0.0", port=8123), request, deadline=0.0)
     assert (ep.base_url, ep.api_key) == ("http://127.0.0.1:8123/v1", "sk-caller")
-    ep = judge_endpoint(Settings(grader_model_base_url="http://judge.test/v1", grader_model_api_key="sk-j"), request, 0.0)
+    ep = judge_endpoint(
+        Settings(grader_model_base_url="http://judge.test/v1", grader_model_api_key="sk-j"), request, 0.0
+    )
     assert (ep.base_url, ep.api_key) == ("http://judge.test/v1", "sk-j")  # never the caller's key elsewhere
     ep = judge_endpoint(Settings(grader_model_base_url="http://judge.test/v1"), request, 0.0)
     assert ep.api_key is None
@@ -285,8 +296,13 @@ def test_a_grader_holding_its_process_budget_does_not_starve_another_process():
         while not any(count_uid_tasks(uid) >= 8 for uid in range(UID_BASE, UID_BASE + 16)):
             assert time.time() < deadline and a.poll() is None, "the hog never filled its budget"
             time.sleep(0.1)
-        b = holder({"source": "import subprocess\ndef grade(sample, item):\n"
-                              "    return float(subprocess.run(['/usr/bin/true']).returncode == 0)\n", "max_processes": 8})
+        b = holder(
+            {
+                "source": "import subprocess\ndef grade(sample, item):\n"
+                "    return float(subprocess.run(['/usr/bin/true']).returncode == 0)\n",
+                "max_processes": 8,
+            }
+        )
         try:
             res = result(b)
         finally:
@@ -363,7 +379,9 @@ def grade(sample, item):
         open('/tmp/secret', 'w').write('project data')
     return 10.0 * seen + os.path.exists('/tmp/secret')
 """
-STATE_PROBE = "SEEN = set()\ndef grade(sample, item):\n    SEEN.add(sample['output_text'])\n    return float(len(SEEN))\n"
+STATE_PROBE = (
+    "SEEN = set()\ndef grade(sample, item):\n    SEEN.add(sample['output_text'])\n    return float(len(SEEN))\n"
+)
 
 
 def test_python_graders_see_no_file_another_call_left(tmp_path):
@@ -387,7 +405,11 @@ def test_python_graders_see_no_file_another_call_left(tmp_path):
         assert reward(key_b, "read") == 0.0  # another project, the same source: not a's worker
         assert reward(key_a, "read") == 0.0  # a's next call: its /tmp was emptied
         # the warm worker's module state stays within its project
-        assert [reward(key_a, "a1", STATE_PROBE), reward(key_b, "b1", STATE_PROBE), reward(key_a, "a2", STATE_PROBE)] == [1, 1, 2]
+        assert [
+            reward(key_a, "a1", STATE_PROBE),
+            reward(key_b, "b1", STATE_PROBE),
+            reward(key_a, "a2", STATE_PROBE),
+        ] == [1, 1, 2]
 
 
 def test_tmpfs_counts_against_the_memory_budget():

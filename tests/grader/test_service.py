@@ -14,11 +14,22 @@ import grader
 from grader.service import RemoteGrader, create_app
 from tests.grader.visual_rft_port import make_detection_samples
 
-
-SPEC = {"type": "multi", "name": "visual-rft", "calculate_output": "fmt + 2 * det + cls", "graders": {
-    "fmt": {"type": "format", "name": "fmt"},
-    "det": {"type": "iou", "name": "det", "reference": "{{item.solution}}", "confidence_weight": 0.5},
-    "cls": {"type": "string_check", "name": "cls", "input": "{{sample.answer}}", "reference": "{{item.missing}}", "operation": "eq"}}}
+SPEC = {
+    "type": "multi",
+    "name": "visual-rft",
+    "calculate_output": "fmt + 2 * det + cls",
+    "graders": {
+        "fmt": {"type": "format", "name": "fmt"},
+        "det": {"type": "iou", "name": "det", "reference": "{{item.solution}}", "confidence_weight": 0.5},
+        "cls": {
+            "type": "string_check",
+            "name": "cls",
+            "input": "{{sample.answer}}",
+            "reference": "{{item.missing}}",
+            "operation": "eq",
+        },
+    },
+}
 
 
 def free_port() -> int:
@@ -30,7 +41,9 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def service():
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(token="t0ken", workers=2), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(token="t0ken", workers=2), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
@@ -69,7 +82,11 @@ def test_remote_equals_in_process(service, monkeypatch):
 
 
 def test_remote_python_grader_equals_in_process(service):
-    spec = {"type": "python", "name": "py", "source": "def grade(s, i):\n    return len(s['answer']) / (1 + len(i['solution']))\n"}
+    spec = {
+        "type": "python",
+        "name": "py",
+        "source": "def grade(s, i):\n    return len(s['answer']) / (1 + len(i['solution']))\n",
+    }
     contents, items = batch()
     with grader.compile(spec, workers=2) as g:
         local = g.grade(contents, items)
@@ -83,7 +100,11 @@ def test_auth_and_errors(service):
     h = {"Authorization": "Bearer t0ken"}
     r = httpx.post(service + "/v1/grade", headers=h, json={"grader": {"type": "nope"}, "samples": ["x"], "items": [{}]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "grader.type"
-    r = httpx.post(service + "/v1/grade", headers=h, json={"grader": SPEC, "samples": ["x", "y"], "items": [{}], "item_index": [0, 3]})
+    r = httpx.post(
+        service + "/v1/grade",
+        headers=h,
+        json={"grader": SPEC, "samples": ["x", "y"], "items": [{}], "item_index": [0, 3]},
+    )
     assert r.status_code == 400
     with pytest.raises(grader.GraderValidationError):
         RemoteGrader(service, {"type": "multi", "name": "m", "graders": {}, "calculate_output": "a"}, token="t0ken")
@@ -92,11 +113,28 @@ def test_auth_and_errors(service):
     assert r.status_code == 200 and r.json()["reward"] == 1.0
     r = httpx.post(service + "/v1/fine_tuning/alpha/graders/validate", headers=h, json={"grader": SPEC})
     assert r.status_code == 200 and r.json()["grader"]["type"] == "multi"
-    for path, extra in (("/v1/fine_tuning/alpha/graders/validate", {}), ("/v1/fine_tuning/alpha/graders/run", {"model_sample": "x"})):
-        r = httpx.post(service + path, headers=h, json={"grader": {"type": "string_check", "name": "s", "input": "{{sample.output_text}}",
-                                                                   "reference": "a", "operation": "nope"}, **extra})
+    for path, extra in (
+        ("/v1/fine_tuning/alpha/graders/validate", {}),
+        ("/v1/fine_tuning/alpha/graders/run", {"model_sample": "x"}),
+    ):
+        r = httpx.post(
+            service + path,
+            headers=h,
+            json={
+                "grader": {
+                    "type": "string_check",
+                    "name": "s",
+                    "input": "{{sample.output_text}}",
+                    "reference": "a",
+                    "operation": "nope",
+                },
+                **extra,
+            },
+        )
         assert r.status_code == 400, path
-        assert r.json()["error"]["code"] == "invalid_grader" and r.json()["error"]["param"] == "grader.operation", r.json()
+        assert r.json()["error"]["code"] == "invalid_grader" and r.json()["error"]["param"] == "grader.operation", (
+            r.json()
+        )
 
 
 def test_items_are_sent_once_per_batch(service):

@@ -7,7 +7,13 @@ import pytest
 import grader
 from grader import GraderValidationError, validate_grader
 
-SC = {"type": "string_check", "name": "sc", "input": "{{sample.output_text}}", "reference": "{{item.ref}}", "operation": "eq"}
+SC = {
+    "type": "string_check",
+    "name": "sc",
+    "input": "{{sample.output_text}}",
+    "reference": "{{item.ref}}",
+    "operation": "eq",
+}
 TS = {"type": "text_similarity", "name": "ts", "input": "{{sample.output_text}}", "reference": "{{item.ref}}",
       "evaluation_metric": "bleu"}
 PY = {"type": "python", "name": "py", "source": "def grade(sample, item):\n    return 1.0\n"}
@@ -16,8 +22,14 @@ SM = {"type": "score_model", "name": "sm", "model": "tiny", "input": [
     {"role": "user", "content": [{"type": "input_text", "text": "{{sample.output_text}} vs {{item.ref}}"},
                                  {"type": "input_image", "image_url": "{{item.image_url}}", "detail": "low"}]}],
       "range": [0, 1], "sampling_params": {"temperature": 0, "seed": 1, "max_completions_tokens": 20}}
-LM = {"type": "label_model", "name": "lm", "model": "tiny", "input": [{"role": "user", "content": "{{sample.output_text}}"}],
-      "labels": ["good", "bad"], "passing_labels": ["good"]}
+LM = {
+    "type": "label_model",
+    "name": "lm",
+    "model": "tiny",
+    "input": [{"role": "user", "content": "{{sample.output_text}}"}],
+    "labels": ["good", "bad"],
+    "passing_labels": ["good"],
+}
 
 
 def err(spec, **kw) -> GraderValidationError:
@@ -35,7 +47,19 @@ def test_valid_specs_round_trip(spec):
 
 
 def test_every_text_similarity_metric_is_accepted():
-    for m in ["cosine", "fuzzy_match", "bleu", "gleu", "meteor", "rouge_1", "rouge_2", "rouge_3", "rouge_4", "rouge_5", "rouge_l"]:
+    for m in [
+        "cosine",
+        "fuzzy_match",
+        "bleu",
+        "gleu",
+        "meteor",
+        "rouge_1",
+        "rouge_2",
+        "rouge_3",
+        "rouge_4",
+        "rouge_5",
+        "rouge_l",
+    ]:
         assert validate_grader({**TS, "evaluation_metric": m}).evaluation_metric == m
     assert err({**TS, "evaluation_metric": "rouge_6"}).param == "evaluation_metric"
 
@@ -56,7 +80,16 @@ def test_label_model_only_inside_multi():
     multi = {"type": "multi", "name": "m", "graders": {"lm": LM, "sc": SC}, "calculate_output": "lm * sc"}
     assert validate_grader(multi).graders["lm"].type == "label_model"
     assert "label_model" not in grader.TOP_LEVEL_TYPES and "label_model" in grader.MULTI_CHILD_TYPES
-    assert {"string_check", "text_similarity", "python", "score_model", "multi", "iou", "format", "classification"} == set(grader.TOP_LEVEL_TYPES)
+    assert {
+        "string_check",
+        "text_similarity",
+        "python",
+        "score_model",
+        "multi",
+        "iou",
+        "format",
+        "classification",
+    } == set(grader.TOP_LEVEL_TYPES)
 
 
 def test_label_model_passing_labels_subset():
@@ -86,7 +119,13 @@ def test_templates_are_checked():
     assert err({**SC, "input": "{{item.a"}).param == "input"
     bad = {**SM, "input": [{"role": "user", "content": [{"type": "input_text", "text": "{{x.y}}"}]}]}
     assert err(bad).param == "input.0.content.0.text"
-    validate_grader({**SC, "input": "{{ sample.output_json.answer[0]['a b'] }} {{sample.answer}} {{sample.output_tools[0].function.name}} {{sample.choices[0].message.content}}"})
+    validate_grader(
+        {
+            **SC,
+            "input": "{{ sample.output_json.answer[0]['a b'] }} {{sample.answer}} "
+            "{{sample.output_tools[0].function.name}} {{sample.choices[0].message.content}}",
+        }
+    )
 
 
 def test_score_model_checks():
@@ -94,7 +133,9 @@ def test_score_model_checks():
     assert err({**SM, "range": [0, 1, 2]}).param == "range"
     assert err({**SM, "input": []}).param == "input"
     assert err({**SM, "input": [{"role": "robot", "content": "x"}]}).param == "input.0.role"
-    assert err({**SM, "input": [{"role": "user", "content": [{"type": "input_textt", "text": "x"}]}]}).param.startswith("input.0.content")
+    assert err({**SM, "input": [{"role": "user", "content": [{"type": "input_textt", "text": "x"}]}]}).param.startswith(
+        "input.0.content"
+    )
     assert err({**SM, "sampling_params": {"temperature": 5}}).param == "sampling_params.temperature"
 
 
@@ -107,7 +148,10 @@ def test_multi_formula_and_keys():
     assert err({**m, "calculate_output": "__import__('os')"}).param == "calculate_output"
     assert err({**m, "calculate_output": "a; b"}).param == "calculate_output"
     assert err({**m, "graders": {"a": {**SC, "operation": "x"}}}).param == "graders.a.operation"
-    assert err({**m, "graders": {"a": {"type": "iou", "name": "i", "iou_threshold": 2}}, "calculate_output": "a"}).param == "graders.a.iou_threshold"
+    assert (
+        err({**m, "graders": {"a": {"type": "iou", "name": "i", "iou_threshold": 2}}, "calculate_output": "a"}).param
+        == "graders.a.iou_threshold"
+    )
     assert err({**m, "graders": {"a": m}, "calculate_output": "a"}).param == "graders.a.type"  # no nesting
     assert err({**m, "graders": {}}).param == "graders"
 
@@ -125,12 +169,20 @@ def test_visual_specs():
                                                                          "resize": {"max_pixels": 401408}},
                            "reference_format": {"coordinates": "pixel"}, "iou_type": "giou", "confidence_weight": 0.5})
     assert iou.input_format.resize.factor == 28
-    assert err({"type": "iou", "name": "d", "input_format": {"coordinates": "norm100"}}).param == "input_format.coordinates"
-    assert err({"type": "iou", "name": "d", "input_format": {"resize": {"min_pixels": 10, "max_pixels": 5}}}).param == "input_format.resize"
+    assert (
+        err({"type": "iou", "name": "d", "input_format": {"coordinates": "norm100"}}).param
+        == "input_format.coordinates"
+    )
+    assert (
+        err({"type": "iou", "name": "d", "input_format": {"resize": {"min_pixels": 10, "max_pixels": 5}}}).param
+        == "input_format.resize"
+    )
     assert err({"type": "iou", "name": "d", "mode": "segmentation"}).param == "mode"
     assert err({"type": "format", "name": "f", "pattern": "(unclosed"}).param == "pattern"
     assert err({"type": "format", "name": "f", "flags": ["verbose"]}).param == "flags.0"
-    validate_grader({"type": "classification", "name": "c", "reference": "{{item.label}}", "synonyms": {"cat": ["kitty"]}})
+    validate_grader(
+        {"type": "classification", "name": "c", "reference": "{{item.label}}", "synonyms": {"cat": ["kitty"]}}
+    )
 
 
 def test_error_prefix_for_the_api():

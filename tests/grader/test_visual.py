@@ -10,7 +10,7 @@ import pytest
 
 import grader
 from grader import boxes as B
-from grader.images import item_image_size, smart_resize, size_from_data_url
+from grader.images import item_image_size, size_from_data_url, smart_resize
 from grader.visual import classification_reward, format_reward, normalize_label
 from tests.grader.visual_rft_port import accuracy_reward_confidence, accuracy_reward_iou, make_detection_samples
 
@@ -46,7 +46,9 @@ def test_iou_hand_values():
 
 
 def test_degenerate_boxes_never_nan():
-    m = B.iou_matrix(np.array([[0, 0, 0, 10], [5, 5, 5, 5.0], [0, 0, 10, 10]]), np.array([[0, 0, 0, 10], [0, 0, 10, 10.0]]))
+    m = B.iou_matrix(
+        np.array([[0, 0, 0, 10], [5, 5, 5, 5.0], [0, 0, 10, 10]]), np.array([[0, 0, 0, 10], [0, 0, 10, 10.0]])
+    )
     assert np.isfinite(m).all()
     assert m[0, 0] == 0.0 and m[1, 1] == 0.0 and m[2, 1] == 1.0
     g = B.iou_matrix(np.array([[3, 3, 3, 3.0]]), np.array([[3, 3, 3, 3.0]]), giou=True)
@@ -110,12 +112,20 @@ def test_parse_boxes(text, boxes):
 
 
 def test_vectorised_parser_agrees_with_the_general_one():
-    texts = ["[{'Position': [1, 2, 3, 4], 'Confidence': 0.5}, {'Position': [10, 20, 30, 40], 'Confidence': 1}]",
-             '[ { "Position" : [ 1.25 , 2 , 3 , 4 ] , "Confidence" : 0.75 } ]',
-             "[{'Confidence': 0.3, 'Position': [7, 8, 9, 10]}]",
-             "[]", "No Objects", "[{'Position': [1, 2, 3, 4]}]", "[{'Position': [1, 2, 3, 4], 'Confidence': 0.5, 'Label': 'x'}]",
-             "[{'Position': [1, 2, 3, 4], 'Confidence': 0.5}, {'Position': [5, 6", "é [1, 2, 3, 4]", "",
-             "[{'Position': [1.2.3, 2, 3, 4], 'Confidence': 0.5}]", "[{'Position': [0.1, 0.2, 0.30000000000000004, 1e-3], 'Confidence': 0.5}]"]
+    texts = [
+        "[{'Position': [1, 2, 3, 4], 'Confidence': 0.5}, {'Position': [10, 20, 30, 40], 'Confidence': 1}]",
+        '[ { "Position" : [ 1.25 , 2 , 3 , 4 ] , "Confidence" : 0.75 } ]',
+        "[{'Confidence': 0.3, 'Position': [7, 8, 9, 10]}]",
+        "[]",
+        "No Objects",
+        "[{'Position': [1, 2, 3, 4]}]",
+        "[{'Position': [1, 2, 3, 4], 'Confidence': 0.5, 'Label': 'x'}]",
+        "[{'Position': [1, 2, 3, 4], 'Confidence': 0.5}, {'Position': [5, 6",
+        "é [1, 2, 3, 4]",
+        "",
+        "[{'Position': [1.2.3, 2, 3, 4], 'Confidence': 0.5}]",
+        "[{'Position': [0.1, 0.2, 0.30000000000000004, 1e-3], 'Confidence': 0.5}]",
+    ]
     vals, counts, ok = B.parse_visual_rft_batch(texts)
     assert ok.tolist() == [True, True, True, True, False, False, False, False, False, False, False, False]
     start = 0
@@ -132,8 +142,12 @@ def test_fast_parsers_reject_the_numbers_json_rejects(accel):
     """`10.` and `.5` are not numbers to JSON or to `parse_boxes`' patterns; the batch parsers (numpy and
     compiled) must not read them either, or a completion would score differently in a small batch (parsed
     by `parse_boxes`) and a large one."""
-    texts = ["[{'Position': [10., 20, 30, 40], 'Confidence': 0.5}]", "[{'Position': [10, 20, 30, 40], 'Confidence': .5}]",
-             "[{'Position': [10, 20, 30, 40.], 'Confidence': 0.5}]", "[{'Position': [10, 20.5, 30, 40], 'Confidence': 1.}]"] * 40
+    texts = [
+        "[{'Position': [10., 20, 30, 40], 'Confidence': 0.5}]",
+        "[{'Position': [10, 20, 30, 40], 'Confidence': .5}]",
+        "[{'Position': [10, 20, 30, 40.], 'Confidence': 0.5}]",
+        "[{'Position': [10, 20.5, 30, 40], 'Confidence': 1.}]",
+    ] * 40
     _, _, ok = B.parse_visual_rft_batch(texts, accel=accel)
     assert not ok.any()  # so they go to parse_boxes, whatever the batch size
     good = "[{'Position': [10, 20.5, 30, 40], 'Confidence': 1.0}]"
@@ -187,7 +201,8 @@ def test_detection_grader_parse_error_and_empty_answer():
 
 
 def test_detection_grader_dedupes_and_caps():
-    twice = "<answer>[{'Position': [0, 0, 10, 10], 'Confidence': 1}, {'Position': [0, 0, 10, 10], 'Confidence': 0.5}]</answer>"
+    twice = ("<answer>[{'Position': [0, 0, 10, 10], 'Confidence': 1}, "
+             "{'Position': [0, 0, 10, 10], 'Confidence': 0.5}]</answer>")
     assert grade1(DET, twice, {"boxes": [[0, 0, 10, 10]]}).reward == 1.0
     spam = "<answer>" + str([{"Position": [i, i, i + 10, i + 10], "Confidence": 0.5} for i in range(300)]) + "</answer>"
     r = grade1({**DET, "max_boxes": 5}, spam, {"boxes": [[0, 0, 10, 10]]})
@@ -198,8 +213,12 @@ def test_grounding_dense_iou_and_giou():
     item = {"boxes": [[0, 0, 10, 10]]}
     g = {"type": "iou", "name": "g", "mode": "grounding"}
     assert grade1(g, "<answer>(0,0),(10,5)</answer>", item).reward == pytest.approx(0.5)
-    assert grade1(g, "<answer>[0, 0, 10, 5] and [0, 0, 10, 10]</answer>", item).reward == pytest.approx(0.5)  # first box
-    assert grade1({**g, "iou_type": "giou"}, "<answer>(20,0),(30,10)</answer>", item).reward == pytest.approx((-1 / 3 + 1) / 2)
+    assert grade1(g, "<answer>[0, 0, 10, 5] and [0, 0, 10, 10]</answer>", item).reward == pytest.approx(
+        0.5
+    )  # first box
+    assert grade1({**g, "iou_type": "giou"}, "<answer>(20,0),(30,10)</answer>", item).reward == pytest.approx(
+        (-1 / 3 + 1) / 2
+    )
     r = grade1(g, "<answer>nowhere</answer>", item)
     assert r.reward == 0.0 and r.errors["sample_parse_error"]
 
@@ -208,7 +227,9 @@ def test_qwen2_vl_norm1000_vs_pixel_reference():
     # a 200x100 image; the object is pixels (50, 25)-(150, 75): 0-1000 coordinates (250, 250)-(750, 750)
     item = row(200, 100, boxes=[[50, 25, 150, 75]])
     spec = {**DET, "input_format": {"coordinates": "norm1000"}, "reference_format": {"coordinates": "pixel"}}
-    assert grade1(spec, "<answer>[{'Position': [250, 250, 750, 750], 'Confidence': 1}]</answer>", item).reward == pytest.approx(1.0)
+    assert grade1(
+        spec, "<answer>[{'Position': [250, 250, 750, 750], 'Confidence': 1}]</answer>", item
+    ).reward == pytest.approx(1.0)
     # the classic bug: reading 0-1000 outputs as pixels scores ~0
     wrong = {**DET, "input_format": {"coordinates": "pixel"}, "reference_format": {"coordinates": "pixel"}}
     assert grade1(wrong, "<answer>[{'Position': [250, 250, 750, 750], 'Confidence': 1}]</answer>", item).reward == 0.0
@@ -238,15 +259,30 @@ def test_qwen25_vl_absolute_pixels_of_the_resized_image():
 def test_same_space_needs_no_image():
     # both in pixels, no resize: IoU does not depend on the image size, so no image is needed
     spec = {**DET, "input_format": {"coordinates": "pixel"}}
-    assert grade1(spec, "<answer>[{'Position': [0, 0, 10, 10], 'Confidence': 1}]</answer>", {"boxes": [[0, 0, 10, 10]]}).reward == 1.0
+    assert (
+        grade1(
+            spec, "<answer>[{'Position': [0, 0, 10, 10], 'Confidence': 1}]</answer>", {"boxes": [[0, 0, 10, 10]]}
+        ).reward
+        == 1.0
+    )
 
 
 def test_xywh_and_cxcywh_conventions():
     item = {"boxes": [[0, 0, 10, 10]]}
-    spec = {**DET, "mode": "grounding", "input_format": {"box_format": "cxcywh"}, "reference_format": {"box_format": "xyxy"}}
+    spec = {
+        **DET,
+        "mode": "grounding",
+        "input_format": {"box_format": "cxcywh"},
+        "reference_format": {"box_format": "xyxy"},
+    }
     assert grade1(spec, "<answer>[5, 5, 10, 10]</answer>", item).reward == 1.0
     # reference_format defaults to input_format
-    assert grade1({**spec, "reference_format": None}, "<answer>[5, 5, 10, 10]</answer>", {"boxes": [[5, 5, 10, 10]]}).reward == 1.0
+    assert (
+        grade1(
+            {**spec, "reference_format": None}, "<answer>[5, 5, 10, 10]</answer>", {"boxes": [[5, 5, 10, 10]]}
+        ).reward
+        == 1.0
+    )
     spec = {**DET, "mode": "grounding", "reference_format": {"box_format": "xywh"}}
     assert grade1(spec, "<answer>[0, 0, 10, 10]</answer>", {"boxes": [[0, 0, 10, 10]]}).reward == 1.0
     assert grade1(spec, "<answer>[0, 0, 10, 10]</answer>", {"boxes": [[0, 0, 5, 10]]}).reward == pytest.approx(0.5)
@@ -254,7 +290,8 @@ def test_xywh_and_cxcywh_conventions():
 
 def test_confidence_weight_mixes_terms():
     item = {"boxes": [[0, 0, 10, 10], [20, 20, 30, 30]]}
-    text = "<answer>[{'Position': [0, 0, 10, 10], 'Confidence': 0.9}, {'Position': [50, 50, 60, 60], 'Confidence': 0.3}]</answer>"
+    text = ("<answer>[{'Position': [0, 0, 10, 10], 'Confidence': 0.9}, "
+            "{'Position': [50, 50, 60, 60], 'Confidence': 0.3}]</answer>")
     r = grade1({**DET, "confidence_weight": 0.5}, text, item)
     assert r.reward == pytest.approx(0.5 * 0.5 + 0.5 * 0.8)
     assert r.scores == pytest.approx({"iou": 0.5, "confidence": 0.8})
@@ -303,14 +340,24 @@ def test_classification():
 def test_compiled_and_numpy_paths_agree(monkeypatch):
     """Large batches may use the numba kernels; small ones and VRFT_GRADER_NUMBA=0 use numpy: same rewards."""
     contents, sols = make_detection_samples(200, boxes=6, seed=5)
-    odd = ["<think>a</think><answer>No Objects</answer>", "<answer>[]</answer>", "nothing", "<answer></answer>",
-           "<answer>[{'Position': [1, 2, 3, 4], 'Confidence': 0.5}]</answer><answer>[{'Position': [1, 2, 30, 40], 'Confidence': 0.5}]</answer>",
-           "<answer><answer>[{'Position': [1, 2, 3, 4], 'Confidence': 0.5}]</answer>",
-           "<answer>[{'Position': [1, 2, 3, 4], 'Confidence': 0.5}]</answer> tail </answer>",
-           "<answer>[{'Position': [1, 2, 3, 4], 'Confidence': 0.5}, {'Position': [1, 2, 3, 4], 'Confidence': 0.9}]</answer>",
-           "<answer>\n[ {\"Confidence\": 0.7, \"Position\": [10, 20, 30, 40]} ]\n</answer>", "<answer>[1.5e2, 2, 3, 4]</answer>",
-           "<answer>[{'Position': [-1, 2, 3, 4], 'Confidence': 0.5}]</answer>", "<Answer>[1, 2, 3, 4]</Answer>",
-           "<answer>[{'Position': [1, 2, 3, 4], 'Confidence': 0.5}, {'Position': [5, 6</answer>", "<answer>é [1, 2, 3, 4]</answer>"]
+    odd = [
+        "<think>a</think><answer>No Objects</answer>",
+        "<answer>[]</answer>",
+        "nothing",
+        "<answer></answer>",
+        "<answer>[{'Position': [1, 2, 3, 4], 'Confidence': 0.5}]</answer>"
+        "<answer>[{'Position': [1, 2, 30, 40], 'Confidence': 0.5}]</answer>",
+        "<answer><answer>[{'Position': [1, 2, 3, 4], 'Confidence': 0.5}]</answer>",
+        "<answer>[{'Position': [1, 2, 3, 4], 'Confidence': 0.5}]</answer> tail </answer>",
+        "<answer>[{'Position': [1, 2, 3, 4], 'Confidence': 0.5}, "
+        "{'Position': [1, 2, 3, 4], 'Confidence': 0.9}]</answer>",
+        '<answer>\n[ {"Confidence": 0.7, "Position": [10, 20, 30, 40]} ]\n</answer>',
+        "<answer>[1.5e2, 2, 3, 4]</answer>",
+        "<answer>[{'Position': [-1, 2, 3, 4], 'Confidence': 0.5}]</answer>",
+        "<Answer>[1, 2, 3, 4]</Answer>",
+        "<answer>[{'Position': [1, 2, 3, 4], 'Confidence': 0.5}, {'Position': [5, 6</answer>",
+        "<answer>é [1, 2, 3, 4]</answer>",
+    ]
     contents = contents[:100] + odd + contents[100:]
     sols = sols[:100] + [sols[0]] * len(odd) + sols[100:]
     items = [{"solution": s} for s in sols]
@@ -334,7 +381,11 @@ def test_compiled_kernels_agree_with_numpy_on_large_batches(monkeypatch):
     contents, sols = make_detection_samples(96, boxes=8, seed=9)
     repeated = [{"Position": [i, i, i + 40, i + 40], "Confidence": 0.5} for i in range(0, 60, 3)] * 2
     box = "[{'Position': [1, 2, 30, 40], 'Confidence': 0.5}]"
-    contents[5:8] = [f"<answer>{repeated}</answer>", f"<answer>{box}</answer> é", f"<think>é</think><answer>{box}</answer>"]
+    contents[5:8] = [
+        f"<answer>{repeated}</answer>",
+        f"<answer>{box}</answer> é",
+        f"<think>é</think><answer>{box}</answer>",
+    ]
     items = [{"solution": s} for s in sols]
     spec = {"type": "iou", "name": "d", "reference": "{{item.solution}}", "max_boxes": 7, "confidence_weight": 0.4}
     with grader.compile(spec) as g:

@@ -26,7 +26,12 @@ def training_env(home: Path, tiny_model: Path, **extra: str) -> dict[str, str]:
     if not (models / "tiny-qwen2-vl").exists():
         os.symlink(tiny_model, models / "tiny-qwen2-vl")
     # no engine start-ahead for finished jobs here: tests/serving covers serving
-    return {"VRFT_API_KEY": "sk-train-" + secrets.token_hex(6), "VRFT_WORKER_POLL_SECONDS": "0.2", "VRFT_SERVING_PREWARM": "false", **extra}
+    return {
+        "VRFT_API_KEY": "sk-train-" + secrets.token_hex(6),
+        "VRFT_WORKER_POLL_SECONDS": "0.2",
+        "VRFT_SERVING_PREWARM": "false",
+        **extra,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -40,4 +45,6 @@ def trainer_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture
 def client(trainer_server: LiveServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=trainer_server.url + "/v1", api_key=trainer_server.env["VRFT_API_KEY"], max_retries=0, timeout=60)
+    return openai.OpenAI(
+        base_url=trainer_server.url + "/v1", api_key=trainer_server.env["VRFT_API_KEY"], max_retries=0, timeout=60
+    )

@@ -47,8 +47,18 @@ def runner_and_job(tmp_path: Path):
     migrate(settings)
     with session_scope(settings) as s:
         project = get_or_create_project(s, "ckpt")
-        job = Job(id=new_id("ftjob-"), project_id=project.id, created_at=now(), model="m", training_file="f", status="running",
-                  method={"type": "supervised", "supervised": {}}, hyperparameters={}, seed=0, result_files=[])
+        job = Job(
+            id=new_id("ftjob-"),
+            project_id=project.id,
+            created_at=now(),
+            model="m",
+            training_file="f",
+            status="running",
+            method={"type": "supervised", "supervised": {}},
+            hyperparameters={},
+            seed=0,
+            result_files=[],
+        )
         s.add(job)
     return JobRunner(settings, "w", threading.Event()), settings, job.id
 
@@ -57,7 +67,9 @@ def runner_and_job(tmp_path: Path):
 def test_checkpoint_pruned_during_upload(runner_and_job, tmp_path: Path, pruned: str) -> None:
     runner, settings, job_id = runner_and_job
     folder = checkpoint_folder(tmp_path / "out")
-    runner.storage = PruningStorage(tmp_path / "storage", folder / "trainer_state" if pruned == "trainer_state" else folder)
+    runner.storage = PruningStorage(
+        tmp_path / "storage", folder / "trainer_state" if pruned == "trainer_state" else folder
+    )
     with session_scope(settings) as s:
         job = s.exec(select(Job).where(Job.id == job_id)).one()
         runner._register_checkpoint(s, job, 3, folder, {"train_loss": 1.0})

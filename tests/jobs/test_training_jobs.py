@@ -60,7 +60,9 @@ def rft_method(task: str = "grounding", **hp) -> dict:
 
 def test_rft_job_end_to_end(client: openai.OpenAI, tmp_path: Path) -> None:
     train = upload(client, tmp_path, synthetic.generate("grounding", 4, seed=1, short=True), "train.jsonl")
-    valid = upload(client, tmp_path, synthetic.generate("grounding", 2, seed=2, short=True, split="valid"), "valid.jsonl")
+    valid = upload(
+        client, tmp_path, synthetic.generate("grounding", 2, seed=2, short=True, split="valid"), "valid.jsonl"
+    )
     job = client.fine_tuning.jobs.create(model="tiny-qwen2-vl", training_file=train, validation_file=valid,
                                          method=rft_method(), suffix="rft", seed=3)
     job = wait(client, job.id, lambda j: j.status in TERMINAL)
@@ -72,7 +74,9 @@ def test_rft_job_end_to_end(client: openai.OpenAI, tmp_path: Path) -> None:
     for e in events:
         strict(FineTuningJobEvent, e)
     messages = [e.message for e in events]
-    assert messages.index("Fine-tuning job started") < messages.index(f"New fine-tuned model created: {job.fine_tuned_model}")
+    assert messages.index("Fine-tuning job started") < messages.index(
+        f"New fine-tuned model created: {job.fine_tuned_model}"
+    )
     assert messages[-1] == "The job has successfully completed"
     metrics = [e for e in events if e.type == "metrics"]
     assert [m.data["step"] for m in metrics] == list(range(1, len(metrics) + 1)) and len(metrics) >= 2
@@ -113,13 +117,27 @@ def test_rft_response_format_constrains_every_sample(client: openai.OpenAI, tmp_
     """A json_schema response_format: every training and validation sample of the random tiny model (which
     never writes JSON on its own) is an object of exactly the schema, as the grader scores it."""
     train = upload(client, tmp_path, synthetic.generate("classification", 4, seed=5, short=True), "train.jsonl")
-    valid = upload(client, tmp_path, synthetic.generate("classification", 2, seed=6, short=True, split="valid"), "valid.jsonl")
+    valid = upload(
+        client, tmp_path, synthetic.generate("classification", 2, seed=6, short=True, split="valid"), "valid.jsonl"
+    )
     method = rft_method(max_completion_length=32)
     method["reinforcement"]["grader"] = VALID_JSON_GRADER
-    method["reinforcement"]["response_format"] = {"type": "json_schema", "json_schema": {"name": "colour", "strict": True, "schema": {
-        "type": "object", "properties": {"colour": {"type": "string", "enum": COLOURS}},
-        "required": ["colour"], "additionalProperties": False}}}
-    job = client.fine_tuning.jobs.create(model="tiny-qwen2-vl", training_file=train, validation_file=valid, method=method, seed=1)
+    method["reinforcement"]["response_format"] = {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "colour",
+            "strict": True,
+            "schema": {
+                "type": "object",
+                "properties": {"colour": {"type": "string", "enum": COLOURS}},
+                "required": ["colour"],
+                "additionalProperties": False,
+            },
+        },
+    }
+    job = client.fine_tuning.jobs.create(
+        model="tiny-qwen2-vl", training_file=train, validation_file=valid, method=method, seed=1
+    )
     job = wait(client, job.id, lambda j: j.status in TERMINAL)
     assert job.status == "succeeded", job.error
     metrics = [e.data for e in events_of(client, job.id) if e.type == "metrics"]
@@ -129,24 +147,35 @@ def test_rft_response_format_constrains_every_sample(client: openai.OpenAI, tmp_
 
 
 def test_sft_then_rft_from_the_sft_model(client: openai.OpenAI, tmp_path: Path) -> None:
-    sft_file = upload(client, tmp_path, synthetic.generate("classification", 6, seed=4, short=True, sft=True), "sft.jsonl")
-    sft = client.fine_tuning.jobs.create(model="tiny-qwen2-vl", training_file=sft_file, suffix="warm",
-                                         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 3}}})
+    sft_file = upload(
+        client, tmp_path, synthetic.generate("classification", 6, seed=4, short=True, sft=True), "sft.jsonl"
+    )
+    sft = client.fine_tuning.jobs.create(
+        model="tiny-qwen2-vl",
+        training_file=sft_file,
+        suffix="warm",
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 3}}},
+    )
     sft = wait(client, sft.id, lambda j: j.status in TERMINAL)
     assert sft.status == "succeeded", sft.error
     metrics = [e for e in events_of(client, sft.id) if e.type == "metrics"]
     assert metrics and "train_loss" in metrics[-1].data and "train_mean_token_accuracy" in metrics[-1].data
 
     rl_file = upload(client, tmp_path, synthetic.generate("classification", 2, seed=5, short=True), "rl.jsonl")
-    rft = client.fine_tuning.jobs.create(model=sft.fine_tuned_model, training_file=rl_file, method=rft_method("classification", eval_interval="auto"))
+    rft = client.fine_tuning.jobs.create(
+        model=sft.fine_tuned_model, training_file=rl_file, method=rft_method("classification", eval_interval="auto")
+    )
     rft = wait(client, rft.id, lambda j: j.status in TERMINAL)
     assert rft.status == "succeeded", rft.error
     assert rft.fine_tuned_model.startswith("ft:tiny-qwen2-vl:default::")  # the root base, no suffix
 
 
-@pytest.mark.parametrize("extra", [{"freeze_vision": True}, {"lora": {"r": 4, "alpha": 8}}], ids=["freeze_vision", "lora"])
-def test_sft_extras_train_the_language_model_only(client: openai.OpenAI, trainer_server: LiveServer,
-                                                  tiny_model: Path, tmp_path: Path, extra: dict) -> None:
+@pytest.mark.parametrize(
+    "extra", [{"freeze_vision": True}, {"lora": {"r": 4, "alpha": 8}}], ids=["freeze_vision", "lora"]
+)
+def test_sft_extras_train_the_language_model_only(
+    client: openai.OpenAI, trainer_server: LiveServer, tiny_model: Path, tmp_path: Path, extra: dict
+) -> None:
     """Our `freeze_vision` and `lora` extras, on a supervised job: the vision tower's weights come back as they
     went in (LoRA adapts the language model's projections, merged into the checkpoint), the language model's
     do not."""
@@ -168,9 +197,13 @@ def test_sft_extras_train_the_language_model_only(client: openai.OpenAI, trainer
     assert any(not torch.equal(tuned[k], base[k]) for k in base if k not in vision)
 
 
-def test_cancel_stops_the_trainer_within_seconds(client: openai.OpenAI, trainer_server: LiveServer, tmp_path: Path) -> None:
+def test_cancel_stops_the_trainer_within_seconds(
+    client: openai.OpenAI, trainer_server: LiveServer, tmp_path: Path
+) -> None:
     train = upload(client, tmp_path, synthetic.generate("grounding", 8, seed=6, short=True), "long.jsonl")
-    job = client.fine_tuning.jobs.create(model="tiny-qwen2-vl", training_file=train, method=rft_method(n_epochs=50, batch_size=1))
+    job = client.fine_tuning.jobs.create(
+        model="tiny-qwen2-vl", training_file=train, method=rft_method(n_epochs=50, batch_size=1)
+    )
     wait(client, job.id, lambda j: any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(j.id, limit=5)))
     t0 = time.time()
     assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
@@ -194,7 +227,9 @@ def _final_weights(home: Path, job: FineTuningJob) -> dict:
     return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
 
 
-def test_pause_resume_ends_where_an_uninterrupted_run_ends(client: openai.OpenAI, trainer_server: LiveServer, tmp_path: Path) -> None:
+def test_pause_resume_ends_where_an_uninterrupted_run_ends(
+    client: openai.OpenAI, trainer_server: LiveServer, tmp_path: Path
+) -> None:
     import torch
 
     rows = synthetic.generate("classification", 16, seed=7, short=True, sft=True)
@@ -205,10 +240,23 @@ def test_pause_resume_ends_where_an_uninterrupted_run_ends(client: openai.OpenAI
     assert straight.status == "succeeded", straight.error
 
     paused = client.fine_tuning.jobs.create(model="tiny-qwen2-vl", training_file=train, method=method, seed=11)
-    wait(client, paused.id, lambda j: any(e.type == "metrics" and e.data["step"] >= 2 for e in client.fine_tuning.jobs.list_events(j.id, limit=5)))
+    wait(
+        client,
+        paused.id,
+        lambda j: any(
+            e.type == "metrics" and e.data["step"] >= 2 for e in client.fine_tuning.jobs.list_events(j.id, limit=5)
+        ),
+    )
     assert client.fine_tuning.jobs.pause(paused.id).status == "paused"
-    wait(client, paused.id, lambda j: "Training stopped at step" in client.fine_tuning.jobs.list_events(j.id, limit=1).data[0].message
-         or any("Training stopped at step" in e.message for e in client.fine_tuning.jobs.list_events(j.id, limit=5)), timeout=120)
+    wait(
+        client,
+        paused.id,
+        lambda j: (
+            "Training stopped at step" in client.fine_tuning.jobs.list_events(j.id, limit=1).data[0].message
+            or any("Training stopped at step" in e.message for e in client.fine_tuning.jobs.list_events(j.id, limit=5))
+        ),
+        timeout=120,
+    )
     assert client.fine_tuning.jobs.retrieve(paused.id).status == "paused"
     assert list(client.fine_tuning.jobs.checkpoints.list(paused.id))
     assert client.fine_tuning.jobs.resume(paused.id).status == "queued"
@@ -238,7 +286,9 @@ def test_sigkilled_worker_job_is_taken_over_without_lost_or_repeated_events(tiny
 
     try:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key=env["VRFT_API_KEY"], max_retries=0, timeout=60)
-        train = upload(client, tmp_path, synthetic.generate("classification", 12, seed=8, short=True, sft=True), "k.jsonl")
+        train = upload(
+            client, tmp_path, synthetic.generate("classification", 12, seed=8, short=True, sft=True), "k.jsonl"
+        )
         method = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 4, "batch_size": 2}}}
         job = client.fine_tuning.jobs.create(model="tiny-qwen2-vl", training_file=train, method=method)
         first = start_worker()
@@ -267,7 +317,9 @@ def test_sigkilled_worker_job_is_taken_over_without_lost_or_repeated_events(tiny
         server.stop()
 
 
-def test_trainer_crash_fails_the_job_and_the_worker_goes_on(client: openai.OpenAI, trainer_server: LiveServer, tiny_model: Path, tmp_path: Path) -> None:
+def test_trainer_crash_fails_the_job_and_the_worker_goes_on(
+    client: openai.OpenAI, trainer_server: LiveServer, tiny_model: Path, tmp_path: Path
+) -> None:
     # A base model folder whose weights are missing: found by the API, discovered broken only by the trainer.
     broken = trainer_server.home / "models" / "broken-vlm"
     broken.mkdir()

@@ -37,7 +37,11 @@ def _last_text(body: dict) -> str:
 
 def _image_urls(body: dict) -> list[str]:
     parts = [p for m in body.get("messages", []) if isinstance(m.get("content"), list) for p in m["content"]]
-    return [p["image_url"]["url"] if isinstance(p["image_url"], dict) else p["image_url"] for p in parts if isinstance(p, dict) and "image_url" in p]
+    return [
+        p["image_url"]["url"] if isinstance(p["image_url"], dict) else p["image_url"]
+        for p in parts
+        if isinstance(p, dict) and "image_url" in p
+    ]
 
 
 def _fetch(url: str) -> None:
@@ -52,12 +56,27 @@ async def health(_: Request) -> Response:
 
 
 async def models(_: Request) -> Response:
-    return JSONResponse({"object": "list", "data": [{"id": args.served_model_name, "object": "model", "created": 0, "owned_by": "vllm"}]})
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": [{"id": args.served_model_name, "object": "model", "created": 0, "owned_by": "vllm"}],
+        }
+    )
 
 
 def _chunk(model: str, index: int, text: str, finish: str | None, chat: bool) -> bytes:
-    choice = {"index": index, "delta": {"content": text}, "finish_reason": finish} if chat else {"index": index, "text": text, "finish_reason": finish}
-    obj = {"id": "cmpl-fake", "object": "chat.completion.chunk" if chat else "text_completion", "created": int(time.time()), "model": model, "choices": [choice]}
+    choice = (
+        {"index": index, "delta": {"content": text}, "finish_reason": finish}
+        if chat
+        else {"index": index, "text": text, "finish_reason": finish}
+    )
+    obj = {
+        "id": "cmpl-fake",
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [choice],
+    }
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
@@ -66,16 +85,46 @@ async def complete(request: Request) -> Response:
     chat = request.url.path.endswith("/chat/completions")
     model = body["model"]
     if model != args.served_model_name:
-        return JSONResponse({"error": {"message": f"The model `{model}` does not exist.", "type": "NotFoundError", "param": "model", "code": 404}}, 404)
+        return JSONResponse(
+            {
+                "error": {
+                    "message": f"The model `{model}` does not exist.",
+                    "type": "NotFoundError",
+                    "param": "model",
+                    "code": 404,
+                }
+            },
+            404,
+        )
     text = _last_text(body)
     images = _image_urls(body) if chat else []
     for url in images:
         if url.startswith("http"):
             await asyncio.to_thread(_fetch, url)
     if "FAIL500" in text:
-        return JSONResponse({"error": {"message": "EngineCore encountered an issue.", "type": "InternalServerError", "param": None, "code": 500}}, 500)
+        return JSONResponse(
+            {
+                "error": {
+                    "message": "EngineCore encountered an issue.",
+                    "type": "InternalServerError",
+                    "param": None,
+                    "code": 500,
+                }
+            },
+            500,
+        )
     if "BAD400" in text:
-        return JSONResponse({"error": {"message": "temperature must be non-negative, got -1.", "type": "BadRequestError", "param": "temperature", "code": 400}}, 400)
+        return JSONResponse(
+            {
+                "error": {
+                    "message": "temperature must be non-negative, got -1.",
+                    "type": "BadRequestError",
+                    "param": "temperature",
+                    "code": 400,
+                }
+            },
+            400,
+        )
     if "DIE" in text:
         os._exit(3)
     n = int(body.get("n") or 1)
@@ -93,11 +142,22 @@ async def complete(request: Request) -> Response:
     if "STALL" in text:
         await asyncio.sleep(3600)
     if chat:
-        choices = [{"index": i, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop", "logprobs": None} for i in range(n)]
+        choices = [
+            {"index": i, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop", "logprobs": None}
+            for i in range(n)
+        ]
     else:
         choices = [{"index": i, "text": answer, "finish_reason": "stop", "logprobs": None} for i in range(n)]
-    return JSONResponse({"id": "cmpl-fake", "object": "chat.completion" if chat else "text_completion", "created": int(time.time()), "model": model,
-                         "choices": choices, "usage": {"prompt_tokens": 3, "completion_tokens": 4 * n, "total_tokens": 3 + 4 * n}})
+    return JSONResponse(
+        {
+            "id": "cmpl-fake",
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": choices,
+            "usage": {"prompt_tokens": 3, "completion_tokens": 4 * n, "total_tokens": 3 + 4 * n},
+        }
+    )
 
 
 def main() -> None:
@@ -108,8 +168,14 @@ def main() -> None:
     p.add_argument("--startup-delay", type=float, default=0.0)
     args = p.parse_args()
     time.sleep(args.startup_delay)
-    app = Starlette(routes=[Route("/health", health), Route("/v1/models", models),
-                            Route("/v1/chat/completions", complete, methods=["POST"]), Route("/v1/completions", complete, methods=["POST"])])
+    app = Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/v1/models", models),
+            Route("/v1/chat/completions", complete, methods=["POST"]),
+            Route("/v1/completions", complete, methods=["POST"]),
+        ]
+    )
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 

@@ -30,7 +30,9 @@ class ThreadServer:
     def __init__(self, app: FastAPI) -> None:
         self.app = app
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", timeout_graceful_shutdown=5))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", timeout_graceful_shutdown=5)
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -67,18 +69,30 @@ def register_fine_tuned(settings: Settings, project_id: str, base: str, weights:
     `_succeed`: the folder put under `models/{job.id}`, `output_key`, `fine_tuned_model`). With
     `checkpoint_step`, also a checkpoint row whose weights are the same folder stored under `checkpoints/`.
     Returns (job id, the fine-tuned model id or, for a job not succeeded, the id it would get)."""
+    from sqlmodel import select
+
     from api.db import session_scope
     from api.ids import new_id, now
     from api.services.jobs import fine_tuned_model_name
     from api.storage import put_tree, storage_for
     from api.tables import Checkpoint, Job, Project
-    from sqlmodel import select
 
     storage = storage_for(settings.storage_url, settings.s3_endpoint_url)
     with session_scope(settings) as s:
         project = s.exec(select(Project).where(Project.id == project_id)).one()
-        job = Job(id=new_id("ftjob-"), project_id=project_id, created_at=now(), model=base, training_file="file-x", status=status,
-                  method={"type": "reinforcement", "reinforcement": {}}, hyperparameters={}, seed=0, suffix=suffix, result_files=[])
+        job = Job(
+            id=new_id("ftjob-"),
+            project_id=project_id,
+            created_at=now(),
+            model=base,
+            training_file="file-x",
+            status=status,
+            method={"type": "reinforcement", "reinforcement": {}},
+            hyperparameters={},
+            seed=0,
+            suffix=suffix,
+            result_files=[],
+        )
         name = fine_tuned_model_name(job, project)
         if status == "succeeded":
             key = f"models/{job.id}"
@@ -89,9 +103,18 @@ def register_fine_tuned(settings: Settings, project_id: str, base: str, weights:
         if checkpoint_step is not None:
             ckey = f"checkpoints/{job.id}/step-{checkpoint_step}"
             put_tree(storage, ckey, weights)
-            s.add(Checkpoint(id=new_id("ftckpt_"), job_id=job.id, project_id=project_id, created_at=now(),
-                             fine_tuned_model_checkpoint=f"{name}:ckpt-step-{checkpoint_step}", step_number=checkpoint_step,
-                             metrics={}, storage_key=ckey))
+            s.add(
+                Checkpoint(
+                    id=new_id("ftckpt_"),
+                    job_id=job.id,
+                    project_id=project_id,
+                    created_at=now(),
+                    fine_tuned_model_checkpoint=f"{name}:ckpt-step-{checkpoint_step}",
+                    step_number=checkpoint_step,
+                    metrics={},
+                    storage_key=ckey,
+                )
+            )
         return job.id, name
 
 

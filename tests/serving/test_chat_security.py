@@ -57,8 +57,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             project = get_or_create_project(s, name)
             models[f"key_{name}"], models[f"id_{name}"] = add_key(s, project), project.id
     for model in ("a1", "b1", "b2", "c1"):
-        _, models[model] = register_fine_tuned(settings, models[f"id_{model[0]}"], "tiny-qwen2-vl", _folder(home / "src", model),
-                                               suffix=model)
+        _, models[model] = register_fine_tuned(
+            settings, models[f"id_{model[0]}"], "tiny-qwen2-vl", _folder(home / "src", model), suffix=model
+        )
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("serving.engines.engine_command", fake_command)
         server = ThreadServer(serving_app(settings)).start()
@@ -71,8 +72,13 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 def image_chat(*urls: object, text: str = "Which colour?") -> dict:
     """A chat whose user message (messages[1]) holds an image part per URL, then `text`."""
     parts = [{"type": "image_url", "image_url": {"url": u}} for u in urls]
-    return {"model": "tiny-qwen2-vl", "messages": [{"role": "system", "content": "Answer briefly."},
-                                                   {"role": "user", "content": [*parts, {"type": "text", "text": text}]}]}
+    return {
+        "model": "tiny-qwen2-vl",
+        "messages": [
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": [*parts, {"type": "text", "text": text}]},
+        ],
+    }
 
 
 # ------------------------------------------------------------------ image URLs (finding 4)
@@ -88,14 +94,26 @@ def test_image_urls_to_internal_addresses_are_refused_and_never_contacted(env: E
             assert hop.hits == []
             # the redirecting server allowed by name: its answer is read, and the hop to the secret refused
             with env.setting(image_url_allowlist=["localhost"]):
-                err = assert_openai_error(h.post("/chat/completions", json=image_chat(hop.url("/image.png", host="localhost"))), 400,
-                                          param=IMAGE_PARAM)
+                err = assert_openai_error(
+                    h.post("/chat/completions", json=image_chat(hop.url("/image.png", host="localhost"))),
+                    400,
+                    param=IMAGE_PARAM,
+                )
             assert err["code"] == "image_url_not_allowed" and hop.hits == ["/image.png"]
             # the other shapes vLLM takes an image URL in, and schemes that are not fetched
             for part in ({"image_url": url_of(secret)}, {"type": "input_image", "image_url": url_of(secret)}):
                 body = {"model": "tiny-qwen2-vl", "messages": [{"role": "user", "content": [part]}]}
-                assert_openai_error(h.post("/chat/completions", json=body), 400, param="messages[0].content[0].image_url")
-            for url in ("file:///etc/passwd", "ftp://127.0.0.1/x.png", "data:text/plain,hi", "http://[::1", "http://é.com/", 42):
+                assert_openai_error(
+                    h.post("/chat/completions", json=body), 400, param="messages[0].content[0].image_url"
+                )
+            for url in (
+                "file:///etc/passwd",
+                "ftp://127.0.0.1/x.png",
+                "data:text/plain,hi",
+                "http://[::1",
+                "http://é.com/",
+                42,
+            ):
                 assert_openai_error(h.post("/chat/completions", json=image_chat(url)), 400, param=IMAGE_PARAM)
     finally:
         hop.close()
@@ -157,9 +175,13 @@ def test_n_is_capped(env: Env) -> None:
     cap = env.settings.serving_max_n
     with env.http() as h:
         for n in (cap + 1, 16_384, str(cap + 1), float(cap + 1), True):
-            err = assert_openai_error(h.post("/chat/completions", json={**chat("tiny-qwen2-vl"), "n": n}), 400, param="n")
+            err = assert_openai_error(
+                h.post("/chat/completions", json={**chat("tiny-qwen2-vl"), "n": n}), 400, param="n"
+            )
             assert err["code"] == "invalid_value"
-        assert_openai_error(h.post("/completions", json={"model": "tiny-qwen2-vl", "prompt": "hi", "n": cap + 1}), 400, param="n")
+        assert_openai_error(
+            h.post("/completions", json={"model": "tiny-qwen2-vl", "prompt": "hi", "n": cap + 1}), 400, param="n"
+        )
         r = h.post("/chat/completions", json={**chat("tiny-qwen2-vl"), "n": cap})
     assert r.status_code == 200 and len(r.json()["choices"]) == cap
 
@@ -167,8 +189,13 @@ def test_n_is_capped(env: Env) -> None:
 def test_requests_cannot_change_how_images_are_processed(env: Env) -> None:
     """A processor's `min_pixels` from the request would upscale a small image past the pixel cap."""
     with env.http() as h:
-        for name, value in (("mm_processor_kwargs", {"min_pixels": 10**9}), ("media_io_kwargs", {"image": {"mode": "RGB"}})):
-            err = assert_openai_error(h.post("/chat/completions", json={**chat("tiny-qwen2-vl"), name: value}), 400, param=name)
+        for name, value in (
+            ("mm_processor_kwargs", {"min_pixels": 10**9}),
+            ("media_io_kwargs", {"image": {"mode": "RGB"}}),
+        ):
+            err = assert_openai_error(
+                h.post("/chat/completions", json={**chat("tiny-qwen2-vl"), name: value}), 400, param=name
+            )
             assert err["code"] == "unknown_parameter"
 
 
@@ -235,7 +262,8 @@ try:
     error = None
 except ValueError as e:
     error = str(e)
-print(json.dumps({"domains": args.allowed_media_domains, "redirects": envs.VLLM_MEDIA_URL_ALLOW_REDIRECTS, "error": error}))
+print(json.dumps({"domains": args.allowed_media_domains, "redirects": envs.VLLM_MEDIA_URL_ALLOW_REDIRECTS,
+                  "error": error}))
 """
 
 
@@ -246,8 +274,13 @@ def test_managed_engines_fetch_no_media_url(tmp_path: Path, secret: Tripwire) ->
     settings = Settings(home=tmp_path, serving_device="cpu")
     cmd = engine_command(settings, _folder(tmp_path, "model"), "m", 8000)
     assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
-    out = subprocess.run([sys.executable, "-c", VLLM_CHECK, json.dumps(cmd[3:]), url_of(secret)], env=engine_env(settings),
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", VLLM_CHECK, json.dumps(cmd[3:]), url_of(secret)],
+        env=engine_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["domains"] == ["vrft.invalid"] and got["redirects"] is False

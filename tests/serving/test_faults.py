@@ -37,7 +37,9 @@ class Env:
         return openai.OpenAI(base_url=self.server.url + "/v1", api_key=key or self.key, max_retries=0, **kw)
 
     def http(self, key: str | None = None) -> httpx.Client:
-        return httpx.Client(base_url=self.server.url + "/v1", headers={"Authorization": f"Bearer {key or self.key}"}, timeout=30)
+        return httpx.Client(
+            base_url=self.server.url + "/v1", headers={"Authorization": f"Bearer {key or self.key}"}, timeout=30
+        )
 
     @contextlib.contextmanager
     def setting(self, **values) -> Iterator[None]:  # noqa: ANN003
@@ -80,7 +82,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         proj_id, other_id = proj.id, other.id
     _, ft = register_fine_tuned(settings, proj_id, "tiny-qwen2-vl", weights, checkpoint_step=3)
     _, other_ft = register_fine_tuned(settings, other_id, "tiny-qwen2-vl", weights, suffix="theirs")
-    running_job, running = register_fine_tuned(settings, proj_id, "tiny-qwen2-vl", weights, suffix="wip", status="running")
+    running_job, running = register_fine_tuned(
+        settings, proj_id, "tiny-qwen2-vl", weights, suffix="wip", status="running"
+    )
     models = {"base": "tiny-qwen2-vl", "ft": ft, "ckpt": ft + ":ckpt-step-3", "other": other_ft, "running": running,
               "running_job": running_job, "proj_id": proj_id, "other_id": other_id}
     with pytest.MonkeyPatch.context() as mp:
@@ -103,15 +107,21 @@ def test_base_and_fine_tuned_models_route_to_their_engines(env: Env) -> None:
         assert r.model == env.models[name]
         assert r.choices[0].message.content.startswith(f"echo {env.models[name]} ")
     r = c.completions.create(model=env.models["base"], prompt="hi", n=2)
-    assert [ch.text for ch in r.choices] == [r.choices[0].text] * 2 and r.choices[0].text.startswith("echo tiny-qwen2-vl")
+    assert [ch.text for ch in r.choices] == [r.choices[0].text] * 2 and r.choices[0].text.startswith(
+        "echo tiny-qwen2-vl"
+    )
 
 
 def test_another_projects_model_is_404(env: Env) -> None:
     with env.http() as h:
-        assert_openai_error(h.post("/chat/completions", json=chat(env.models["other"])), 404, param="model", contains="does not exist")
+        assert_openai_error(
+            h.post("/chat/completions", json=chat(env.models["other"])), 404, param="model", contains="does not exist"
+        )
     with env.http(env.other_key) as h:  # and the other way round, a checkpoint included
         for name in ("ft", "ckpt"):
-            assert_openai_error(h.post("/chat/completions", json=chat(env.models[name])), 404, param="model", contains="does not exist")
+            assert_openai_error(
+                h.post("/chat/completions", json=chat(env.models[name])), 404, param="model", contains="does not exist"
+            )
         assert h.post("/chat/completions", json=chat(env.models["other"])).status_code == 200
 
 
@@ -130,10 +140,11 @@ def test_revoked_checkpoint_permission_stops_chat_at_once(env: Env) -> None:
 
 
 def test_revoked_key_stops_chat_within_the_cache_time(env: Env) -> None:
+    from sqlmodel import select
+
     from api.auth import add_key, hash_key
     from api.db import session_scope
     from api.tables import ApiKey, Project
-    from sqlmodel import select
 
     with session_scope(env.settings) as s:
         key = add_key(s, s.exec(select(Project).where(Project.id == env.models["proj_id"])).one())
@@ -145,13 +156,17 @@ def test_revoked_key_stops_chat_within_the_cache_time(env: Env) -> None:
             s.exec(select(ApiKey).where(ApiKey.key_hash == hash_key(key))).one().revoked = True
         assert h.post("/chat/completions", json=chat(env.models["base"])).status_code == 200
         time.sleep(access.projects.ttl + 0.1)
-        assert_openai_error(h.post("/chat/completions", json=chat(env.models["base"])), 401, contains="Incorrect API key")
+        assert_openai_error(
+            h.post("/chat/completions", json=chat(env.models["base"])), 401, contains="Incorrect API key"
+        )
 
 
 def test_model_still_training_is_404_with_a_clear_message(env: Env) -> None:
     with env.http() as h:
         for model in (env.models["running"], env.models["running"] + ":ckpt-step-1"):
-            err = assert_openai_error(h.post("/chat/completions", json=chat(model)), 404, param="model", contains="not ready")
+            err = assert_openai_error(
+                h.post("/chat/completions", json=chat(model)), 404, param="model", contains="not ready"
+            )
             assert env.models["running_job"] in err["message"] and "still running" in err["message"]
             assert err["code"] == "model_not_ready"
 
@@ -167,13 +182,17 @@ def test_bad_requests(env: Env) -> None:
 
 def test_engine_400_keeps_its_status_and_param(env: Env) -> None:
     with env.http() as h:
-        err = assert_openai_error(h.post("/chat/completions", json=chat(env.models["base"], "BAD400")), 400, param="temperature")
+        err = assert_openai_error(
+            h.post("/chat/completions", json=chat(env.models["base"], "BAD400")), 400, param="temperature"
+        )
     assert err["type"] == "invalid_request_error" and "non-negative" in err["message"]
 
 
 def test_engine_500_is_502(env: Env) -> None:
     with env.http() as h:
-        err = assert_openai_error(h.post("/chat/completions", json=chat(env.models["base"], "FAIL500")), 502, contains="EngineCore")
+        err = assert_openai_error(
+            h.post("/chat/completions", json=chat(env.models["base"], "FAIL500")), 502, contains="EngineCore"
+        )
     assert err["type"] == "server_error" and err["code"] == "engine_error"
     with pytest.raises(openai.InternalServerError) as e:
         env.client().chat.completions.create(**chat(env.models["base"], "FAIL500"))
@@ -215,7 +234,9 @@ def test_engine_that_dies_is_502_then_restarted(env: Env) -> None:
     c = env.client()
     first_pid = c.chat.completions.create(**chat(model)).choices[0].message.content.split()[-1]
     with env.http() as h:
-        err = assert_openai_error(h.post("/chat/completions", json=chat(model, "DIE")), 502, contains="stopped unexpectedly")
+        err = assert_openai_error(
+            h.post("/chat/completions", json=chat(model, "DIE")), 502, contains="stopped unexpectedly"
+        )
         assert err["code"] == "engine_died"
     r = c.chat.completions.create(**chat(model))  # restarts it (waits for it: start wait is 30 s)
     assert r.choices[0].message.content.split()[-1] != first_pid
@@ -248,7 +269,9 @@ def test_engine_still_starting_is_503_with_retry_after(env: Env) -> None:
             r = h.post("/chat/completions", json=chat(model))
             err = assert_openai_error(r, 503, contains="starting")
             assert err["code"] == "model_starting" and int(r.headers["retry-after"]) >= 1
-            r = env.client().with_options(max_retries=4).chat.completions.create(**chat(model))  # the SDK honours Retry-After
+            r = (
+                env.client().with_options(max_retries=4).chat.completions.create(**chat(model))
+            )  # the SDK honours Retry-After
             assert r.choices[0].message.content.startswith("echo")
     finally:
         STARTUP_DELAY.pop(model)
@@ -288,7 +311,9 @@ def test_engine_of_a_new_fine_tuned_model_starts_before_its_first_request(env: E
     for e in list(env.server.manager.engines.values()):  # prewarming only uses free room: make some
         env.server.call(_stop_engine(env, e.served_name))
     with env.setting(serving_prewarm=True):
-        _, model = register_fine_tuned(env.settings, env.models["proj_id"], "tiny-qwen2-vl", _folder(tmp_path, "w"), suffix="fresh")
+        _, model = register_fine_tuned(
+            env.settings, env.models["proj_id"], "tiny-qwen2-vl", _folder(tmp_path, "w"), suffix="fresh"
+        )
         deadline = time.time() + 10
         while not any(e.served_name == model for e in env.server.manager.engines.values()) and time.time() < deadline:
             time.sleep(0.1)
@@ -359,14 +384,23 @@ def test_external_server_gets_its_own_name_and_the_caller_sees_ours(external: En
 def test_external_server_refusing_connections_is_502(external: Env) -> None:
     with external.http() as h:
         t = time.monotonic()
-        err = assert_openai_error(h.post("/chat/completions", json=chat(external.models["ft"])), 502, contains="not reachable")
+        err = assert_openai_error(
+            h.post("/chat/completions", json=chat(external.models["ft"])), 502, contains="not reachable"
+        )
     assert err["code"] == "engine_unreachable" and time.monotonic() - t < 10
 
 
 def test_client_leaving_mid_stream_frees_the_engine(env: Env) -> None:
     model = env.models["ft"]
-    with httpx.Client(timeout=30) as h, h.stream("POST", env.server.url + "/v1/chat/completions", json={**chat(model, "STALL"), "stream": True},
-                                                 headers={"Authorization": f"Bearer {env.key}"}) as r:
+    with (
+        httpx.Client(timeout=30) as h,
+        h.stream(
+            "POST",
+            env.server.url + "/v1/chat/completions",
+            json={**chat(model, "STALL"), "stream": True},
+            headers={"Authorization": f"Bearer {env.key}"},
+        ) as r,
+    ):
         assert r.status_code == 200
         next(r.iter_raw())  # the first event, then the engine stalls and the client goes away
     engine = env.engine(model)

@@ -37,8 +37,16 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     home = tmp_path_factory.mktemp("serving-vllm")
     base = link_base(home, tiny_model(root, seed=0))
     tuned = tiny_model(root, seed=1)
-    settings = Settings(home=home, serving_dtype="float32", serving_enforce_eager=True, serving_single_process=True,
-                        serving_max_model_len=1024, serving_max_num_seqs=4, serving_start_wait_seconds=600, serving_prewarm=False)
+    settings = Settings(
+        home=home,
+        serving_dtype="float32",
+        serving_enforce_eager=True,
+        serving_single_process=True,
+        serving_max_model_len=1024,
+        serving_max_num_seqs=4,
+        serving_start_wait_seconds=600,
+        serving_prewarm=False,
+    )
     migrate(settings)
     with session_scope(settings) as s:
         proj = get_or_create_project(s, "proj")
@@ -48,8 +56,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     server = ThreadServer(serving_app(settings)).start()
     client = openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0, timeout=600)
     # start both engines at once: their start-ups overlap
-    warm = [threading.Thread(target=client.chat.completions.create, kwargs={"model": m, "messages": _text(), "max_tokens": 1})
-            for m in ("tiny-qwen2-vl", ckpt)]
+    warm = [
+        threading.Thread(
+            target=client.chat.completions.create, kwargs={"model": m, "messages": _text(), "max_tokens": 1}
+        )
+        for m in ("tiny-qwen2-vl", ckpt)
+    ]
     for t in warm:
         t.start()
     for t in warm:
@@ -79,7 +91,10 @@ def hf_greedy(folder: Path, messages: list[dict]) -> list[int]:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     if folder not in _HF:
-        _HF[folder] = (AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval(), AutoProcessor.from_pretrained(folder))
+        _HF[folder] = (
+            AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval(),
+            AutoProcessor.from_pretrained(folder),
+        )
     model, processor = _HF[folder]
     images, hf_messages = [], []
     for m in messages:
@@ -92,7 +107,9 @@ def hf_greedy(folder: Path, messages: list[dict]) -> list[int]:
                 import base64
                 import io
 
-                images.append(Image.open(io.BytesIO(base64.b64decode(p["image_url"]["url"].split(",", 1)[1]))).convert("RGB"))
+                images.append(
+                    Image.open(io.BytesIO(base64.b64decode(p["image_url"]["url"].split(",", 1)[1]))).convert("RGB")
+                )
                 parts.append({"type": "image"})
             else:
                 parts.append(p)
@@ -124,7 +141,11 @@ def test_greedy_tokens_equal_transformers(served: Served, which: str, kind: str)
     assert got == want, (got, want)
     assert r.usage.completion_tokens == len(got)
     # streamed, the same text arrives in pieces
-    chunks = list(served.client.chat.completions.create(model=model, messages=messages, max_tokens=MAX_TOKENS, temperature=0, stream=True))
+    chunks = list(
+        served.client.chat.completions.create(
+            model=model, messages=messages, max_tokens=MAX_TOKENS, temperature=0, stream=True
+        )
+    )
     assert all(c.model == model and c.object == "chat.completion.chunk" for c in chunks)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == r.choices[0].message.content
     assert chunks[-1].choices[0].finish_reason in ("length", "stop")
@@ -133,11 +154,15 @@ def test_greedy_tokens_equal_transformers(served: Served, which: str, kind: str)
 @pytest.mark.parametrize("which", MODELS)
 def test_n2_sampled_stream_and_not(served: Served, which: str) -> None:
     model = _model_id(served, which)
-    r = served.client.chat.completions.create(model=model, messages=_image(), max_tokens=MAX_TOKENS, temperature=1.0, n=2, seed=7)
+    r = served.client.chat.completions.create(
+        model=model, messages=_image(), max_tokens=MAX_TOKENS, temperature=1.0, n=2, seed=7
+    )
     assert [c.index for c in r.choices] == [0, 1] and all(c.message.content for c in r.choices)
     texts = {0: "", 1: ""}
     finished = set()
-    for c in served.client.chat.completions.create(model=model, messages=_text(), max_tokens=MAX_TOKENS, temperature=1.0, n=2, seed=7, stream=True):
+    for c in served.client.chat.completions.create(
+        model=model, messages=_text(), max_tokens=MAX_TOKENS, temperature=1.0, n=2, seed=7, stream=True
+    ):
         for ch in c.choices:
             texts[ch.index] += ch.delta.content or ""
             if ch.finish_reason:
@@ -147,8 +172,12 @@ def test_n2_sampled_stream_and_not(served: Served, which: str) -> None:
 
 def test_the_two_models_answer_differently_and_completions_work(served: Served) -> None:
     ckpt = _model_id(served, "ckpt")
-    outs = [served.client.completions.create(model=m, prompt="The red circle is", max_tokens=MAX_TOKENS, temperature=0).choices[0].text
-            for m in ("tiny-qwen2-vl", ckpt)]
+    outs = [
+        served.client.completions.create(model=m, prompt="The red circle is", max_tokens=MAX_TOKENS, temperature=0)
+        .choices[0]
+        .text
+        for m in ("tiny-qwen2-vl", ckpt)
+    ]
     assert outs[0] != outs[1]
     engines = [e for e in served.server.manager.engines.values() if e.state == "ready"]
     assert len(engines) == 2 and all(e.in_flight == 0 for e in engines)

@@ -85,7 +85,9 @@ def read_events(job: Path) -> list[dict]:
 
 
 def start_trainer(job: Path, env: dict, log: Path, launcher: list[str] | None = None) -> subprocess.Popen:
-    cmd = (launcher or [sys.executable]) + (["--module", "trainer", str(job)] if launcher else ["-m", "trainer", str(job)])
+    cmd = (launcher or [sys.executable]) + (
+        ["--module", "trainer", str(job)] if launcher else ["-m", "trainer", str(job)]
+    )
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 

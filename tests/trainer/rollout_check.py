@@ -27,12 +27,12 @@ def main(model_dir: str, train_file: str, work: str) -> None:
 
     import grader as graders
     from tests.trainer.synth import MULTI_GRADER
-    from trainer.data import ChatData, read_jsonl
-    from trainer.grpo import Sequence, completion_logprobs, make_microbatches
-    from trainer.rollout import HFRollout, VLLMRollout
     from trainer.checkpoints import save_hf_folder
+    from trainer.data import ChatData, read_jsonl
     from trainer.export import export_weights
+    from trainer.grpo import Sequence, completion_logprobs, make_microbatches
     from trainer.model import load_processor, placeholder_token_ids, stop_token_ids
+    from trainer.rollout import HFRollout, VLLMRollout
 
     work_dir = Path(work)
     processor = load_processor(model_dir, True)

@@ -43,8 +43,13 @@ def make_rows(folder: Path, n: int, seed: int = 0, assistant: bool = False, data
         row = {
             "messages": [
                 {"role": "system", "content": SYSTEM},
-                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                             {"type": "text", "text": f"What colour is the {shape}? Give its box too."}]},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": url}},
+                        {"type": "text", "text": f"What colour is the {shape}? Give its box too."},
+                    ],
+                },
             ],
             "label": colour,
             "boxes": [box],

@@ -7,16 +7,27 @@ import json
 
 import pytest
 
-from trainer.events import EventLog
-from trainer.hparams import GRPOConfig, SFTConfig
 from trainer.checkpoints import retention
 from trainer.engine import lr_at
+from trainer.events import EventLog
+from trainer.hparams import GRPOConfig, SFTConfig
 from trainer.job_spec import TrainerError
 
 
 def test_openai_fields_map_to_grpo_settings():
-    c = GRPOConfig.resolve({"batch_size": 4, "n_epochs": 2, "compute_multiplier": 1.5, "reasoning_effort": "high",
-                            "learning_rate_multiplier": 2, "eval_interval": "auto", "eval_samples": 3}, rows=10, world=2)
+    c = GRPOConfig.resolve(
+        {
+            "batch_size": 4,
+            "n_epochs": 2,
+            "compute_multiplier": 1.5,
+            "reasoning_effort": "high",
+            "learning_rate_multiplier": 2,
+            "eval_interval": "auto",
+            "eval_samples": 3,
+        },
+        rows=10,
+        world=2,
+    )
     assert c.num_generations == 12 and c.max_completion_length == 1024
     assert c.total_steps == 5 and c.eval_interval == 1 and c.eval_samples == 3
     assert c.learning_rate_multiplier == 2.0 and c.beta == 0.04 and c.loss_type == "grpo"
@@ -52,7 +63,9 @@ def test_lr_schedule_is_a_pure_function_of_the_step():
 
 
 def test_retention_keeps_best_and_last():
-    ck = [{"step": s, "metrics": {"valid_reward_mean": v}} for s, v in ((1, 0.5), (2, 0.9), (3, 0.1), (4, 0.7), (5, 0.2))]
+    ck = [
+        {"step": s, "metrics": {"valid_reward_mean": v}} for s, v in ((1, 0.5), (2, 0.9), (3, 0.1), (4, 0.7), (5, 0.2))
+    ]
     assert [c["step"] for c in retention(ck, 3, "valid_reward_mean")] == [3]
     assert [c["step"] for c in retention(ck, 1, "valid_reward_mean")] == [1, 3, 4]
     ck.append({"step": 6, "metrics": {}})  # a pause checkpoint without a valid reward: kept while last

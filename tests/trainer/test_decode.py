@@ -24,8 +24,13 @@ def vlm(tiny_model, dataset):
     data = ChatData(rows, lines[:3] + [0], processor, True, "training file")
     model = AutoModelForImageTextToText.from_pretrained(tiny_model, dtype=torch.float32).eval()
     tok = processor.tokenizer
-    return dict(model=model, tok=tok, stop=stop_token_ids(str(tiny_model), tok), suppress=placeholder_token_ids(model.config),
-                prompts=[data.prompt(i) for i in range(len(rows))])
+    return dict(
+        model=model,
+        tok=tok,
+        stop=stop_token_ids(str(tiny_model), tok),
+        suppress=placeholder_token_ids(model.config),
+        prompts=[data.prompt(i) for i in range(len(rows))],
+    )
 
 
 def left_pad(prompts, pad_id: int, extra: int = 0):
@@ -76,7 +81,9 @@ def test_greedy_decode_equals_generate_on_a_causal_lm():
     model = Qwen2ForCausalLM(Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                          num_attention_heads=4, num_key_value_heads=2)).eval()
     g = torch.Generator().manual_seed(1)
-    prompts = [Prompt(i, {}, "", [], torch.randint(3, 512, (n,), generator=g).tolist()) for i, n in enumerate([5, 11, 8])]
+    prompts = [
+        Prompt(i, {}, "", [], torch.randint(3, 512, (n,), generator=g).tolist()) for i, n in enumerate([5, 11, 8])
+    ]
     ids, att, mm = left_pad(prompts, 0)
     lean, ref = lean_and_generate(model, ids, att, mm, [1, 2], [7], 0)
     assert lean == ref

@@ -43,8 +43,14 @@ def test_greedy_rollout_of_a_mixed_batch_equals_each_prompt_alone(mixed) -> None
     from trainer.rollout import HFRollout
 
     data, model, tok = mixed["data"], mixed["model"], mixed["processor"].tokenizer
-    rollout = HFRollout(lambda: model, tok, stop_token_ids(str(model.name_or_path), tok), tok.pad_token_id, torch.device("cpu"),
-                        suppress_ids=placeholder_token_ids(model.config))
+    rollout = HFRollout(
+        lambda: model,
+        tok,
+        stop_token_ids(str(model.name_or_path), tok),
+        tok.pad_token_id,
+        torch.device("cpu"),
+        suppress_ids=placeholder_token_ids(model.config),
+    )
     prompts = [data.prompt(i) for i in range(4)]
     together = rollout.generate(prompts, 2, 12, 0.0, 1.0, seeds=[0, 1, 2, 3])
     alone = [rollout.generate([p], 2, 12, 0.0, 1.0, seeds=[0])[0] for p in prompts]

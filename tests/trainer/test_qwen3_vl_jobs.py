@@ -30,7 +30,9 @@ def qwen3_sft(dataset, tmp_path_factory):
 
 @pytest.mark.parametrize("engine", ["hf", "vllm"])
 def test_grpo_from_the_sft_model(qwen3_sft, dataset, tmp_path, engine):
-    job = write_job(tmp_path, qwen3_sft, dataset, rollout_engine=engine, hyperparameters={"n_epochs": 1, "batch_size": 4})
+    job = write_job(
+        tmp_path, qwen3_sft, dataset, rollout_engine=engine, hyperparameters={"n_epochs": 1, "batch_size": 4}
+    )
     rc, events, log = run_trainer(job, tmp_path)
     assert rc == 0, log[-5000:]
     metrics = [e for e in events if e["type"] == "metrics"]

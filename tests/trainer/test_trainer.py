@@ -16,8 +16,15 @@ import pytest
 import torch
 
 from tests.helpers import free_port
-from tests.trainer.conftest import (load_safetensors, read_events, run_trainer, start_trainer, trainer_env,
-                                    wait_for_event, write_job)
+from tests.trainer.conftest import (
+    load_safetensors,
+    read_events,
+    run_trainer,
+    start_trainer,
+    trainer_env,
+    wait_for_event,
+    write_job,
+)
 from tests.trainer.synth import MULTI_GRADER, make_rows, write_jsonl
 
 
@@ -97,7 +104,11 @@ def test_grpo_smoke_events_in_openai_layout(grpo_run):
         assert {g["type"] for g in scores["graders"]} == {"string_check", "iou", "text_similarity"}
         assert all("train_reward_mean" in g and "valid_reward_mean" in g for g in scores["graders"])
         (errors,) = d["errors"]["graders"]
-        assert errors["name"] == "visual" and "train_other_error_mean" in errors and "valid_sample_parse_error_count" in errors
+        assert (
+            errors["name"] == "visual"
+            and "train_other_error_mean" in errors
+            and "valid_sample_parse_error_count" in errors
+        )
         assert set(d["timing"]["step"]) == {"sampling", "training", "eval", "full_iteration"}
         t = d["train"]
         for k in ("reward_std", "frac_reward_zero_std", "kl", "clip_ratio", "completion_length_mean", "grad_norm"):
