@@ -14,7 +14,9 @@ from trainer.hparams import GRPOConfig, Setting, SFTConfig, check, settings
 T = TypeVar("T")
 
 FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
-JOB_STATUSES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled", "paused")
+JobStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled", "paused"]
+"""openai-python's job statuses, and "paused": a job paused by the user (``POST .../pause``) until it is resumed
+(the state machine is api/services/jobs.py's TRANSITIONS)."""
 
 
 # ---------------------------------------------------------------- responses
@@ -70,7 +72,7 @@ class FineTuningJob(BaseModel):
     organization_id: str
     result_files: list[str]
     seed: int
-    status: str
+    status: JobStatus
     trained_tokens: int | None = None
     training_file: str
     validation_file: str | None = None

@@ -71,9 +71,7 @@ def bench_iou(n: int, repeats: int) -> list[tuple]:
             # work on the machine does not decide the ratio
             t_port = best_of(port, max(2, repeats // 2), time.process_time)
             t_ours = best_of(lambda: g.grade(contents, items), repeats, time.process_time)
-            from grader import _accel
-
-            engine = "numba" if _accel.available(n) else "numpy"
+            engine = grader.box_engine(n)
             rows.append((f"iou detection ({engine}), {terms}, {layout}", n / t_port, n / t_ours, t_port / t_ours, 20))
     return rows
 
@@ -106,7 +104,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=4096, help="iou samples per batch")
     ap.add_argument("--python-samples", type=int, default=20000)
-    ap.add_argument("--per-process-samples", type=int, default=64, help="samples for the one-process-per-sample baseline")
+    ap.add_argument(
+        "--per-process-samples", type=int, default=64, help="samples for the one-process-per-sample baseline"
+    )
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     ap.add_argument("--skip-python", action="store_true")

@@ -218,9 +218,12 @@ def main() -> None:
                   flush=True)
     results = [{key: (statistics.median(rnd[i][key] for rnd in rounds) if key != "name" else r[key]) for key in r}
                for i, r in enumerate(rounds[0])]  # one round: its numbers as they are
-    print(f"\nGRPO step time, tiny Qwen2-VL, {args.prompts} prompts x {args.generations} samples, "
-          f"{args.tokens} tokens, {args.threads} thread(s), fp32, beta 0, dapo; median of {args.steps - args.warmup} steps"
-          + (f", median of {args.rounds} rounds" if args.rounds > 1 else ""))
+    print(
+        f"\nGRPO step time, tiny Qwen2-VL, {args.prompts} prompts x {args.generations} samples, "
+        f"{args.tokens} tokens, {args.threads} thread(s), fp32, beta 0, dapo; "
+        f"median of {args.steps - args.warmup} steps"
+        + (f", median of {args.rounds} rounds" if args.rounds > 1 else "")
+    )
     print(f"{'trainer':<16} {'median s/step':>14} {'mean':>8} {'p90':>8} {'samples/s':>10} {'x TRL time':>11} "
           f"{'first step s':>13}")
     for r in results:
@@ -228,8 +231,9 @@ def main() -> None:
               f"{r['samples_per_s']:>10.1f} {r['x_trl']:>11.2f} {r['first_s']:>13.2f}")
     print("first step: not in the median; it holds one-off costs (hf-compile: torch.compile of the decode step, "
           "shorter once its kernels are cached)")
-    (work / "results.json").write_text(json.dumps({"summary": results, "rounds": rounds} if args.rounds > 1 else results,
-                                                  indent=2))
+    (work / "results.json").write_text(
+        json.dumps({"summary": results, "rounds": rounds} if args.rounds > 1 else results, indent=2)
+    )
     print(f"(details in {work})")
 
 

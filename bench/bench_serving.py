@@ -103,10 +103,17 @@ async def load(url: str, model: str, headers: dict, concurrency: int, requests: 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         wall = time.perf_counter() - t0
-    return {"tokens_per_s": completion_tokens / wall, "p50_s": pct(latencies, 0.5), "p95_s": pct(latencies, 0.95), "requests": requests}
+    return {
+        "tokens_per_s": completion_tokens / wall,
+        "p50_s": pct(latencies, 0.5),
+        "p95_s": pct(latencies, 0.95),
+        "requests": requests,
+    }
 
 
-async def mixed_load(targets: dict[str, tuple[str, dict]], model: str, concurrency: int, requests: int, tokens: int) -> dict:
+async def mixed_load(
+    targets: dict[str, tuple[str, dict]], model: str, concurrency: int, requests: int, tokens: int
+) -> dict:
     """`requests` chat completions per target, `concurrency` in flight in all, the targets taken in turn, so
     direct and proxied requests run side by side under the same load from the rest of the machine. At a fixed
     concurrency throughput is concurrency / mean latency, so the proxy's throughput loss is
@@ -151,9 +158,14 @@ def hf_baseline(folder: Path, concurrency: int, requests: int, tokens: int) -> d
     model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(folder)
     processor.tokenizer.padding_side = "left"
-    image = Image.open(io.BytesIO(base64.b64decode(MESSAGES[0]["content"][0]["image_url"]["url"].split(",", 1)[1]))).convert("RGB")
-    prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Where is the red circle?"}]}],
-                                           add_generation_prompt=True, tokenize=False)
+    image = Image.open(
+        io.BytesIO(base64.b64decode(MESSAGES[0]["content"][0]["image_url"]["url"].split(",", 1)[1]))
+    ).convert("RGB")
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Where is the red circle?"}]}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
     inputs = processor(text=[prompt] * concurrency, images=[image] * concurrency, return_tensors="pt", padding=True)
     latencies, produced = [], 0
     t0 = time.perf_counter()
@@ -164,7 +176,12 @@ def hf_baseline(folder: Path, concurrency: int, requests: int, tokens: int) -> d
         latencies += [time.perf_counter() - t] * concurrency
         produced += (out.shape[1] - inputs["input_ids"].shape[1]) * concurrency
     wall = time.perf_counter() - t0
-    return {"tokens_per_s": produced / wall, "p50_s": pct(latencies, 0.5), "p95_s": pct(latencies, 0.95), "requests": len(latencies)}
+    return {
+        "tokens_per_s": produced / wall,
+        "p50_s": pct(latencies, 0.5),
+        "p95_s": pct(latencies, 0.95),
+        "requests": len(latencies),
+    }
 
 
 def main() -> None:
@@ -172,7 +189,9 @@ def main() -> None:
     p.add_argument("--model", type=Path, help="an HF model folder (default: build the tiny Qwen2-VL)")
     p.add_argument("--tokens", type=int, default=64, help="completion tokens per request")
     p.add_argument("--requests", type=int, default=32, help="requests per run")
-    p.add_argument("--rounds", type=int, default=3, help="alternating direct/proxied runs per concurrency; the median is kept")
+    p.add_argument(
+        "--rounds", type=int, default=3, help="alternating direct/proxied runs per concurrency; the median is kept"
+    )
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
     p.add_argument("--dtype", default="float32")
     p.add_argument("--pin", action="store_true", help="the engine on CPU 0, API, hop and load generator on CPU 1")
@@ -190,9 +209,17 @@ def main() -> None:
 
         build_tiny_model(folder, seed=0)
     port = free_port()
-    env = {**os.environ, "VRFT_HOME": str(home), "VRFT_API_KEY": KEY, "VRFT_EMBEDDED_WORKER": "false", "VRFT_SERVING_DTYPE": args.dtype,
-           "VRFT_SERVING_MAX_NUM_SEQS": str(max(args.concurrency)), "VRFT_SERVING_MAX_MODEL_LEN": "1024",
-           "VRFT_SERVING_START_WAIT_SECONDS": "900", "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "VRFT_HOME": str(home),
+        "VRFT_API_KEY": KEY,
+        "VRFT_EMBEDDED_WORKER": "false",
+        "VRFT_SERVING_DTYPE": args.dtype,
+        "VRFT_SERVING_MAX_NUM_SEQS": str(max(args.concurrency)),
+        "VRFT_SERVING_MAX_MODEL_LEN": "1024",
+        "VRFT_SERVING_START_WAIT_SECONDS": "900",
+        "PYTHONPATH": str(REPO),
+    }
     if args.pin:  # the API starts on CPU 0 so that the engine it starts inherits CPU 0; it moves to CPU 1 later
         env["VLLM_CPU_OMP_THREADS_BIND"] = "0"
     api = subprocess.Popen([sys.executable, "-c", API_SCRIPT.format(port=port)], cwd=REPO, env=env,
@@ -200,7 +227,14 @@ def main() -> None:
                            preexec_fn=(lambda: os.sched_setaffinity(0, {0})) if args.pin else None)
     api_proc = psutil.Process(api.pid)
     api_url, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {KEY}"}
-    results: dict = {"machine": f"{os.cpu_count()} cores", "pinned": args.pin, "tokens": args.tokens, "requests": args.requests, "dtype": args.dtype, "runs": {}}
+    results: dict = {
+        "machine": f"{os.cpu_count()} cores",
+        "pinned": args.pin,
+        "tokens": args.tokens,
+        "requests": args.requests,
+        "dtype": args.dtype,
+        "runs": {},
+    }
     try:
         for _ in range(300):
             try:
@@ -215,20 +249,35 @@ def main() -> None:
         results["cold_start_s"] = time.perf_counter() - t
         engine_log = next((home / "logs" / "serving").glob(f"{MODEL}-*.log"))
         engine_url = f"http://127.0.0.1:{engine_log.stem.rsplit('-', 1)[1]}"
-        print(f"engine ready after {results['cold_start_s']:.1f} s (first request through the API); engine at {engine_url}", flush=True)
+        print(
+            f"engine ready after {results['cold_start_s']:.1f} s (first request through the API); "
+            f"engine at {engine_url}",
+            flush=True,
+        )
         if args.pin:
             pin(api.pid, {1})
             pin(os.getpid(), {1})
             engines = api_proc.children(recursive=True)
-            print(f"pinned: engine pids {[c.pid for c in engines]} on CPUs {sorted({x for c in engines for x in c.cpu_affinity()})}, "
-                  f"API and load generator on CPU 1", flush=True)
+            print(
+                f"pinned: engine pids {[c.pid for c in engines]} on CPUs "
+                f"{sorted({x for c in engines for x in c.cpu_affinity()})}, "
+                f"API and load generator on CPU 1",
+                flush=True,
+            )
         hop_port = free_port()
-        hop = subprocess.Popen([sys.executable, "-c", BARE_HOP_SCRIPT.format(upstream=engine_url, port=hop_port)],
-                               stdout=open(home / "hop.log", "wb"), stderr=subprocess.STDOUT)  # inherits CPU 1 when pinned
+        hop = subprocess.Popen(
+            [sys.executable, "-c", BARE_HOP_SCRIPT.format(upstream=engine_url, port=hop_port)],
+            stdout=open(home / "hop.log", "wb"),
+            stderr=subprocess.STDOUT,
+        )  # inherits CPU 1 when pinned
         hop_url = f"http://127.0.0.1:{hop_port}"
         for _ in range(100):
             try:
-                httpx.post(hop_url + "/v1/chat/completions", timeout=60, json={"model": MODEL, "messages": MESSAGES, "max_tokens": 1})
+                httpx.post(
+                    hop_url + "/v1/chat/completions",
+                    timeout=60,
+                    json={"model": MODEL, "messages": MESSAGES, "max_tokens": 1},
+                )
                 break
             except httpx.HTTPError:
                 time.sleep(0.1)
@@ -241,24 +290,34 @@ def main() -> None:
                 # the proxy's own cost, free of the engine's noise: CPU time of the API process per request
                 runs["api"][-1]["api_cpu_ms_per_request"] = 1000 * (sum(api_proc.cpu_times()[:2]) - cpu) / args.requests
             for name, rs in runs.items():
-                results["runs"][f"{name}@{c}"] = sorted(rs, key=lambda x: x["tokens_per_s"])[len(rs) // 2] | {"all_tokens_per_s": [x["tokens_per_s"] for x in rs]}
+                results["runs"][f"{name}@{c}"] = sorted(rs, key=lambda x: x["tokens_per_s"])[len(rs) // 2] | {
+                    "all_tokens_per_s": [x["tokens_per_s"] for x in rs]
+                }
             # paired: each proxied run against the direct run just before it, the median of those ratios
             ratios = sorted(a["tokens_per_s"] / d["tokens_per_s"] for d, a in zip(runs["direct"], runs["api"]))
             results["runs"][f"api@{c}"]["loss_vs_direct"] = 1 - ratios[len(ratios) // 2]
             targets = {"direct": (engine_url, {}), "hop": (hop_url, {}), "api": (api_url, headers)}
             mixed = [asyncio.run(mixed_load(targets, MODEL, c, args.requests, args.tokens)) for _ in range(args.rounds)]
             a = results["runs"][f"api@{c}"]
-            for key, (slow, fast) in {"mixed_loss_vs_direct": ("api", "direct"), "bare_hop_loss_vs_direct": ("hop", "direct"),
-                                      "mixed_loss_vs_bare_hop": ("api", "hop")}.items():
+            for key, (slow, fast) in {
+                "mixed_loss_vs_direct": ("api", "direct"),
+                "bare_hop_loss_vs_direct": ("hop", "direct"),
+                "mixed_loss_vs_bare_hop": ("api", "hop"),
+            }.items():
                 losses = sorted(1 - m[fast] / m[slow] for m in mixed)
                 a[key], a[key + "_rounds"] = losses[len(losses) // 2], losses
             d = results["runs"][f"direct@{c}"]
-            print(f"c={c}: direct {d['tokens_per_s']:.0f} tok/s, api {a['tokens_per_s']:.0f} tok/s; paired throughput loss "
-                  f"{100 * a['loss_vs_direct']:+.1f}% (per round: {', '.join(f'{100 * (1 - r):+.0f}%' for r in ratios)}); "
-                  f"API process CPU {a['api_cpu_ms_per_request']:.2f} ms per request; side by side: loss "
-                  f"{100 * a['mixed_loss_vs_direct']:+.1f}% (per round: {', '.join(f'{100 * x:+.0f}%' for x in a['mixed_loss_vs_direct_rounds'])}), "
-                  f"a bare hop's {100 * a['bare_hop_loss_vs_direct']:+.1f}%, ours vs the bare hop {100 * a['mixed_loss_vs_bare_hop']:+.1f}%",
-                  flush=True)
+            print(
+                f"c={c}: direct {d['tokens_per_s']:.0f} tok/s, api {a['tokens_per_s']:.0f} tok/s; "
+                f"paired throughput loss {100 * a['loss_vs_direct']:+.1f}% "
+                f"(per round: {', '.join(f'{100 * (1 - r):+.0f}%' for r in ratios)}); "
+                f"API process CPU {a['api_cpu_ms_per_request']:.2f} ms per request; side by side: loss "
+                f"{100 * a['mixed_loss_vs_direct']:+.1f}% "
+                f"(per round: {', '.join(f'{100 * x:+.0f}%' for x in a['mixed_loss_vs_direct_rounds'])}), "
+                f"a bare hop's {100 * a['bare_hop_loss_vs_direct']:+.1f}%, "
+                f"ours vs the bare hop {100 * a['mixed_loss_vs_bare_hop']:+.1f}%",
+                flush=True,
+            )
     finally:
         for proc in (api, locals().get("hop")):
             if proc is not None:
@@ -266,18 +325,34 @@ def main() -> None:
                 proc.wait(60)
     for c in args.concurrency:
         results["runs"][f"transformers@{c}"] = hf_baseline(folder, c, args.requests, args.tokens)
-        print(f"c={c}: transformers.generate {results['runs'][f'transformers@{c}']['tokens_per_s']:.0f} tok/s", flush=True)
+        print(
+            f"c={c}: transformers.generate {results['runs'][f'transformers@{c}']['tokens_per_s']:.0f} tok/s", flush=True
+        )
 
-    print("\n| concurrency | server | completion tok/s | p50 s | p95 s | loss vs direct, separate runs | loss vs direct, side by side "
-          "| bare hop's loss vs direct, side by side | loss vs bare hop, side by side | API CPU ms/request |\n" + "|---" * 10 + "|")
+    print(
+        "\n| concurrency | server | completion tok/s | p50 s | p95 s | loss vs direct, separate runs "
+        "| loss vs direct, side by side | bare hop's loss vs direct, side by side | loss vs bare hop, side by side "
+        "| API CPU ms/request |\n"
+        + "|---" * 10
+        + "|"
+    )
     for c in args.concurrency:
         for name in ("direct", "api", "transformers"):
             x = results["runs"][f"{name}@{c}"]
-            label = {"direct": "vLLM directly", "api": "vLLM through our API", "transformers": "transformers.generate (batch)"}[name]
-            cells = [f"{100 * x[k]:+.1f}%" if k in x else "" for k in ("loss_vs_direct", "mixed_loss_vs_direct",
-                                                                        "bare_hop_loss_vs_direct", "mixed_loss_vs_bare_hop")]
+            label = {
+                "direct": "vLLM directly",
+                "api": "vLLM through our API",
+                "transformers": "transformers.generate (batch)",
+            }[name]
+            cells = [
+                f"{100 * x[k]:+.1f}%" if k in x else ""
+                for k in ("loss_vs_direct", "mixed_loss_vs_direct", "bare_hop_loss_vs_direct", "mixed_loss_vs_bare_hop")
+            ]
             cpu = f"{x['api_cpu_ms_per_request']:.2f}" if "api_cpu_ms_per_request" in x else ""
-            print(f"| {c} | {label} | {x['tokens_per_s']:.0f} | {x['p50_s']:.3f} | {x['p95_s']:.3f} | {' | '.join(cells)} | {cpu} |")
+            print(
+                f"| {c} | {label} | {x['tokens_per_s']:.0f} | {x['p50_s']:.3f} | {x['p95_s']:.3f} "
+                f"| {' | '.join(cells)} | {cpu} |"
+            )
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     shutil.rmtree(home, ignore_errors=True)

@@ -19,137 +19,16 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
-import httpx
 import openai
 from tqdm import tqdm
 
 import synthetic
-
-REPO = Path(__file__).resolve().parents[1]
-TERMINAL = ("succeeded", "failed", "cancelled")
-BASE = "tiny-qwen2-vl"
-
-
-# ---------------------------------------------------------------- the service
-
-def healthy(url: str) -> bool:
-    try:
-        return httpx.get(url.rstrip("/") + "/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def vrft_home() -> Path:
-    return Path(os.environ.get("VRFT_HOME") or REPO / ".vrft").resolve()
-
-
-def start_server(url: str, home: Path) -> subprocess.Popen:
-    """`vrft serve` on the URL's host and port; waits for /health. Builds the tiny model first if it is missing."""
-    model = home / "models" / BASE
-    if not model.exists():
-        print(f"building the tiny model in {model}", flush=True)
-        subprocess.run([sys.executable, "-m", "trainer.tiny_model", "--out", str(model)], cwd=REPO, check=True)
-    u = urlparse(url)
-    log = home / "demo-server.log"
-    home.mkdir(parents=True, exist_ok=True)
-    # no engine start-ahead of finished jobs: on a small CPU machine it would compete with the next job's training
-    env = {"VRFT_SERVING_PREWARM": "false", "VRFT_SERVING_ENFORCE_EAGER": "true", **os.environ, "VRFT_HOME": str(home)}
-    print(f"no service answers on {url}: starting `vrft serve` (VRFT_HOME={home}, log {log})", flush=True)
-    proc = subprocess.Popen([sys.executable, "-m", "api", "serve", "--host", u.hostname or "127.0.0.1", "--port", str(u.port or 8000)],
-                            cwd=REPO, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited with code {proc.returncode}; see {log}")
-        if healthy(url):
-            return proc
-        time.sleep(0.3)
-    stop_server(proc)
-    raise SystemExit(f"the server did not answer within 120 s; see {log}")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def api_key(arg: str | None, home: Path) -> str:
-    if arg:
-        return arg
-    if os.environ.get("VRFT_API_KEY"):
-        return os.environ["VRFT_API_KEY"]
-    path = home / "api_key"
-    if path.exists():
-        return path.read_text().strip()
-    if os.environ.get("OPENAI_API_KEY"):
-        return os.environ["OPENAI_API_KEY"]
-    raise SystemExit(f"no API key: pass --api-key, set VRFT_API_KEY, or keep the key the server wrote to {path}")
-
-
-# ---------------------------------------------------------------- jobs
-
-def upload(client: openai.OpenAI, folder: Path, rows: list[dict], name: str) -> str:
-    path = folder / name
-    path.write_bytes(synthetic.to_jsonl(rows))
-    with path.open("rb") as fh:
-        f = client.files.create(file=fh, purpose="fine-tune")
-    f = client.files.wait_for_processing(f.id, poll_interval=0.5, max_wait_seconds=300)
-    if f.status != "processed":
-        raise SystemExit(f"{name} was not accepted: {f.status_details}")
-    return f.id
-
-
-def follow(client: openai.OpenAI, job_id: str, label: str, poll: float = 1.0) -> tuple[object, list[dict]]:
-    """Poll the job and its events until it ends; a tqdm bar over metrics steps; other events printed once.
-    Returns the final job and its metrics events' data (oldest first)."""
-    seen: set[str] = set()
-    metrics: dict[int, dict] = {}
-    bar = tqdm(total=None, desc=label, unit="step", dynamic_ncols=True, file=sys.stdout)
-    try:
-        while True:
-            job = client.fine_tuning.jobs.retrieve(job_id)
-            new = [e for e in client.fine_tuning.jobs.list_events(job_id, limit=100).data if e.id not in seen][::-1]
-            for e in new:
-                seen.add(e.id)
-                if e.type == "metrics" and e.data:
-                    step = int(e.data.get("step", 0))
-                    metrics[step] = dict(e.data)
-                    if e.data.get("total_steps"):
-                        bar.total = int(e.data["total_steps"])
-                    bar.n = max(metrics)
-                    post = {}
-                    if "train_loss" in e.data:
-                        post["loss"] = f"{e.data['train_loss']:.3f}"
-                    scores = e.data.get("scores") or {}
-                    if scores.get("train_reward_mean") is not None:
-                        post["reward"] = f"{scores['train_reward_mean']:.3f}"
-                    if scores.get("valid_reward_mean") is not None:
-                        post["valid"] = f"{scores['valid_reward_mean']:.3f}"
-                    bar.set_postfix(post, refresh=False)
-                    bar.refresh()
-                else:
-                    tqdm.write(f"  [{label}] {e.message}", file=sys.stdout)
-            if job.status in TERMINAL:
-                break
-            time.sleep(poll)
-    finally:
-        bar.close()
-    if job.status != "succeeded":
-        raise SystemExit(f"{label} job {job_id} ended {job.status}: {job.error}")
-    return job, [metrics[k] for k in sorted(metrics)]
-
+from demo.client import BASE, api_key, follow, healthy, start_server, stop_server, upload, vrft_home
 
 # ---------------------------------------------------------------- evaluation
 
@@ -169,10 +48,18 @@ def evaluate(client: openai.OpenAI, model: str, rows: list[dict], spec: dict, ma
     batch = grader.compile(spec).grade(outputs, rows)
     sub = batch.sub_rewards
     mean = lambda xs: float(statistics.fmean(xs)) if xs else 0.0  # noqa: E731
-    return {"model": model, "n": len(rows), "mean_reward": mean(batch.rewards), "task_score": mean(sub.get("task", batch.rewards)),
-            "format_rate": mean(sub.get("format", [])), "seconds": round(seconds, 1),
-            "samples": [{"id": r["id"], "reference": r["solution"], "output": o, "reward": x}
-                        for r, o, x in zip(rows, outputs, batch.rewards)]}
+    return {
+        "model": model,
+        "n": len(rows),
+        "mean_reward": mean(batch.rewards),
+        "task_score": mean(sub.get("task", batch.rewards)),
+        "format_rate": mean(sub.get("format", [])),
+        "seconds": round(seconds, 1),
+        "samples": [
+            {"id": r["id"], "reference": r["solution"], "output": o, "reward": x}
+            for r, o, x in zip(rows, outputs, batch.rewards)
+        ],
+    }
 
 
 # ---------------------------------------------------------------- outputs
@@ -182,7 +69,6 @@ def plot(path: Path, sft_curve: list[dict], rft_curve: list[dict], title: str) -
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import MaxNLocator
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
@@ -209,19 +95,41 @@ def table(evals: dict[str, dict], score_name: str) -> str:
     head = f"{'model':<6} {'n':>3} {'mean reward':>11} {score_name:>10} {'format ok':>9} {'eval s':>7}  model id"
     lines = [head, "-" * len(head)]
     for name, e in evals.items():
-        lines.append(f"{name:<6} {e['n']:>3} {e['mean_reward']:>11.4f} {e['task_score']:>10.4f} {e['format_rate']:>9.2f} {e['seconds']:>7.1f}  {e['model']}")
+        lines.append(
+            f"{name:<6} {e['n']:>3} {e['mean_reward']:>11.4f} {e['task_score']:>10.4f} {e['format_rate']:>9.2f} "
+            f"{e['seconds']:>7.1f}  {e['model']}"
+        )
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- main
 
 def plan(args: argparse.Namespace) -> dict:
-    """Sizes of the runs. --quick: the shortest run that exercises everything (2 SFT steps, 2 RFT steps, 3 held-out rows)."""
+    """Sizes of the runs. --quick: the shortest run that exercises everything (2 SFT steps, 2 RFT steps, 3 held-out
+    rows)."""
     if args.quick:
-        p = {"sft_rows": 6, "sft_epochs": 1, "sft_batch": 3, "rft_rows": 4, "rft_epochs": 1, "rft_batch": 2, "valid_rows": 1, "eval_rows": 3}
+        p = {
+            "sft_rows": 6,
+            "sft_epochs": 1,
+            "sft_batch": 3,
+            "rft_rows": 4,
+            "rft_epochs": 1,
+            "rft_batch": 2,
+            "valid_rows": 1,
+            "eval_rows": 3,
+        }
     else:
         steps = args.steps or 8
-        p = {"sft_rows": 32, "sft_epochs": 2, "sft_batch": 4, "rft_rows": 2 * steps, "rft_epochs": 1, "rft_batch": 2, "valid_rows": 4, "eval_rows": 16}
+        p = {
+            "sft_rows": 32,
+            "sft_epochs": 2,
+            "sft_batch": 4,
+            "rft_rows": 2 * steps,
+            "rft_epochs": 1,
+            "rft_batch": 2,
+            "valid_rows": 4,
+            "eval_rows": 16,
+        }
         if args.steps is None:
             p.update(rft_rows=8, rft_epochs=2)  # 8 steps over 8 rows seen twice
     if args.eval_rows:
@@ -231,9 +139,17 @@ def plan(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--url", default=os.environ.get("VRFT_URL", "http://127.0.0.1:8000"), help="the service (started here if none answers)")
-    ap.add_argument("--api-key", default=None, help="default: VRFT_API_KEY, then $VRFT_HOME/api_key, then OPENAI_API_KEY")
+    ap = argparse.ArgumentParser(
+        prog="python -m demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--url",
+        default=os.environ.get("VRFT_URL", "http://127.0.0.1:8000"),
+        help="the service (started here if none answers)",
+    )
+    ap.add_argument(
+        "--api-key", default=None, help="default: VRFT_API_KEY, then $VRFT_HOME/api_key, then OPENAI_API_KEY"
+    )
     ap.add_argument("--task", choices=("grounding", "classification"), default="grounding")
     ap.add_argument("--quick", action="store_true", help="the shortest run: 2 SFT steps, 2 RFT steps, 3 held-out rows")
     ap.add_argument("--steps", type=int, default=None, help="RFT optimizer steps (1 epoch of 2*steps rows; default: 8)")
@@ -252,12 +168,18 @@ def main(argv: list[str] | None = None) -> int:
 
     proc = None if healthy(args.url) else start_server(args.url, home)
     try:
-        client = openai.OpenAI(base_url=args.url.rstrip("/") + "/v1", api_key=api_key(args.api_key, home), max_retries=3, timeout=60)
+        client = openai.OpenAI(
+            base_url=args.url.rstrip("/") + "/v1", api_key=api_key(args.api_key, home), max_retries=3, timeout=60
+        )
         # engines start on the first request (30-170 s on a small CPU machine): the SDK retries 503 + Retry-After
         chat = client.with_options(max_retries=60, timeout=900)
 
-        print(f"task {task}: SFT {p['sft_rows']} rows x {p['sft_epochs']} epochs, RFT {p['rft_rows']} rows x {p['rft_epochs']} epochs, "
-              f"held-out {p['eval_rows']} rows", flush=True)
+        print(
+            f"task {task}: SFT {p['sft_rows']} rows x {p['sft_epochs']} epochs, "
+            f"RFT {p['rft_rows']} rows x {p['rft_epochs']} epochs, "
+            f"held-out {p['eval_rows']} rows",
+            flush=True,
+        )
         sft_rows = synthetic.generate(task, p["sft_rows"], seed=seed, short=True, sft=True)
         rft_rows = synthetic.generate(task, p["rft_rows"], seed=seed + 1, short=True)
         valid_rows = synthetic.generate(task, p["valid_rows"], seed=seed + 2, short=True, split="valid")
@@ -277,17 +199,44 @@ def main(argv: list[str] | None = None) -> int:
 
         t0 = time.time()
         rft = client.fine_tuning.jobs.create(
-            model=sft.fine_tuned_model, training_file=rft_file, validation_file=valid_file, suffix="demo-rft", seed=seed,
-            method={"type": "reinforcement", "reinforcement": {"grader": spec, "hyperparameters": {
-                "n_epochs": p["rft_epochs"], "batch_size": p["rft_batch"], "num_generations": 2,
-                "max_completion_length": p["max_tokens"], "eval_interval": 1, "eval_samples": p["valid_rows"]}}})
+            model=sft.fine_tuned_model,
+            training_file=rft_file,
+            validation_file=valid_file,
+            suffix="demo-rft",
+            seed=seed,
+            method={
+                "type": "reinforcement",
+                "reinforcement": {
+                    "grader": spec,
+                    "hyperparameters": {
+                        "n_epochs": p["rft_epochs"],
+                        "batch_size": p["rft_batch"],
+                        "num_generations": 2,
+                        "max_completion_length": p["max_tokens"],
+                        "eval_interval": 1,
+                        "eval_samples": p["valid_rows"],
+                    },
+                },
+            },
+        )
         print(f"RFT job {rft.id} from {sft.fine_tuned_model}", flush=True)
         rft, rft_metrics = follow(client, rft.id, "RFT")
         rft_seconds = time.time() - t0
-        rft_curve = [{"step": m["step"], **{k: (m.get("scores") or {}).get(k) for k in ("train_reward_mean", "valid_reward_mean")}}
-                     for m in rft_metrics]
-        sft_curve = [{"step": m["step"], "train_loss": m.get("train_loss"), "train_mean_token_accuracy": m.get("train_mean_token_accuracy")}
-                     for m in sft_curve]
+        rft_curve = [
+            {
+                "step": m["step"],
+                **{k: (m.get("scores") or {}).get(k) for k in ("train_reward_mean", "valid_reward_mean")},
+            }
+            for m in rft_metrics
+        ]
+        sft_curve = [
+            {
+                "step": m["step"],
+                "train_loss": m.get("train_loss"),
+                "train_mean_token_accuracy": m.get("train_mean_token_accuracy"),
+            }
+            for m in sft_curve
+        ]
 
         evals: dict[str, dict] = {}
         for name, model in (("base", BASE), ("sft", sft.fine_tuned_model), ("rft", rft.fine_tuned_model)):
@@ -296,18 +245,48 @@ def main(argv: list[str] | None = None) -> int:
 
         row = eval_rows[0]
         t0 = time.time()
-        r = chat.chat.completions.create(model=rft.fine_tuned_model, messages=row["messages"], temperature=0, max_tokens=p["max_tokens"])
-        final = {"model": rft.fine_tuned_model, "prompt": row["messages"][-1]["content"][-1]["text"], "reference": row["solution"],
-                 "answer": r.choices[0].message.content, "usage": r.usage.model_dump() if r.usage else None, "seconds": round(time.time() - t0, 2)}
+        r = chat.chat.completions.create(
+            model=rft.fine_tuned_model, messages=row["messages"], temperature=0, max_tokens=p["max_tokens"]
+        )
+        final = {
+            "model": rft.fine_tuned_model,
+            "prompt": row["messages"][-1]["content"][-1]["text"],
+            "reference": row["solution"],
+            "answer": r.choices[0].message.content,
+            "usage": r.usage.model_dump() if r.usage else None,
+            "seconds": round(time.time() - t0, 2),
+        }
 
         score_name = "mean IoU" if task == "grounding" else "accuracy"
         results = {
-            "task": task, "seed": seed, "plan": p, "url": args.url, "grader": spec,
-            "score": {"task_score": score_name, "mean_reward": "grader reward: (task + format) / 2", "format_rate": "share of answers in <answer> tags"},
-            "jobs": {"sft": {"id": sft.id, "model": sft.fine_tuned_model, "trained_tokens": sft.trained_tokens, "seconds": round(sft_seconds, 1)},
-                     "rft": {"id": rft.id, "model": rft.fine_tuned_model, "trained_tokens": rft.trained_tokens, "seconds": round(rft_seconds, 1)}},
+            "task": task,
+            "seed": seed,
+            "plan": p,
+            "url": args.url,
+            "grader": spec,
+            "score": {
+                "task_score": score_name,
+                "mean_reward": "grader reward: (task + format) / 2",
+                "format_rate": "share of answers in <answer> tags",
+            },
+            "jobs": {
+                "sft": {
+                    "id": sft.id,
+                    "model": sft.fine_tuned_model,
+                    "trained_tokens": sft.trained_tokens,
+                    "seconds": round(sft_seconds, 1),
+                },
+                "rft": {
+                    "id": rft.id,
+                    "model": rft.fine_tuned_model,
+                    "trained_tokens": rft.trained_tokens,
+                    "seconds": round(rft_seconds, 1),
+                },
+            },
             "curves": {"sft": sft_curve, "rft": rft_curve},
-            "eval": evals, "final_chat": final, "seconds_total": None,
+            "eval": evals,
+            "final_chat": final,
+            "seconds_total": None,
         }
         png = out / "curves.png"
         plot(png, sft_curve, rft_curve, f"{task}: SFT then RFT of {BASE} (random tiny model)")

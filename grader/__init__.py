@@ -28,8 +28,16 @@ _DERIVED = {
 }
 """Derived from the registered types on each access."""
 
-__all__ = ["ERROR_FLAGS", "GraderValidationError", "compile", "empty_errors", "validate_grader", *_LAZY, *_DERIVED,
-           *sorted(t.spec.__name__ for t in registry.TYPES.values())]
+__all__ = ["ERROR_FLAGS", "GraderValidationError", "box_engine", "compile", "empty_errors", "validate_grader", *_LAZY,
+           *_DERIVED, *sorted(t.spec.__name__ for t in registry.TYPES.values())]
+
+
+def box_engine(n: int) -> str:
+    """What parses and scores a batch of `n` box answers: "numba" (compiled kernels, for large batches where
+    numba is installed) or "numpy"."""
+    from grader import _accel
+
+    return "numba" if _accel.available(n) else "numpy"
 
 
 def compile(spec: Any, *, endpoint=None, sandbox=None, workers: int | None = None, shared_pools: bool = False,

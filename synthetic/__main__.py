@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from synthetic.shapes import COORDINATES, DECOYS, TASKS, write_task
+from synthetic.shapes import COORDINATES, TASKS, write_task
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,19 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--empty-prob", type=float, default=None)
     p.add_argument("--noise-prob", type=float, default=None)
     p.add_argument("--overlap", type=float, default=None)
-    p.add_argument("--gradient", type=int, default=None,
-                   help="amplitude of a faint red (x) / blue (y) ramp on backgrounds: an absolute-position cue")
-    p.add_argument("--decoy", default=None, choices=DECOYS,
-                   help="grounding decoys: 'opposite' (default) or 'other_anchor' (needs --max-objects >= 4)")
-    p.add_argument("--think-anchor", action="store_true",
-                   help="grounding: the <think> part gives the anchor's box, a step the answer builds on (not with --short)")
     p.add_argument("--no-system", action="store_true", help="no system message")
     a = p.parse_args(argv)
     if a.n < 1 or a.valid < 0:
         p.error("--n must be at least 1 and --valid at least 0")
     options = dict(short=a.short, coordinates=a.coordinates, max_objects=a.max_objects, max_targets=a.max_targets,
-                   empty_prob=a.empty_prob, noise_prob=a.noise_prob, overlap=a.overlap,
-                   gradient=a.gradient, decoy=a.decoy, think_anchor=a.think_anchor or None)
+                   empty_prob=a.empty_prob, noise_prob=a.noise_prob, overlap=a.overlap)
     if a.no_system:
         options["system"] = None
     try:

@@ -53,11 +53,10 @@ Row fields (every row)
 ``solution``      the reference answer, the text that goes inside ``<answer></answer>``, in ``coordinates``.
 ``objects``       the whole scene: ``[{"colour": str, "shape": str, "box": [x1, y1, x2, y2]}, ...]`` in
     drawing order.
-``background``    ``"{grey name}"`` or ``"{grey name} noise"``, plus ``" gradient"`` with ``gradient`` > 0.
+``background``    ``"{grey name}"`` or ``"{grey name} noise"``.
 Detection adds ``category`` (``"red circle"``); grounding adds ``expression`` (``"the red circle left of the
 blue square"``), ``target`` / ``anchor`` (indices into ``objects``) and ``relation`` (``left`` / ``right`` /
-``above`` / ``below``; with ``decoy="other_anchor"`` the expression says "directly left of", see `Options.decoy`);
-classification adds ``label`` (``"dark red circle"``), ``colour`` and ``shape``.
+``above`` / ``below``); classification adds ``label`` (``"dark red circle"``), ``colour`` and ``shape``.
 
 Styles
 ------
@@ -80,6 +79,12 @@ scaled to [0, 1]):
 
 The ``iou`` grader reads ``{{sample.answer}}`` (the text inside the answer tags) in the prompt's
 ``coordinates`` and ``{{item.boxes}}`` in pixels; the format grader reads ``{{sample.output_text}}``.
+
+Hooks
+-----
+`Options` ends with methods a study overrides in a subclass to change a scene (shape sizes, background, how a
+grounding scene picks and words its referent, the ``<think>`` text); their defaults draw the scenes above. The
+learning studies' options are such a subclass (research/scenes.py); pass one as ``opts=`` to `generate`.
 """
 
 from __future__ import annotations
@@ -90,9 +95,9 @@ import io
 import json
 import math
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -118,15 +123,10 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "brown": (140, 85, 30),
     "cyan": (0, 200, 215),
 }
-FINE_PAIRS = (("red", "dark red"), ("green", "dark green"), ("blue", "light blue"))
-"""Colour names that differ only in shade: the fine-grained part of the classification task."""
 
 BACKGROUNDS: dict[str, int] = {"white": 250, "light gray": 210, "gray": 128, "dark gray": 60, "black": 8}
 """Grey levels; noisy backgrounds add per-pixel noise of +-NOISE_AMPLITUDE, equal on R, G and B."""
 NOISE_AMPLITUDE = 14
-GRADIENT_MAX = 96
-"""Largest `Options.gradient`: R - B of a background pixel stays within +-GRADIENT_MAX, below the 100 that
-separates every shape colour's channels, so a background pixel never takes a shape's colour."""
 
 SIZES: tuple[tuple[int, int], ...] = (
     (112, 112), (140, 140), (168, 168), (196, 196), (224, 224),
@@ -135,17 +135,8 @@ SIZES: tuple[tuple[int, int], ...] = (
 """(width, height): sides multiples of 28, 28*28*16 .. 28*28*64 pixels (smart_resize leaves them as they are)."""
 
 RELATIONS = {"left": "left of", "right": "right of", "above": "above", "below": "below"}
-RELATION_WORDS = {
-    "plain": RELATIONS,
-    "compass": {"left": "west of", "right": "east of", "above": "north of", "below": "south of"},
-}
-"""How a grounding expression words each relation. ``compass`` says the same relations in words a base
-pretrained on ``plain`` ones has never read: the skill is there, the vocabulary is new (the learning benchmark's
-eleventh try)."""
-IN_LINE = "directly"
-"""Word before the relation when relations are in line (``decoy="other_anchor"``)."""
+"""A grounding expression's words for each relation."""
 OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
-DECOYS = ("opposite", "other_anchor")
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 SHORT_FORMAT_PATTERN = r"<answer>\s*\S.*?</answer>"
@@ -157,9 +148,23 @@ GAP = 2
 """Pixels kept between the squares of non-overlapping shapes."""
 
 
+class Referent(NamedTuple):
+    """What a grounding expression names in a scene (indices into its objects), as `Options.pick_referent` picks it."""
+
+    target: int
+    anchor: int
+    relation: str
+    """``left``, ``right``, ``above`` or ``below``: the target is that of the anchor."""
+    decoy: int | None = None
+    """A shape redrawn as the target's class, which only the relation (or the anchor) tells from the target."""
+    others: tuple[int, ...] = ()
+    """Shapes that each take a class of their own, apart from the target's, the anchor's and each other's (a
+    study's second anchor); the remaining shapes take any class but those."""
+
+
 @dataclass(frozen=True)
 class Options:
-    """Generation options (keyword arguments of `generate`, `write_task`)."""
+    """Generation options (keyword arguments of `generate`, `write_task`), and the hooks a study overrides."""
 
     short: bool = False
     """Ask for ``<answer>`` only (no ``<think>`` part)."""
@@ -176,54 +181,21 @@ class Options:
     """Detection: share of scenes without the asked category (answer: No Objects)."""
     noise_prob: float = 0.5
     """Share of noisy backgrounds."""
-    gradient: int = 0
-    """Amplitude (grey levels, 0..GRADIENT_MAX) of an absolute-position cue in every background: the red channel
-    ramps by this much from the left edge to the right one, the blue channel from the top edge to the bottom one
-    (up for dark greys, down for light ones), so a background pixel's colour tells where it is. 0 (default):
-    grey backgrounds. The ramp is deterministic (no random draw), so a scene is the same with or without it
-    except for its background pixels; the channel spread stays below 100, so no background pixel can equal a
-    shape colour."""
-    shape_scale: tuple[float, float] | None = None
-    """Side of each shape's square as a fraction (lo, hi) of the image's shorter side; None: the task's default
-    (0.16-0.30 for detection and grounding, 0.35-0.70 for classification's single shape)."""
     overlap: float = 0.0
     """Largest IoU allowed between two shapes' squares (0: no overlap, a 2-pixel gap)."""
     colours: tuple[str, ...] = tuple(COLOURS)
     shapes: tuple[str, ...] = SHAPES
     list_classes: bool = True
     """Classification: name the possible colours and shapes in the prompt."""
-    decoy: str = "opposite"
-    """Grounding: where a decoy of the target's class stands. ``opposite`` (default): on the anchor's other side,
-    in 75% of scenes; a position rule ("of the shapes named X, the one farthest left") still finds the target.
-    ``other_anchor``: every scene has 4 or more shapes; relations are in line ("the red circle directly left of
-    the blue star": left of it and overlapping its rows), and the decoy stands directly in the same relation to
-    a SECOND anchor of another class (a red circle directly left of a green square). The decoy is farther that
-    way than the target in half of the scenes, nearer in the other half, so only the anchor tells which."""
-    relation_words: str = "plain"
-    """Grounding: the words for the relations, a key of ``RELATION_WORDS`` ("left of", or "west of" for compass)."""
-    think_anchor: bool = False
-    """Grounding, with ``short=False``: the ``<think>`` part names the anchor and gives its box ("The blue star is
-    at [x1, y1, x2, y2].") instead of naming where the target is. The reasoning is then a step the answer builds
-    on: first find the shape the expression names, then the one beside it. The grader still scores only the
-    ``<answer>`` box."""
 
     def check(self) -> "Options":
+        """Self, or a ValueError naming the first bad option (a subclass checks its own fields after these)."""
         if self.coordinates not in COORDINATES:
             raise ValueError(f"coordinates must be one of {', '.join(COORDINATES)}, got {self.coordinates!r}")
         if not 1 <= self.min_objects <= self.max_objects:
             raise ValueError("need 1 <= min_objects <= max_objects")
         if self.max_targets < 1:
             raise ValueError("max_targets must be at least 1")
-        if self.relation_words not in RELATION_WORDS:
-            raise ValueError(f"relation_words must be one of {', '.join(RELATION_WORDS)}, got {self.relation_words!r}")
-        if self.decoy not in DECOYS:
-            raise ValueError(f"decoy must be one of {', '.join(DECOYS)}, got {self.decoy!r}")
-        if self.decoy == "other_anchor" and self.max_objects < 4:
-            raise ValueError("decoy='other_anchor' needs max_objects >= 4 (target, anchor, decoy, second anchor)")
-        if self.think_anchor and self.short:
-            raise ValueError("think_anchor needs short=False (the anchor's box goes in the <think> part)")
-        if not 0 <= self.gradient <= GRADIENT_MAX:
-            raise ValueError(f"gradient must be in [0, {GRADIENT_MAX}]")
         if not 0 <= self.empty_prob <= 1 or not 0 <= self.noise_prob <= 1 or not 0 <= self.overlap < 1:
             raise ValueError("empty_prob and noise_prob must be in [0, 1], overlap in [0, 1)")
         unknown = [c for c in self.colours if c not in COLOURS] + [s for s in self.shapes if s not in SHAPES]
@@ -231,12 +203,64 @@ class Options:
             raise ValueError(f"unknown colours or shapes: {unknown}")
         if len(self.colours) < 2 or len(self.shapes) < 2:
             raise ValueError("need at least two colours and two shapes")
-        if self.shape_scale is not None and not 0 < self.shape_scale[0] <= self.shape_scale[1] <= 0.9:
-            raise ValueError("shape_scale must be (lo, hi) with 0 < lo <= hi <= 0.9")
         for w, h in self.sizes:
             if w < 56 or h < 56:
                 raise ValueError("image sides must be at least 56 pixels")
         return self
+
+    # Hooks (see the module docstring). Only `pick_referent` may draw from the scene's random stream.
+
+    def shape_sides(self, lo: float, hi: float) -> tuple[float, float]:
+        """A shape's square side, as fractions of the image's shorter side; (lo, hi): the task's own range."""
+        return lo, hi
+
+    def finish_background(self, pixels: np.ndarray, label: str, level: int) -> tuple[np.ndarray, str]:
+        """A background ([h, w, 3] uint8) and its name once its grey `level` and noise are drawn. No pixel may
+        take a shape's colour (channels 100 or more apart), or the boxes stop being exact."""
+        return pixels, label
+
+    def grounding_min_objects(self) -> int:
+        """The fewest shapes of a grounding scene (at least `min_objects`): a target and an anchor."""
+        return 2
+
+    def relation_holds(self, relation: str, a: Sequence[int], b: Sequence[int]) -> bool:
+        """Whether box `a` is `relation` of box `b` as an expression means it: strictly (`holds`)."""
+        return holds(relation, a, b)
+
+    def pick_referent(self, rng: random.Random, objects: list["Obj"],
+                      triples: list[tuple[int, int, str]]) -> Referent | None:
+        """What the expression names, from `triples` (target, anchor, relation) that hold between `objects`
+        (painted, classes not yet final); None draws the scene again. Default: in 75% of the scenes that allow
+        one, a decoy on the anchor's OPPOSITE side: a shape that, drawn as the target's, has its centre beyond
+        the anchor's centre and is not `relation` of it. Not "strictly opposite" (no overlap along the axis):
+        three big shapes seldom fit in a row, and with shapes of a third of the side that rule left no scene with
+        a decoy at all."""
+        def decoys_for(t: int, a: int, rel: str) -> list[int]:
+            return [i for i in range(len(objects)) if i not in (t, a) and opposite_side(
+                rel, shape_box(objects[t].shape, objects[i].region), objects[a].box)]
+
+        with_decoy = [(tr, d) for tr in triples for d in [decoys_for(*tr)] if d]
+        if with_decoy and rng.random() < 0.75:
+            (t, a, rel), cands = rng.choice(with_decoy)
+            return Referent(t, a, rel, rng.choice(cands))
+        return Referent(*rng.choice(triples))
+
+    def relation_phrase(self, relation: str) -> str:
+        """The words between the target's name and the anchor's ("left of")."""
+        return RELATIONS[relation]
+
+    def reasoning(self, task: str, info: dict, width: int, height: int) -> str:
+        """The ``<think>`` text of a reference answer (not with `short`). `info`: what the task's scene builder
+        returns (detection: category, colour, shape, boxes; grounding: expression, target, anchor, relation,
+        boxes, anchor_name, anchor_box; classification: label, colour, shape, boxes)."""
+        if task == "detection":
+            k = len(info["boxes"])
+            return (f"There is no {info['category']}." if k == 0 else f"There is 1 {info['category']}." if k == 1
+                    else f"There are {k} {info['colour']} {plural(info['shape'])}.")
+        if task == "grounding":
+            where = place_name(info["boxes"][0], width, height)
+            return f"{info['expression'][0].upper()}{info['expression'][1:]} is at the {where}."
+        return f"It has the colour {info['colour']} and looks like a {info['shape']}."
 
 
 def plural(shape: str) -> str:
@@ -253,7 +277,8 @@ def _polygon(shape: str, x: float, y: float, s: float) -> list[tuple[float, floa
     if shape == "diamond":
         return [(cx, y), (x + s - 1, cy), (cx, y + s - 1), (x, cy)]
     if shape == "hexagon":
-        return [(cx + (r - 0.5) * math.cos(math.pi / 3 * k), cy + (r - 0.5) * math.sin(math.pi / 3 * k)) for k in range(6)]
+        return [(cx + (r - 0.5) * math.cos(math.pi / 3 * k), cy + (r - 0.5) * math.sin(math.pi / 3 * k))
+                for k in range(6)]
     if shape == "star":
         pts = []
         for k in range(10):
@@ -360,32 +385,17 @@ def place_regions(rng: random.Random, n: int, width: int, height: int, lo: float
     return out
 
 
-def _background(rng: random.Random, width: int, height: int, noise_prob: float,
-                gradient: int = 0) -> tuple[np.ndarray, str]:
+def _background(rng: random.Random, opts: Options, width: int, height: int) -> tuple[np.ndarray, str]:
     name = rng.choice(sorted(BACKGROUNDS))
     level = BACKGROUNDS[name]
-    if rng.random() < noise_prob:
+    if rng.random() < opts.noise_prob:
         g = np.random.default_rng(rng.getrandbits(64))
         grey = level + g.integers(-NOISE_AMPLITUDE, NOISE_AMPLITUDE + 1, size=(height, width))
         grey = np.clip(grey, 0, 255).astype(np.uint8)
         bg, label = np.repeat(grey[:, :, None], 3, axis=2), f"{name} noise"
     else:
         bg, label = np.full((height, width, 3), level, dtype=np.uint8), name
-    if gradient:
-        bg, label = _position_ramp(bg, gradient, up=level < 128), f"{label} gradient"
-    return bg, label
-
-
-def _position_ramp(bg: np.ndarray, amplitude: int, up: bool) -> np.ndarray:
-    """`bg` with red ramping by `amplitude` along x and blue along y (up from dark greys, down from light ones)."""
-    height, width = bg.shape[:2]
-    sign = 1 if up else -1
-    rx = np.rint(np.linspace(0, amplitude, width)).astype(np.int16) * sign
-    ry = np.rint(np.linspace(0, amplitude, height)).astype(np.int16) * sign
-    out = bg.astype(np.int16)
-    out[:, :, 0] += rx[None, :]
-    out[:, :, 2] += ry[:, None]
-    return np.clip(out, 0, 255).astype(np.uint8)
+    return opts.finish_background(bg, label, level)
 
 
 def render(objects: Sequence[Obj], background: np.ndarray) -> Image.Image:
@@ -422,13 +432,6 @@ def holds(relation: str, a: Sequence[int], b: Sequence[int]) -> bool:
     raise ValueError(relation)
 
 
-def holds_in_line(relation: str, a: Sequence[int], b: Sequence[int]) -> bool:
-    """Whether box `a` is directly `relation` of box `b`: strictly `relation` of it, and overlapping it along
-    the other axis (in its rows for left / right, in its columns for above / below)."""
-    lo, hi = (1, 3) if relation in ("left", "right") else (0, 2)
-    return holds(relation, a, b) and a[lo] < b[hi] and b[lo] < a[hi]
-
-
 def beyond(relation: str, a: Sequence[int], b: Sequence[int]) -> bool:
     """Whether box `a`'s centre is farther `relation` than box `b`'s (farther left for "left")."""
     axis = 0 if relation in ("left", "right") else 1
@@ -442,11 +445,12 @@ def opposite_side(relation: str, a: Sequence[int], b: Sequence[int]) -> bool:
     return beyond(OPPOSITE[relation], a, b) and not holds(relation, a, b)
 
 
-def referents(objects: Sequence[dict], target: str, relation: str, anchor: str, in_line: bool = False) -> list[int]:
+def referents(objects: Sequence[dict], target: str, relation: str, anchor: str,
+              rel_holds: Callable[[str, Sequence[int], Sequence[int]], bool] = holds) -> list[int]:
     """Indices of the objects named `target` ("red circle") that are `relation` of an object named
-    `anchor` (directly, with `in_line`); objects are ``{"colour", "shape", "box"}`` dicts (a row's ``objects``)."""
+    `anchor` (as `rel_holds` tells, strictly by default); objects are ``{"colour", "shape", "box"}`` dicts (a
+    row's ``objects``)."""
     name = lambda o: f"{o['colour']} {o['shape']}"  # noqa: E731
-    rel_holds = holds_in_line if in_line else holds
     anchors = [o for o in objects if name(o) == anchor]
     return [i for i, o in enumerate(objects)
             if name(o) == target and any(rel_holds(relation, o["box"], a["box"]) for a in anchors)]
@@ -502,12 +506,14 @@ def _distinct(rng: random.Random, opts: Options, avoid: set[str], shape: str | N
     raise RuntimeError("no free class")  # pragma: no cover (needs >= 2 colours and shapes)
 
 
-def _scene_base(rng: random.Random, opts: Options, n: int, lo: float, hi: float) -> tuple[int, int, list, np.ndarray, str]:
-    """Size, shape squares, background of a scene; `lo`, `hi`: the task's shape scale unless Options sets one."""
-    lo, hi = opts.shape_scale or (lo, hi)
+def _scene_base(
+    rng: random.Random, opts: Options, n: int, lo: float, hi: float
+) -> tuple[int, int, list, np.ndarray, str]:
+    """Size, shape squares, background of a scene; `lo`, `hi`: the task's shape sides (see `Options.shape_sides`)."""
+    lo, hi = opts.shape_sides(lo, hi)
     width, height = rng.choice(opts.sizes)
     regions = place_regions(rng, n, width, height, lo, hi, opts.overlap)
-    bg, bg_name = _background(rng, width, height, opts.noise_prob, opts.gradient)
+    bg, bg_name = _background(rng, opts, width, height)
     return width, height, regions, bg, bg_name
 
 
@@ -536,34 +542,29 @@ def _detection(rng: random.Random, opts: Options) -> tuple[_Scene, dict]:
 
 
 def _grounding(rng: random.Random, opts: Options) -> tuple[_Scene, dict]:
-    in_line = opts.decoy == "other_anchor"  # relations in line, and a decoy beside a second anchor
-    rel_holds = holds_in_line if in_line else holds
-    least = 4 if in_line else 2
+    least = max(opts.grounding_min_objects(), opts.min_objects)
     for _attempt in range(100):
-        n = rng.randint(max(least, opts.min_objects), max(least, opts.max_objects))
+        n = rng.randint(least, max(least, opts.max_objects))
         width, height, regions, bg, bg_name = _scene_base(rng, opts, n, 0.16, 0.30)
-        if len(regions) < max(least, opts.min_objects):
+        if len(regions) < least:
             continue  # the image was full: draw the scene again rather than give fewer shapes than asked
         objects = [Obj(rng.choice(opts.shapes), rng.choice(opts.colours), r).paint(width, height) for r in regions]
         triples = [(t, a, rel) for t in range(len(objects)) for a in range(len(objects)) if t != a
-                   for rel in RELATIONS if rel_holds(rel, objects[t].box, objects[a].box)]
+                   for rel in RELATIONS if opts.relation_holds(rel, objects[t].box, objects[a].box)]
         if not triples:
             continue
-        if in_line:
-            picked = _other_anchor_decoy(rng, objects, triples)
-            if picked is None:
-                continue
-            t, a, rel, decoy, second = picked
-        else:
-            t, a, rel, decoy = _opposite_decoy(rng, objects, triples)
-            second = None
+        picked = opts.pick_referent(rng, objects, triples)
+        if picked is None:
+            continue
+        t, a, rel, decoy, others = picked
         tgt, anc = objects[t], objects[a]
         anc.colour, anc.shape = _distinct(rng, opts, {tgt.name}, shape=anc.shape)
-        if second is not None:
-            o = objects[second]
-            o.colour, o.shape = _distinct(rng, opts, {tgt.name, anc.name}, shape=o.shape)
-        named = [i for i in (t, a, second) if i is not None]
-        taken = {objects[i].name for i in named}
+        taken = {tgt.name, anc.name}
+        for i in others:
+            o = objects[i]
+            o.colour, o.shape = _distinct(rng, opts, taken, shape=o.shape)
+            taken.add(o.name)
+        named = (t, a, *others)
         for i, o in enumerate(objects):
             if i == decoy:
                 o.colour, o.shape = tgt.colour, tgt.shape
@@ -572,51 +573,14 @@ def _grounding(rng: random.Random, opts: Options) -> tuple[_Scene, dict]:
             if i not in (t, a):
                 o.paint(width, height)
         rows = [o.to_json() for o in objects]
-        if referents(rows, tgt.name, rel, anc.name, in_line) != [t] or sum(o.name == anc.name for o in objects) != 1:
+        if (referents(rows, tgt.name, rel, anc.name, opts.relation_holds) != [t]
+                or sum(o.name == anc.name for o in objects) != 1):
             continue  # pragma: no cover (the construction guarantees it; kept as a safety net)
         scene = _Scene(width, height, objects, bg, bg_name)
-        expression = f"the {tgt.name} {IN_LINE + ' ' if in_line else ''}{RELATION_WORDS[opts.relation_words][rel]} the {anc.name}"
+        expression = f"the {tgt.name} {opts.relation_phrase(rel)} the {anc.name}"
         return scene, {"expression": expression, "target": t, "anchor": a, "relation": rel, "boxes": [tgt.box],
                        "anchor_name": anc.name, "anchor_box": anc.box}
     raise RuntimeError("could not build a grounding scene; allow more objects or larger images")
-
-
-def _opposite_decoy(rng: random.Random, objects: list[Obj], triples: list) -> tuple[int, int, str, int | None]:
-    """(target, anchor, relation, decoy or None): in 75% of scenes that allow one, a decoy on the anchor's
-    OPPOSITE side: an object that, drawn as the target's shape, has its centre beyond the anchor's centre and
-    is not `rel` of it. Not "strictly opposite" (no overlap along the axis): three big shapes seldom fit in a
-    row, and with shapes of a third of the side that rule left no scene with a decoy at all."""
-    def decoys_for(t: int, a: int, rel: str) -> list[int]:
-        return [i for i in range(len(objects)) if i not in (t, a) and opposite_side(
-            rel, shape_box(objects[t].shape, objects[i].region), objects[a].box)]
-
-    with_decoy = [(tr, d) for tr in triples for d in [decoys_for(*tr)] if d]
-    if with_decoy and rng.random() < 0.75:
-        (t, a, rel), cands = rng.choice(with_decoy)
-        return t, a, rel, rng.choice(cands)
-    t, a, rel = rng.choice(triples)
-    return t, a, rel, None
-
-
-def _other_anchor_decoy(rng: random.Random, objects: list[Obj], triples: list) -> tuple[int, int, str, int, int] | None:
-    """(target, anchor, relation, decoy, second anchor) with in-line relations, or None when the layout allows
-    none: the decoy, drawn as the target's shape, is directly `rel` of the second anchor and not of the first.
-    A fair coin says whether the decoy stands farther `rel` than the target or not (when the layout allows
-    both), so that no rule on the target class's positions alone finds the target."""
-    picks: dict[bool, list] = {True: [], False: []}
-    for t, a, rel in triples:
-        for d in range(len(objects)):
-            if d in (t, a):
-                continue
-            box = shape_box(objects[t].shape, objects[d].region)
-            if holds_in_line(rel, box, objects[a].box):
-                continue
-            picks[beyond(rel, box, objects[t].box)] += [
-                (t, a, rel, d, s) for s in range(len(objects))
-                if s not in (t, a, d) and holds_in_line(rel, box, objects[s].box)]
-    farther = rng.random() < 0.5
-    pool = picks[farther] or picks[not farther]
-    return rng.choice(pool) if pool else None
 
 
 def _classification(rng: random.Random, opts: Options) -> tuple[_Scene, dict]:
@@ -667,21 +631,12 @@ def answer_text(task: str, info: dict, width: int, height: int, opts: Options) -
                 f"{{'Position': {to_space(b, width, height, c)}, 'Confidence': 1}}" for b in boxes) + "]"
         else:
             solution = NO_OBJECTS
-        k = len(boxes)
-        think = (f"There is no {info['category']}." if k == 0 else f"There is 1 {info['category']}." if k == 1
-                 else f"There are {k} {info['colour']} {plural(info['shape'])}.")
     elif task == "grounding":
-        b = info["boxes"][0]
-        solution = str(to_space(b, width, height, c))
-        if opts.think_anchor:
-            think = f"The {info['anchor_name']} is at {to_space(info['anchor_box'], width, height, c)}."
-        else:
-            think = f"{info['expression'][0].upper()}{info['expression'][1:]} is at the {place_name(b, width, height)}."
+        solution = str(to_space(info["boxes"][0], width, height, c))
     else:
         solution = info["label"]
-        think = f"It has the colour {info['colour']} and looks like a {info['shape']}."
     body = f"<answer>{solution}</answer>"
-    return solution, body if opts.short else f"<think>{think}</think>{body}"
+    return solution, body if opts.short else f"<think>{opts.reasoning(task, info, width, height)}</think>{body}"
 
 
 # ------------------------------------------------------------------------------------------ rows
@@ -732,25 +687,25 @@ def make_row(task: str, index: int, seed: int = 0, *, sft: bool = False, split: 
 
 
 def generate(task: str, n: int, seed: int = 0, *, sft: bool = False, split: str = "train",
-             **options: Any) -> list[dict]:
+             opts: Options | None = None, **options: Any) -> list[dict]:
     """`n` rows of `task` (see the module docstring for the fields). `options`: fields of `Options`
     (short, coordinates, system, sizes, min_objects, max_objects, max_targets, empty_prob, noise_prob,
-    gradient, shape_scale, overlap, colours, shapes, list_classes)."""
-    opts = _options(options)
+    overlap, colours, shapes, list_classes), set over `opts` (default: ``Options()``; a subclass for a study)."""
+    opts = _options(options, opts)
     return [make_row(task, i, seed, sft=sft, split=split, opts=opts) for i in range(n)]
 
 
 def _options(options: dict, base: Options | None = None) -> Options:
+    """`base` (default ``Options()``) with `options` set (None leaves a field as it is, except `system`), checked."""
+    base = base or Options()
     options = dict(options)
     for key in ("sizes", "colours", "shapes"):
         if key in options and options[key] is not None:
             options[key] = tuple(tuple(v) if key == "sizes" else v for v in options[key])
-    if options.get("shape_scale") is not None:
-        options["shape_scale"] = tuple(float(v) for v in options["shape_scale"])
-    unknown = set(options) - set(Options.__dataclass_fields__)
+    unknown = set(options) - {f.name for f in fields(base)}
     if unknown:
         raise TypeError(f"unknown options: {', '.join(sorted(unknown))}")
-    return replace(base or Options(), **{k: v for k, v in options.items() if v is not None or k == "system"}).check()
+    return replace(base, **{k: v for k, v in options.items() if v is not None or k == "system"}).check()
 
 
 def to_jsonl(rows: Iterable[dict]) -> bytes:
@@ -814,10 +769,10 @@ def file_stem(task: str, *, short: bool = False, coordinates: str = "pixel") -> 
 
 
 def write_task(out_dir: str | Path, task: str, n: int, seed: int = 0, *, sft: bool = False, split: str = "train",
-               **options: Any) -> dict[str, Path]:
+               opts: Options | None = None, **options: Any) -> dict[str, Path]:
     """Write ``{stem}.{split}[.sft].jsonl`` and ``{stem}.grader.json`` into `out_dir` (created);
-    stem = task [+ "_short"] [+ "_" + coordinates]. Returns {"data": path, "grader": path}."""
-    opts = _options(options)
+    stem = task [+ "_short"] [+ "_" + coordinates]. Options as `generate`'s. Returns {"data": path, "grader": path}."""
+    opts = _options(options, opts)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = file_stem(task, short=opts.short, coordinates=opts.coordinates)

@@ -55,4 +55,6 @@ def test_demo_quick_end_to_end(tmp_path: Path) -> None:
     assert all(m["train_loss"] is not None for m in results["curves"]["sft"])
     assert [m["step"] for m in results["curves"]["rft"]] == [1, 2]
     assert all(0.0 <= m["train_reward_mean"] <= 1.0 for m in results["curves"]["rft"])
-    assert results["final_chat"]["model"] == results["jobs"]["rft"]["model"] and isinstance(results["final_chat"]["answer"], str)
+    assert results["final_chat"]["model"] == results["jobs"]["rft"]["model"] and isinstance(
+        results["final_chat"]["answer"], str
+    )

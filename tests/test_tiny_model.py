@@ -219,30 +219,6 @@ def test_other_families_build_and_generate(tmp_path, family, architecture):
     assert 1 <= out.shape[1] - inputs["input_ids"].shape[1] <= 8
 
 
-def test_number_tokens_make_each_integer_one_token_and_keep_the_rest(built, tmp_path):
-    """--number-tokens: the same vocabulary and special tokens, then one token for each of 0..999 (so a box
-    coordinate is one token); text round-trips; the folder is told apart from the default one."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    from trainer.tiny_model import SPECIAL_TOKENS, TAG_TOKENS, build_tiny_model, is_complete
-
-    default_dir = built[0][0]
-    folder = build_tiny_model(tmp_path / "numbers", seed=0, number_tokens=True)
-    assert is_complete(folder, number_tokens=True) and not is_complete(folder)
-    assert not is_complete(default_dir, number_tokens=True)
-    plain, numbers = AutoTokenizer.from_pretrained(default_dir), AutoTokenizer.from_pretrained(folder)
-    assert len(numbers) == len(plain) + 990 <= AutoConfig.from_pretrained(folder).text_config.vocab_size  # 0-9 were there
-    assert all(len(numbers(str(i))["input_ids"]) == 1 for i in range(1000))
-    assert numbers.convert_tokens_to_ids(SPECIAL_TOKENS + TAG_TOKENS) == plain.convert_tokens_to_ids(SPECIAL_TOKENS + TAG_TOKENS)
-    answer = "<answer>[7, 42, 128, 999]</answer>"
-    ids = numbers(answer)["input_ids"]
-    assert [numbers.decode([i]) for i in ids if numbers.decode([i]).isdigit()] == ["7", "42", "128", "999"]
-    assert numbers.decode(ids) == answer
-    assert [plain.decode([i]) for i in plain(answer)["input_ids"] if plain.decode([i]).isdigit()] == list("7421289" "99")
-    text = "Any text, even ünïcödé, 3.14 and 2026!"
-    assert numbers.decode(numbers(text)["input_ids"]) == text
-
-
 def test_vllm_offline_engine_matches_transformers(built, hf_reference, tmp_path):
     _check_vllm_matches(built[0][0], hf_reference, tmp_path)
 

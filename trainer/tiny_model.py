@@ -27,7 +27,7 @@ preprocessor_config.json): whatever loads this loads a real model given by path,
 
 Usage::
 
-    python -m trainer.tiny_model [--out DIR] [--seed 0] [--family qwen2_vl] [--size tiny] [--number-tokens] [--force]
+    python -m trainer.tiny_model [--out DIR] [--seed 0] [--family qwen2_vl] [--force]
 
 The default output is ``$VRFT_HOME/models/tiny-qwen2-vl`` (``VRFT_HOME`` defaults to ``./.vrft``). The
 folder is written atomically (built in a temporary folder beside it, then renamed) and carries a marker
@@ -48,11 +48,13 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # Bump when anything that ends up in the folder changes: existing folders are then rebuilt.
 BUILDER_VERSION = 1
 MARKER = "vrft_tiny_model.json"
+MARKER_FIELDS = ("builder", "builder_version", "family", "seed", "parameters", "weights_sha256", "files")
 MODEL_NAME = "tiny-qwen2-vl"
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 DEFAULT_NAMES = {"qwen2_vl": MODEL_NAME, "qwen2_5_vl": "tiny-qwen2.5-vl", "qwen3_vl": "tiny-qwen3-vl"}
@@ -106,33 +108,29 @@ MAX_PIXELS = 28 * 28 * 64
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
-# Model dimensions (see shared/reference/cpu-stack.md: head size 32 is one vLLM's CPU attention supports).
-TEXT_HIDDEN = 128
-TEXT_LAYERS = 2
-TEXT_HEADS = 4
-TEXT_KV_HEADS = 2
-TEXT_INTERMEDIATE = 256
-MROPE_SECTION = [4, 6, 6]  # temporal, height, width: sums to head_dim / 2 = 16
-VISION_DEPTH = 2
-VISION_EMBED = 64
-VISION_HEADS = 2
+HEAD_DIM = 32  # a head size vLLM's CPU attention supports (see shared/reference/cpu-stack.md)
+MROPE_SECTION = [4, 6, 6]  # temporal, height, width: sums to HEAD_DIM / 2
 PATCH_SIZE = 14
 MERGE_SIZE = 2
 TEMPORAL_PATCH = 2
 
-# Sizes (``--size``): "tiny" is the dimensions above (the default model, byte-identical for a seed); larger
-# ones keep the head size (32) and mrope_section, so vLLM's CPU backend still loads them. A non-default
-# size is recorded in the marker file; the default's marker is unchanged.
-DEFAULT_SIZE = "tiny"
-MODEL_SIZES = {
-    "tiny": dict(text_hidden=TEXT_HIDDEN, text_layers=TEXT_LAYERS, text_heads=TEXT_HEADS, text_kv_heads=TEXT_KV_HEADS,
-                 text_intermediate=TEXT_INTERMEDIATE, vision_depth=VISION_DEPTH, vision_embed=VISION_EMBED,
-                 vision_heads=VISION_HEADS),
-    "small": dict(text_hidden=256, text_layers=4, text_heads=8, text_kv_heads=2, text_intermediate=512,
-                  vision_depth=4, vision_embed=128, vision_heads=4),
-    "base": dict(text_hidden=384, text_layers=6, text_heads=12, text_kv_heads=4, text_intermediate=1024,
-                 vision_depth=6, vision_embed=192, vision_heads=6),
-}
+
+@dataclass(frozen=True)
+class Dimensions:
+    """A model's size, the tiny model's by default; any keeps head size HEAD_DIM, which vLLM's CPU backend needs."""
+
+    text_hidden: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    text_kv_heads: int = 2
+    text_intermediate: int = 256
+    vision_depth: int = 2
+    vision_embed: int = 64
+    vision_heads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.text_hidden != HEAD_DIM * self.text_heads or self.text_heads % self.text_kv_heads:
+            raise ValueError(f"need text_hidden = {HEAD_DIM} * text_heads and text_heads a multiple of text_kv_heads")
 
 
 def default_out_dir(family: str = "qwen2_vl") -> Path:
@@ -202,12 +200,10 @@ def synthetic_corpus(seed: int = CORPUS_SEED, lines: int = 6000) -> list[str]:
     return out
 
 
-def train_tokenizer(number_tokens: bool = False):
+def train_tokenizer(added_tokens: tuple[str, ...] = ()):
     """Byte-level BPE with the Qwen2 pipeline, wrapped as a ``Qwen2Tokenizer`` with Qwen2-VL's tokens.
 
-    `number_tokens`: also one added token for each integer 0..999 (after the tags), so a coordinate is one
-    token instead of one token a digit (Llama 3 splits numbers in runs of up to 3 digits; PaliGemma has location
-    tokens): a small model then predicts a box coordinate as one choice instead of a digit decomposition."""
+    `added_tokens`: plain tokens added after the tags, in order (none for the tiny model)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
 
@@ -231,8 +227,8 @@ def train_tokenizer(number_tokens: bool = False):
     # Appended in this order after the BPE vocabulary, as in the real tokenizer; then the plain tags.
     tok.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS}, replace_extra_special_tokens=True)
     tok.add_tokens(TAG_TOKENS, special_tokens=False)
-    if number_tokens:
-        tok.add_tokens([str(i) for i in range(1000)], special_tokens=False)
+    if added_tokens:
+        tok.add_tokens(list(added_tokens), special_tokens=False)
     tok.eos_token, tok.pad_token = "<|im_end|>", "<|endoftext|>"  # as in Qwen2-VL-*-Instruct
     expected = list(range(len(state["vocab"]), len(state["vocab"]) + len(SPECIAL_TOKENS) + len(TAG_TOKENS)))
     if tok.convert_tokens_to_ids(SPECIAL_TOKENS + TAG_TOKENS) != expected:
@@ -244,11 +240,9 @@ def train_tokenizer(number_tokens: bool = False):
 
 # ----------------------------------------------------------------------------------------------- config
 
-def make_config(family: str, tok, size: str = DEFAULT_SIZE):
-    """The architecture's config, scaled down (`size`: a key of MODEL_SIZES); token ids taken from the tokenizer."""
-    if size not in MODEL_SIZES:
-        raise ValueError(f"unknown size {size!r}; choose one of {tuple(MODEL_SIZES)}")
-    d = MODEL_SIZES[size]
+def make_config(family: str, tok, dims: Dimensions = Dimensions()):
+    """The architecture's config at `dims`; token ids taken from the tokenizer."""
+    d = asdict(dims)
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     vocab = -(-len(tok) // 64) * 64  # pad like the real models (len(tokenizer) < vocab_size)
     text = dict(
@@ -327,7 +321,8 @@ def preprocessor_config(family: str) -> dict:
         "rescale_factor": 1 / 255,
         "resample": 3,
         "image_processor_type": "Qwen2VLImageProcessor",
-        "processor_class": {"qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen3_vl": "Qwen3VLProcessor"}.get(family, "Qwen2VLProcessor"),
+        "processor_class": {"qwen2_5_vl": "Qwen2_5_VLProcessor",
+                            "qwen3_vl": "Qwen3VLProcessor"}.get(family, "Qwen2VLProcessor"),
     }
 
 
@@ -356,12 +351,21 @@ def _current_umask() -> int:
     return 0o022
 
 
-def _build_into(folder: Path, seed: int, family: str, size: str = DEFAULT_SIZE, number_tokens: bool = False) -> None:
+def _variant(dims: Dimensions, added_tokens: tuple[str, ...]) -> dict:
+    """What the marker adds for a model other than the tiny one (nothing for it: its marker is as it was)."""
+    out: dict = {} if dims == Dimensions() else {"dimensions": asdict(dims)}
+    if added_tokens:
+        digest = hashlib.sha256("\n".join(added_tokens).encode()).hexdigest()
+        out["added_tokens"] = {"count": len(added_tokens), "sha256": digest}
+    return out
+
+
+def _build_into(folder: Path, seed: int, family: str, dims: Dimensions, added_tokens: tuple[str, ...]) -> None:
     import torch
     from transformers import AutoModelForImageTextToText, GenerationConfig
 
-    tok = train_tokenizer(number_tokens)
-    config = make_config(family, tok, size)
+    tok = train_tokenizer(added_tokens)
+    config = make_config(family, tok, dims)
 
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
@@ -383,9 +387,7 @@ def _build_into(folder: Path, seed: int, family: str, size: str = DEFAULT_SIZE, 
         path.chmod(0o666 & ~umask)
 
     files = sorted(p.name for p in folder.iterdir() if p.is_file())
-    extra = {} if size == DEFAULT_SIZE else {"size": size}  # the default model's marker stays as it was
-    extra.update({"number_tokens": True} if number_tokens else {})
-    _write_json(folder / MARKER, {**extra,
+    _write_json(folder / MARKER, {**_variant(dims, added_tokens),
         "builder": "trainer.tiny_model",
         "builder_version": BUILDER_VERSION,
         "family": family,
@@ -396,16 +398,16 @@ def _build_into(folder: Path, seed: int, family: str, size: str = DEFAULT_SIZE, 
     })
 
 
-def is_complete(folder: Path, seed: int = 0, family: str = "qwen2_vl", size: str = DEFAULT_SIZE,
-                number_tokens: bool = False) -> bool:
-    """True when ``folder`` holds a model built by this builder version with this family, seed, size and vocabulary."""
+def is_complete(folder: Path, seed: int = 0, family: str = "qwen2_vl", dims: Dimensions = Dimensions(),
+                added_tokens: tuple[str, ...] = ()) -> bool:
+    """True when ``folder`` holds this builder version's model of this family, seed, dims and added tokens."""
     try:
         marker = json.loads((Path(folder) / MARKER).read_text())
     except (OSError, ValueError):
         return False
     if (marker.get("builder_version"), marker.get("family"), marker.get("seed")) != (BUILDER_VERSION, family, seed):
         return False
-    if (marker.get("size", DEFAULT_SIZE), marker.get("number_tokens", False)) != (size, number_tokens):
+    if {k: v for k, v in marker.items() if k not in MARKER_FIELDS} != _variant(dims, added_tokens):
         return False
     files = marker.get("files") or {}
     return bool(files) and all(
@@ -437,25 +439,25 @@ def swap_into(tmp: Path, out: Path) -> None:
 
 
 def build_tiny_model(out_dir: str | os.PathLike | None = None, seed: int = 0, family: str = "qwen2_vl",
-                     force: bool = False, size: str = DEFAULT_SIZE, number_tokens: bool = False) -> Path:
-    """Build the tiny model into ``out_dir`` (default: :func:`default_out_dir`) unless already there.
+                     force: bool = False, *, dims: Dimensions = Dimensions(),
+                     added_tokens: tuple[str, ...] = ()) -> Path:
+    """Build the tiny model into ``out_dir`` (default: :func:`default_out_dir`) unless already there; at other
+    `dims`, with `added_tokens` after the tags, for a study (research/models.py).
 
-    Returns the folder's absolute path. Same seed -> byte-identical weights.
+    Returns the folder's absolute path. Same arguments -> byte-identical files.
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
-    if size not in MODEL_SIZES:
-        raise ValueError(f"unknown size {size!r}; choose one of {tuple(MODEL_SIZES)}")
     out = Path(out_dir if out_dir is not None else default_out_dir(family)).absolute()
-    if not force and is_complete(out, seed, family, size, number_tokens):
+    if not force and is_complete(out, seed, family, dims, added_tokens):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with _lock(out.parent / f".{out.name}.lock"):
-        if not force and is_complete(out, seed, family, size, number_tokens):  # another process built it meanwhile
+        if not force and is_complete(out, seed, family, dims, added_tokens):  # another process built it meanwhile
             return out
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         try:
-            _build_into(tmp, seed, family, size, number_tokens)
+            _build_into(tmp, seed, family, dims, added_tokens)
             swap_into(tmp, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -468,22 +470,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="output folder (default: $VRFT_HOME/models/tiny-qwen2-vl, VRFT_HOME=./.vrft)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     parser.add_argument("--family", choices=FAMILIES, default="qwen2_vl")
-    parser.add_argument("--size", choices=tuple(MODEL_SIZES), default=DEFAULT_SIZE,
-                        help="model dimensions (default tiny: text hidden 128, 2 layers; see MODEL_SIZES)")
-    parser.add_argument("--number-tokens", action="store_true", help="one token for each integer 0..999")
     parser.add_argument("--force", action="store_true", help="rebuild even if the folder is complete")
     args = parser.parse_args(argv)
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # transformers may import DeepSpeed, which probes for GPUs
 
     out = Path(args.out if args.out is not None else default_out_dir(args.family)).absolute()
-    if not args.force and is_complete(out, args.seed, args.family, args.size, args.number_tokens):
-        print(f"{out}: up to date (builder v{BUILDER_VERSION}, {args.family}, {args.size}, seed {args.seed})")
+    if not args.force and is_complete(out, args.seed, args.family):
+        print(f"{out}: up to date (builder v{BUILDER_VERSION}, {args.family}, seed {args.seed})")
         return 0
     start = time.monotonic()
-    build_tiny_model(out, seed=args.seed, family=args.family, force=args.force, size=args.size,
-                     number_tokens=args.number_tokens)
+    build_tiny_model(out, seed=args.seed, family=args.family, force=args.force)
     marker = json.loads((out / MARKER).read_text())
-    print(f"{out}: ready, {args.family} ({args.size}) with {marker['parameters']:,} parameters, seed {args.seed} "
+    print(f"{out}: ready, {args.family} with {marker['parameters']:,} parameters, seed {args.seed} "
           f"({time.monotonic() - start:.1f} s)")
     return 0
 

@@ -15,8 +15,13 @@ from api.validation import DatasetLimits, validate_jsonl
 from synthetic import generate, grader_spec, to_jsonl, write_task
 
 REPO = Path(__file__).resolve().parents[2]
-LIMITS = DatasetLimits(max_rows=50000, max_image_bytes=10 * 1024 * 1024, max_images_per_row=10, max_image_pixels=40_000_000,
-                       max_image_urls=10_000)
+LIMITS = DatasetLimits(
+    max_rows=50000,
+    max_image_bytes=10 * 1024 * 1024,
+    max_images_per_row=10,
+    max_image_pixels=40_000_000,
+    max_image_urls=10_000,
+)
 
 
 def validate(path: Path):

@@ -55,13 +55,17 @@ def test_detection_wrong_answers_score_less(short):
         return "[" + ", ".join(f"{{'Position': {b}, 'Confidence': {conf}}}" for b in boxes) + "]"
 
     far = [[[0, 0, 6, 6]] for _ in rows]  # a box where no object is
-    shifted = [[[b[0] + (b[2] - b[0]) // 2 + 1, b[1], b[2] + (b[2] - b[0]) // 2 + 1, b[3]] for b in r["boxes"]] for r in rows]
+    shifted = [
+        [[b[0] + (b[2] - b[0]) // 2 + 1, b[1], b[2] + (b[2] - b[0]) // 2 + 1, b[3]] for b in r["boxes"]] for r in rows
+    ]
     others = [[o["box"] for o in r["objects"] if o["box"] not in r["boxes"]] or [[0, 0, 6, 6]] for r in rows]
     cases = {
         "far box": [wrap(det(b), short) for b in far],
         "shifted by half a box": [wrap(det(b), short) for b in shifted],
         "the other objects": [wrap(det(b), short) for b in others],
-        "missing a box or an extra box": [wrap(det(r["boxes"][:-1] if len(r["boxes"]) > 1 else r["boxes"] + [[0, 0, 6, 6]]), short) for r in rows],
+        "missing a box or an extra box": [
+            wrap(det(r["boxes"][:-1] if len(r["boxes"]) > 1 else r["boxes"] + [[0, 0, 6, 6]]), short) for r in rows
+        ],
         "right boxes, low confidence": [wrap(det(r["boxes"], 0.2), short) for r in rows],
         "No Objects": [wrap("No Objects", short) for _ in rows],
         "broken format": [r["solution"] for r in rows],  # no tags at all
@@ -83,7 +87,9 @@ def test_detection_no_objects_rows():
     spec = grader_spec("detection", short=True)
     assert grade(spec, [answer_of(r) for r in rows], rows) == [1.0] * len(rows)
     assert all(r["solution"] == "No Objects" for r in rows)
-    hallucinated = grade(spec, [wrap(f"[{{'Position': {r['objects'][0]['box']}, 'Confidence': 0.9}}]", True) for r in rows], rows)
+    hallucinated = grade(
+        spec, [wrap(f"[{{'Position': {r['objects'][0]['box']}, 'Confidence': 0.9}}]", True) for r in rows], rows
+    )
     assert max(hallucinated) < 0.5
 
 
@@ -95,19 +101,36 @@ def test_grounding_wrong_answers_score_less(short):
     anchor = [wrap(str(r["objects"][r["anchor"]]["box"]), short) for r in rows]
     got = grade(spec, anchor, rows)
     assert max(got) <= 0.5 + 1e-9  # the anchor's box does not overlap the target: format only
-    decoy_rows = [r for r in rows if sum(o["colour"] == r["objects"][r["target"]]["colour"] and o["shape"] == r["objects"][r["target"]]["shape"] for o in r["objects"]) > 1]
+    decoy_rows = [
+        r
+        for r in rows
+        if sum(
+            o["colour"] == r["objects"][r["target"]]["colour"] and o["shape"] == r["objects"][r["target"]]["shape"]
+            for o in r["objects"]
+        )
+        > 1
+    ]
     assert decoy_rows
     decoys = []
     for r in decoy_rows:
         t = r["objects"][r["target"]]
-        d = next(o for i, o in enumerate(r["objects"]) if i != r["target"] and (o["colour"], o["shape"]) == (t["colour"], t["shape"]))
+        d = next(
+            o
+            for i, o in enumerate(r["objects"])
+            if i != r["target"] and (o["colour"], o["shape"]) == (t["colour"], t["shape"])
+        )
         decoys.append(wrap(str(d["box"]), short))
     assert max(grade(spec, decoys, decoy_rows)) <= 0.5 + 1e-9
     # partly right boxes get partial credit (dense IoU reward)
     grown = [wrap(str([b[0], b[1], b[2] + (b[2] - b[0]), b[3]]), short) for r in rows for b in r["boxes"]]
     got = grade(spec, grown, rows)
     assert all(0.6 < x < 0.9 for x in got), got  # IoU 1/2 -> (0.5 + 1) / 2
-    for bad in ([r["solution"] for r in rows], [wrap("", short)] * len(rows), [""] * len(rows), [wrap("the red circle", short)] * len(rows)):
+    for bad in (
+        [r["solution"] for r in rows],
+        [wrap("", short)] * len(rows),
+        [""] * len(rows),
+        [wrap("the red circle", short)] * len(rows),
+    ):
         assert max(grade(spec, bad, rows)) <= 0.5
 
 

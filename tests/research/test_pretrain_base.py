@@ -1,11 +1,11 @@
-"""bench/pretrain_base.py: end to end on a few rows, --keep-evals leaves one whole model folder per evaluation,
+"""research/pretrain_base.py: end to end on a few rows, --keep-evals leaves one whole model folder per evaluation,
 each with its own step's weights; deepen() doubles both towers without changing what the model computes."""
 
 from __future__ import annotations
 
 import json
 
-from bench import pretrain_base
+from research import pretrain_base
 
 
 def test_keep_evals_leaves_one_model_per_evaluation(tmp_path, monkeypatch) -> None:
@@ -18,7 +18,8 @@ def test_keep_evals_leaves_one_model_per_evaluation(tmp_path, monkeypatch) -> No
     assert rc == 0
     models = tmp_path / "models"
     assert sorted(p.name for p in models.iterdir() if not p.name.startswith(".")) == ["p", "p-s2", "p-s4"]
-    steps = {name: json.loads((models / name / pretrain_base.MARKER).read_text())["step"] for name in ("p", "p-s2", "p-s4")}
+    steps = {name: json.loads((models / name / pretrain_base.MARKER).read_text())["step"]
+             for name in ("p", "p-s2", "p-s4")}
     assert steps == {"p": 4, "p-s2": 2, "p-s4": 4}
     w2, w4, final = (load_file(models / n / "model.safetensors") for n in ("p-s2", "p-s4", "p"))
     assert any(not w2[k].equal(w4[k]) for k in w4)  # two more steps changed the weights

@@ -9,7 +9,7 @@ The learning benchmark gives one number a stage (mean IoU). This splits it, on t
 - with `--samples G`, the mean and best-of-G IoU of G answers at temperature 1. That is what GRPO samples and
   optimises, beside the greedy answer the benchmark scores.
 
-    VRFT_HOME=/tmp/exp/h .venv/bin/python bench/grounding_picks.py ft:e6:default:learn-grounding-rft:FUZmOmBX \\
+    VRFT_HOME=/tmp/exp/h .venv/bin/python research/grounding_picks.py ft:e6:default:learn-grounding-rft:FUZmOmBX \\
         --rows 128 --samples 8 --image-size 56 --plain-background --shape-scale 0.3 0.45 --min-objects 3 --max-objects 3
 
 In decoy rows it also gives the share of answers on the target's class that land on the farthest such shape in
@@ -34,10 +34,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import synthetic  # noqa: E402
-from bench.bench_learning import add_scene_arguments, model_folder, sample_answers, task_grader, task_options  # noqa: E402
 from grader.boxes import boxes_from_value, iou, parse_boxes  # noqa: E402
-from synthetic.shapes import beyond  # noqa: E402
+from research import scenes  # noqa: E402
+from research.learning import add_scene_arguments, model_folder, sample_answers, task_grader, task_options  # noqa: E402
+from synthetic import beyond  # noqa: E402
 
 PICKS = ("target", "decoy", "other", "none")
 ON_A_SHAPE = 0.2
@@ -138,7 +138,8 @@ def analyse(rows: list[dict], greedy: list[str], sampled: list[list[str]] | None
                    best_of_g_iou=statistics.fmean(max(s) for s in per_row),
                    within_group_std=statistics.fmean(statistics.pstdev(s) for s in per_row),
                    decoy_rows_sample_target=statistics.fmean(target_share) if target_share else None,
-                   decoy_rows_some_sample_target=statistics.fmean(v > 0 for v in target_share) if target_share else None)
+                   decoy_rows_some_sample_target=(statistics.fmean(v > 0 for v in target_share)
+                                                  if target_share else None))
     return out
 
 
@@ -158,7 +159,8 @@ def report(stats: dict) -> str:
         lines.append(f"reasoning: the <think> box lands on the anchor in {stats['anchor_found']:.0%} of rows; "
                      "the answer picks the target in " + (f"{after:.0%}" if after is not None else "-") + " of those")
         if stats["think_on_anchor_colour"] is not None:
-            lines.append(f"the <think> box is on a shape of the anchor's colour in {stats['think_on_anchor_colour']:.0%} "
+            lines.append("the <think> box is on a shape of the anchor's colour in "
+                         f"{stats['think_on_anchor_colour']:.0%} "
                          f"of the rows where it is on a shape (a shape drawn at random: "
                          f"{stats['think_on_anchor_colour_chance']:.0%})")
     if "sample_mean_iou" in stats:
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     add_scene_arguments(ap)
     args = ap.parse_args(argv)
     seed = args.seed if args.seed is not None else (10_000 if args.split == "valid" else 0)
-    rows = synthetic.generate("grounding", args.rows, seed=seed, split=args.split, **task_options(args))
+    rows = scenes.generate("grounding", args.rows, seed=seed, split=args.split, **task_options(args))
     folder = Path(args.model) if Path(args.model).is_dir() else model_folder(args.model)
     _, max_tokens = task_grader("grounding", task_options(args))
     greedy = [g[0] for g in sample_answers(folder, rows, max_tokens)]

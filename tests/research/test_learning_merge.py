@@ -1,4 +1,4 @@
-"""bench_learning.py's pure parts: --merge of per-seed result files, and the scene options it passes on."""
+"""research/learning.py's pure parts: --merge of per-seed result files, and the scene options it passes on."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bench import bench_learning as bl
+from research import learning as bl
 
 
 def part(seed: int, scores: dict, **extra_args) -> dict:
@@ -43,7 +43,8 @@ def test_merge_combines_seeds_and_refuses_other_options(tmp_path):
 
 def test_task_options_pass_the_gradient_on():
     ns = argparse.Namespace(image_size=56, plain_background=True, max_objects=2, gradient_background=96)
-    assert bl.task_options(ns) == {"short": True, "sizes": ((56, 56),), "noise_prob": 0.0, "max_objects": 2, "gradient": 96}
+    assert bl.task_options(ns) == {"short": True, "sizes": ((56, 56),), "noise_prob": 0.0, "max_objects": 2,
+                                   "gradient": 96}
     ns.gradient_background = 0
     assert "gradient" not in bl.task_options(ns)
     ns.relation_words = "compass"
@@ -62,7 +63,8 @@ def test_think_anchor_asks_for_the_think_format_and_a_longer_budget():
     spec, budget = bl.task_grader("grounding", opts)
     assert "<think>" in spec["graders"]["format"]["pattern"] and budget == bl.MAX_TOKENS["grounding"] + bl.THINK_TOKENS
     assert bl.task_grader("detection", opts)[1] == bl.MAX_TOKENS["detection"] + bl.THINK_TOKENS  # its <think> too
-    short_spec, short_budget = bl.task_grader("grounding", bl.task_options(argparse.Namespace(image_size=56, plain_background=False)))
+    short = bl.task_options(argparse.Namespace(image_size=56, plain_background=False))
+    short_spec, short_budget = bl.task_grader("grounding", short)
     assert "<think>" not in short_spec["graders"]["format"]["pattern"] and short_budget == bl.MAX_TOKENS["grounding"]
 
 
@@ -70,7 +72,7 @@ def test_pretrain_command_passes_the_scene_on_but_not_the_benchmarks_minimum():
     """--pretrain builds the base on the benchmark's scenes, capped by --pretrain-max-objects and never with
     --min-objects (the relational benchmark asks for 3 shapes; its base learns on 2); every flag exists in
     pretrain_base.py."""
-    from bench import pretrain_base
+    from research import pretrain_base
 
     ns = argparse.Namespace(base_model="b", pretrain_size="tiny", tasks=["grounding"], pretrain_rows=100, pretrain=10,
                             pretrain_lr=5e-4, image_size=56, plain_background=True, pretrain_number_tokens=True,
@@ -83,7 +85,8 @@ def test_pretrain_command_passes_the_scene_on_but_not_the_benchmarks_minimum():
     ns.pretrain_max_objects = None
     assert bl.pretrain_command(ns)[bl.pretrain_command(ns).index("--max-objects") + 1] == "3"
     parsed = pretrain_base.parser().parse_args(cmd[2:])  # pretrain_base.py takes every flag and value
-    assert (parsed.max_objects, parsed.min_objects, parsed.shape_scale, parsed.number_tokens) == (2, None, [0.3, 0.45], True)
+    assert (parsed.max_objects, parsed.min_objects, parsed.shape_scale, parsed.number_tokens) == (
+        2, None, [0.3, 0.45], True)
 
 
 def test_rft_hyperparameters_send_the_loss_options_only_when_asked_and_the_api_accepts_them():

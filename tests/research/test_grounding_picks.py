@@ -1,11 +1,11 @@
-"""bench/grounding_picks.py's pure parts: which shape an answer picks, and the summary of a set of answers."""
+"""research/grounding_picks.py's pure parts: which shape an answer picks, and the summary of a set of answers."""
 
 from __future__ import annotations
 
 import pytest
 
-import synthetic
-from bench import grounding_picks as gp
+from research import grounding_picks as gp
+from research import scenes
 
 SCENE = dict(short=True, sizes=((56, 56),), noise_prob=0.0, min_objects=3, max_objects=3, shape_scale=(0.3, 0.45))
 
@@ -13,7 +13,7 @@ SCENE = dict(short=True, sizes=((56, 56),), noise_prob=0.0, min_objects=3, max_o
 @pytest.fixture(scope="module")
 def decoy_row() -> dict:
     """A generated 3-shape row with a decoy of the target's class."""
-    return next(r for r in synthetic.generate("grounding", 20, seed=3, **SCENE) if gp.has_decoy(r))
+    return next(r for r in scenes.generate("grounding", 20, seed=3, **SCENE) if gp.has_decoy(r))
 
 
 def box_text(box) -> str:
@@ -58,7 +58,7 @@ def test_analyse_counts_picks_iou_when_right_and_samples(decoy_row) -> None:
 def test_position_rule_and_sampled_target_share_on_second_anchor_rows() -> None:
     """decoy='other_anchor' rows: the farthest shape of the target's class is the target in about half of them;
     answers that always take the farthest follow the position rule 100% and are right only where it is."""
-    rows = synthetic.generate("grounding", 40, seed=5, **{**SCENE, "min_objects": 4, "max_objects": 4},
+    rows = scenes.generate("grounding", 40, seed=5, **{**SCENE, "min_objects": 4, "max_objects": 4},
                               decoy="other_anchor")
     farthest = [gp.farthest_of_class(r) for r in rows]
     assert all(gp.has_decoy(r) for r in rows)
@@ -78,7 +78,7 @@ def test_position_rule_and_sampled_target_share_on_second_anchor_rows() -> None:
 def test_think_anchor_answers_are_read_from_their_tags() -> None:
     """A --think-anchor answer holds two boxes: the pick is the <answer> one, and the report says whether the
     <think> one found the anchor and whether the answer then picked the target."""
-    rows = synthetic.generate("grounding", 4, seed=2, sft=True, think_anchor=True, sizes=((56, 56),), noise_prob=0.0,
+    rows = scenes.generate("grounding", 4, seed=2, sft=True, think_anchor=True, sizes=((56, 56),), noise_prob=0.0,
                               min_objects=4, max_objects=4, shape_scale=(0.3, 0.45), decoy="other_anchor")
     reference = [r["messages"][-1]["content"] for r in rows]
     assert [gp.classify(gp.answer_box(t), r) for t, r in zip(reference, rows)] == ["target"] * 4

@@ -5,7 +5,7 @@ script starts, or one already answering on --url):
 
 1. generate N training rows (synthetic, short answers) and a held-out set of M rows (an independent split);
 2. **warm start**: an SFT job on the base model (--base-model: `tiny-qwen2-vl`, random, by default; or a tiny model
-   pretrained by bench/pretrain_base.py on thousands of rows of another split) over the N rows;
+   pretrained by research/pretrain_base.py on thousands of rows of another split) over the N rows;
 3. from the warm start, with the same N rows and the same compute budget:
    (a) **+SFT**: a second SFT job;
    (b) **+RFT**: a reinforcement (GRPO) job with the task's grader (`synthetic.grader_spec`);
@@ -17,30 +17,36 @@ script starts, or one already answering on --url):
    answers are scored with the task grader's `task` part: IoU (grounding), Visual-RFT's detection reward
    (IoU + confidence, detection), exact label (classification).
 
-Writes --out/results.json (every number, every job id, per-seed scores and a few answers), --out/learning.md
+Writes --out/learning.json (every number, every job id, per-seed scores and a few answers), --out/learning.md
 (the table: mean +- sample standard deviation over seeds) and --out/learning.png.
 
-    VRFT_HOME=/tmp/learn-bench .venv/bin/python bench/bench_learning.py --tasks grounding --seeds 0 1 2 --out bench/results
-    # from a pretrained tiny base (bench/pretrain_base.py, run first when the base's folder is missing), easier scenes:
-    VRFT_HOME=/tmp/learn-pre .venv/bin/python bench/bench_learning.py --base-model tiny-qwen2-vl-pre --pretrain 1500 \
+    VRFT_HOME=/tmp/learn-bench .venv/bin/python research/learning.py --tasks grounding --seeds 0 1 2 \
+        --out /tmp/learn-bench/out
+    # from a pretrained tiny base (research/pretrain_base.py, run first when the base's folder is missing),
+    # easier scenes:
+    VRFT_HOME=/tmp/learn-pre .venv/bin/python research/learning.py --base-model tiny-qwen2-vl-pre --pretrain 1500 \
         --pretrain-stop-after 600 --pretrain-lr 5e-4 --pretrain-rows 8000 --max-objects 2 --plain-background \
         --tasks grounding --seeds 0 1 2 --out /tmp/learn-pre/out
     # an absolute-position cue in the pixels (a faint red/blue background ramp; Qwen2-VL's positions are relative):
     ... --image-size 56 --gradient-background 96 --max-objects 2 --plain-background ...
     # big shapes, and a relational task (3 shapes, a decoy of the target's class) on a base pretrained on 2-shape
-    # scenes (its two pretrain_base.py commands are in bench/results/learning.relational.md):
+    # scenes (its two pretrain_base.py commands are in research/results/learning.vocabulary.md):
     ... --base-model e6 --image-size 56 --plain-background --shape-scale 0.3 0.45 --min-objects 3 --max-objects 3 ...
-    # 4 shapes, a decoy beside a second anchor: only the anchor's name tells which (bench/results/learning.anchors.md):
-    ... --base-model e6 --image-size 56 --plain-background --shape-scale 0.3 0.45 --min-objects 4 --max-objects 4 --decoy other_anchor ...
-    .venv/bin/python bench/bench_learning.py --render bench/results/learning.json --out bench/results   # table + plot only
+    # the same relations in words the base never read (the headline, research/results/learning.vocabulary.md):
+    ... --min-objects 3 --max-objects 3 --relation-words compass ...
+    # 4 shapes, a decoy beside a second anchor: only the anchor's name tells which (the sixth try):
+    ... --base-model e6 --image-size 56 --plain-background --shape-scale 0.3 0.45 --min-objects 4 --max-objects 4 \
+        --decoy other_anchor ...
+    .venv/bin/python research/learning.py --render /tmp/out/learning.json --out /tmp/out   # table + plot only
     # one process per seed side by side (each with its own VRFT_HOME and --out), then one table from their files:
-    .venv/bin/python bench/bench_learning.py --merge /tmp/s0/learning.json /tmp/s1/learning.json --out /tmp/merged
+    .venv/bin/python research/learning.py --merge /tmp/s0/learning.json /tmp/s1/learning.json --out /tmp/merged
 
 The tables are rewritten after every finished (task, seed), so a run cut short still leaves an honest table of
 what it finished. Trainer rollouts use transformers (VRFT_ROLLOUT_ENGINE=hf unless set): no vLLM engine start
 per RFT job. SFT jobs get the rows repeated `epochs` times in one epoch (see `sft_job`).
 
-The job-driving helpers (server start, upload, follow) are demo/run.py's, imported.
+The job-driving helpers (server start, upload, follow) are the demo's (`demo.client`); the scenes are
+`research.scenes`' (the product generator with the studies' options).
 """
 
 from __future__ import annotations
@@ -60,7 +66,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import synthetic  # noqa: E402
-from demo.run import BASE, api_key, follow, healthy, start_server, stop_server, upload  # noqa: E402
+from demo.client import BASE, api_key, follow, healthy, start_server, stop_server, upload  # noqa: E402
+from research import scenes  # noqa: E402
+from research.models import SIZES  # noqa: E402
 
 STAGES = ("base", "warm", "sft", "rft")
 LABELS = {"base": "baseline", "warm": "SFT warm start", "sft": "+SFT (a)", "rft": "+RFT (b)"}
@@ -78,27 +86,28 @@ def add_scene_arguments(ap: argparse.ArgumentParser) -> None:
     """The scene options `task_options` reads (this script's and pretrain_base.py's)."""
     ap.add_argument("--image-size", type=int, default=112, help="square images of this side (0: the generator's sizes)")
     ap.add_argument("--plain-background", action="store_true", help="no noisy backgrounds (an easier setting)")
-    ap.add_argument("--max-objects", type=int, default=None, help="at most this many shapes a scene (an easier setting)")
+    ap.add_argument("--max-objects", type=int, default=None,
+                    help="at most this many shapes a scene (an easier setting)")
     ap.add_argument("--min-objects", type=int, default=None, help="at least this many shapes a scene")
     ap.add_argument("--shape-scale", type=float, nargs=2, default=None, metavar=("LO", "HI"),
-                    help="shape sides as a fraction of the image side (synthetic Options.shape_scale)")
+                    help="shape sides as a fraction of the image side (research.scenes StudyOptions.shape_scale)")
     ap.add_argument("--gradient-background", type=int, default=0, metavar="AMPLITUDE",
-                    help="backgrounds carry a faint red (x) / blue (y) ramp of this many grey levels: an absolute-position "
-                         "cue in the pixels (synthetic Options.gradient; 0: plain greys)")
-    ap.add_argument("--decoy", choices=synthetic.DECOYS, default="opposite",
-                    help="grounding decoys (synthetic Options.decoy): 'opposite' (the anchor's other side) or "
+                    help="backgrounds carry a faint red (x) / blue (y) ramp of this many grey levels: an "
+                         "absolute-position cue in the pixels (StudyOptions.gradient; 0: plain greys)")
+    ap.add_argument("--decoy", choices=scenes.DECOYS, default="opposite",
+                    help="grounding decoys (StudyOptions.decoy): 'opposite' (the anchor's other side) or "
                          "'other_anchor' (4+ shapes, in-line relations, a decoy beside a second anchor: only the "
                          "anchor's name tells which)")
-    ap.add_argument("--relation-words", choices=tuple(synthetic.RELATION_WORDS), default="plain",
+    ap.add_argument("--relation-words", choices=tuple(scenes.RELATION_WORDS), default="plain",
                     help="grounding relations in plain words ('left of') or compass words ('west of'): the same "
                          "relations in a vocabulary a base pretrained on plain words has never read")
     ap.add_argument("--think-anchor", action="store_true",
                     help="grounding answers reason first: <think> names the anchor and gives its box, then <answer> "
-                         "the target's box (synthetic Options.think_anchor; Visual-RFT's think format, not short answers)")
+                         "the target's box (StudyOptions.think_anchor; Visual-RFT's think format, not short answers)")
 
 
 def task_options(args: argparse.Namespace) -> dict:
-    """synthetic.generate options: short answers (or --think-anchor's reasoning); square images of --image-size
+    """research.scenes.generate options: short answers (or --think-anchor's reasoning); square images of --image-size
     pixels (fewer image tokens)."""
     opts = {"short": True}
     if getattr(args, "think_anchor", False):
@@ -130,9 +139,9 @@ def task_grader(task: str, opts: dict) -> tuple[dict, int]:
 def datasets(task: str, seed: int, args: argparse.Namespace) -> dict[str, list[dict]]:
     opts = task_options(args)
     return {
-        "sft": synthetic.generate(task, args.n_train, seed=seed, sft=True, **opts),
-        "rft": synthetic.generate(task, args.n_train, seed=seed, **opts),  # the same rows, without the answer
-        "eval": synthetic.generate(task, args.n_eval, seed=10_000 + seed, split="valid", **opts),
+        "sft": scenes.generate(task, args.n_train, seed=seed, sft=True, **opts),
+        "rft": scenes.generate(task, args.n_train, seed=seed, **opts),  # the same rows, without the answer
+        "eval": scenes.generate(task, args.n_eval, seed=10_000 + seed, split="valid", **opts),
     }
 
 
@@ -162,20 +171,20 @@ def generate_answers(folder: Path, rows: list[dict], max_tokens: int) -> list[st
     return [group[0] for group in sample_answers(folder, rows, max_tokens)]
 
 
-def _local_rollout(folder: Path):
+def local_rollout(folder: Path):
     """(processor, vision, HF rollout) of the model in `folder`, loaded once for consecutive calls on it while
     its files stay the same (pretrain_base.py rewrites one folder between its evaluations)."""
-    stamp = tuple(sorted((p.name, (st := p.stat()).st_mtime_ns, st.st_size) for p in Path(folder).iterdir() if p.is_file()))
+    stamp = tuple(sorted((p.name, (st := p.stat()).st_mtime_ns, st.st_size)
+                         for p in Path(folder).iterdir() if p.is_file()))
     return _load_rollout(Path(folder), stamp)
 
 
 @functools.lru_cache(maxsize=1)
 def _load_rollout(folder: Path, stamp: tuple):
-    """`_local_rollout`'s cache: `stamp` (the files' names, times and sizes) is part of the key."""
+    """`local_rollout`'s cache: `stamp` (the files' names, times and sizes) is part of the key."""
     import torch
 
-    from trainer.model import is_vision_model, load_model, load_processor, placeholder_token_ids
-    from trainer.model import stop_token_ids as _stop_ids
+    from trainer.model import is_vision_model, load_model, load_processor, placeholder_token_ids, stop_token_ids
     from trainer.rollout import HFRollout
 
     vision = is_vision_model(str(folder))
@@ -184,7 +193,7 @@ def _load_rollout(folder: Path, stamp: tuple):
     model = load_model(str(folder), vision, torch.float32)
     model.eval()
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    rollout = HFRollout(lambda: model, tok, _stop_ids(str(folder), tok), pad, torch.device("cpu"), 0,
+    rollout = HFRollout(lambda: model, tok, stop_token_ids(str(folder), tok), pad, torch.device("cpu"), 0,
                         placeholder_token_ids(model.config))
     return processor, vision, rollout
 
@@ -195,7 +204,7 @@ def sample_answers(folder: Path, rows: list[dict], max_tokens: int, samples: int
     with the trainer's own prompt rendering and HF generation."""
     from trainer.data import ChatData
 
-    processor, vision, rollout = _local_rollout(folder)
+    processor, vision, rollout = local_rollout(folder)
     data = ChatData(rows, list(range(1, len(rows) + 1)), processor, vision, "held-out set")
     prompts = [data.prompt(i) for i in range(len(rows))]
     seeds = list(range(len(prompts))) if temperature > 0 else [0] * len(prompts)
@@ -268,13 +277,15 @@ def rft_job(client, model: str, file_id: str, spec: dict, args, seed: int, suffi
     t0 = time.time()
     hp = rft_hyperparameters(args, max_tokens)
     job = client.fine_tuning.jobs.create(model=model, training_file=file_id, suffix=suffix, seed=seed,
-                                         method={"type": "reinforcement", "reinforcement": {"grader": spec, "hyperparameters": hp}})
+                                         method={"type": "reinforcement",
+                                                 "reinforcement": {"grader": spec, "hyperparameters": hp}})
     job, metrics = follow(client, job.id, "+RFT", poll=2.0)
     rewards = [(m.get("scores") or {}).get("train_reward_mean") for m in metrics]
     return job, {"id": job.id, "model": job.fine_tuned_model, "from": model, "hyperparameters": hp,
                  "steps": len(metrics), "sequences": args.n_train * args.rft_epochs * args.num_generations,
                  "seconds": round(time.time() - t0, 1), "trained_tokens": job.trained_tokens,
-                 "train_reward_first": rewards[0] if rewards else None, "train_reward_last": rewards[-1] if rewards else None,
+                 "train_reward_first": rewards[0] if rewards else None,
+                 "train_reward_last": rewards[-1] if rewards else None,
                  "train_reward_curve": rewards}
 
 
@@ -288,15 +299,17 @@ def run_one(client, task: str, seed: int, args: argparse.Namespace) -> dict:
           f"+RFT {args.rft_epochs} epochs x G={args.num_generations}", flush=True)
     warm, warm_info = sft_job(client, args.base_model, data["sft"], args.warm_epochs, args, seed, f"learn-{task}-warm",
                               "warm SFT", lr_multiplier=args.warm_lr_multiplier)
-    _, sft_info = sft_job(client, warm.fine_tuned_model, data["sft"], sft_epochs, args, seed, f"learn-{task}-sft", "+SFT",
-                          extra=branch_hyperparameters(args))
+    _, sft_info = sft_job(client, warm.fine_tuned_model, data["sft"], sft_epochs, args, seed, f"learn-{task}-sft",
+                          "+SFT", extra=branch_hyperparameters(args))
     _, rft_info = rft_job(client, warm.fine_tuned_model, rft_file, spec, args, seed, f"learn-{task}-rft", max_tokens)
-    models = {"base": args.base_model, "warm": warm.fine_tuned_model, "sft": sft_info["model"], "rft": rft_info["model"]}
+    models = {"base": args.base_model, "warm": warm.fine_tuned_model, "sft": sft_info["model"],
+              "rft": rft_info["model"]}
     evals = {}
     for stage in STAGES:
         evals[stage] = evaluate(models[stage], data["eval"], spec, max_tokens)
-        print(f"   {stage:<5} {SCORE_NAMES[task]} {evals[stage]['score']:.4f}  format {evals[stage]['format_rate']:.2f}  "
-              f"({evals[stage]['seconds']} s)", flush=True)
+        e = evals[stage]
+        print(f"   {stage:<5} {SCORE_NAMES[task]} {e['score']:.4f}  format {e['format_rate']:.2f}  ({e['seconds']} s)",
+              flush=True)
     return {"task": task, "seed": seed, "jobs": {"warm": warm_info, "sft": sft_info, "rft": rft_info}, "eval": evals}
 
 
@@ -313,7 +326,8 @@ def summarise(runs: list[dict]) -> dict:
                                 "per_seed": dict(zip([r["seed"] for r in rs], xs))}
         for stage in ("sft", "rft"):
             d = [r["eval"][stage]["score"] - r["eval"]["warm"]["score"] for r in rs]
-            out[task][f"{stage}_minus_warm"] = {"mean": statistics.fmean(d), "std": statistics.stdev(d) if len(d) > 1 else 0.0}
+            out[task][f"{stage}_minus_warm"] = {"mean": statistics.fmean(d),
+                                                "std": statistics.stdev(d) if len(d) > 1 else 0.0}
         d = [r["eval"]["rft"]["score"] - r["eval"]["sft"]["score"] for r in rs]
         out[task]["rft_minus_sft"] = {"mean": statistics.fmean(d), "std": statistics.stdev(d) if len(d) > 1 else 0.0,
                                       "wins": sum(x > 0 for x in d), "seeds": len(d)}
@@ -330,7 +344,8 @@ def base_note(args: argparse.Namespace) -> str:
     held = ", ".join(f"{t} {v['score']:.3f}" for t, v in ev.items() if t != "step") or "not recorded"
     steps = info.get("step", a["steps"])
     return (f" (`{BASE}`-architecture, size {a['size']}, {info['parameters']:,} parameters, pretrained by "
-            f"bench/pretrain_base.py: {steps} steps (of a {a['steps']}-step schedule, lr {a['lr']:g}) of {a['batch_size']} rows from a corpus of {a['rows']:,} "
+            f"research/pretrain_base.py: {steps} steps (of a {a['steps']}-step schedule, lr {a['lr']:g}) of "
+            f"{a['batch_size']} rows from a corpus of {a['rows']:,} "
             f"{'/'.join(a['tasks'])} rows of split '{info['split']}'; its own held-out score: {held})")
 
 
@@ -345,9 +360,10 @@ def scene_note(args: argparse.Namespace) -> str:
     if getattr(args, "gradient_background", 0):
         background += f", with a position ramp of {args.gradient_background} levels (red along x, blue along y)"
     if getattr(args, "decoy", "opposite") == "other_anchor":
-        background += "; grounding decoys beside a second anchor (in-line relations: only the anchor's name tells which)"
+        background += ("; grounding decoys beside a second anchor (in-line relations: only the anchor's name tells "
+                       "which)")
     if getattr(args, "relation_words", "plain") != "plain":
-        words = ", ".join(f"'{w}'" for w in synthetic.RELATION_WORDS[args.relation_words].values())
+        words = ", ".join(f"'{w}'" for w in scenes.RELATION_WORDS[args.relation_words].values())
         background += f"; grounding relations in {args.relation_words} words ({words})"
     return f"{size}, {objects}, {background}"
 
@@ -355,27 +371,32 @@ def scene_note(args: argparse.Namespace) -> str:
 def markdown(summary: dict, runs: list[dict], args: argparse.Namespace, command: str, seconds: float) -> str:
     lines = [f"Held-out score, mean ± sample std over seeds; {args.n_train} training rows, {args.n_eval} held-out rows "
              f"per seed; base model `{args.base_model}`{base_note(args)}. Scenes: {scene_note(args)}.", "",
-             "| task (metric) | seeds | baseline | SFT warm start | +SFT (a) | +RFT (b) | RFT − warm start | RFT − SFT (RFT wins) |",
+             "| task (metric) | seeds | baseline | SFT warm start | +SFT (a) | +RFT (b) | RFT − warm start "
+             "| RFT − SFT (RFT wins) |",
              "|---|---|---|---|---|---|---|---|"]
     f = lambda d: f"{d['mean']:.3f} ± {d['std']:.3f}"  # noqa: E731
     g = lambda d: f"{d['mean']:+.3f} ± {d['std']:.3f}"  # noqa: E731
     for task, s in summary.items():
         seeds = ", ".join(map(str, s["base"]["per_seed"]))
-        lines.append(f"| {task} ({SCORE_NAMES[task]}) | {seeds} | {f(s['base'])} | {f(s['warm'])} | {f(s['sft'])} | {f(s['rft'])} | "
-                     f"{g(s['rft_minus_warm'])} | {g(s['rft_minus_sft'])} ({s['rft_minus_sft']['wins']}/{s['rft_minus_sft']['seeds']}) |")
+        wins = f"({s['rft_minus_sft']['wins']}/{s['rft_minus_sft']['seeds']})"
+        lines.append(f"| {task} ({SCORE_NAMES[task]}) | {seeds} | {f(s['base'])} | {f(s['warm'])} | {f(s['sft'])} | "
+                     f"{f(s['rft'])} | {g(s['rft_minus_warm'])} | {g(s['rft_minus_sft'])} {wins} |")
     lines += ["", "Per seed (baseline / warm / +SFT / +RFT):", ""]
     for r in runs:
         e = r["eval"]
         lines.append(f"- {r['task']} seed {r['seed']}: " + " / ".join(f"{e[s]['score']:.3f}" for s in STAGES)
                      + " (format ok: " + " / ".join(f"{e[s]['format_rate']:.2f}" for s in STAGES) + ")")
-    lines += ["", "Compute per seed (training sequences through forward + backward; job wall time, mean over seeds):", ""]
+    lines += ["", "Compute per seed (training sequences through forward + backward; job wall time, mean over seeds):",
+              ""]
     for task in summary:
         rs = [r for r in runs if r["task"] == task]
         j = rs[0]["jobs"]
         for stage in ("warm", "sft", "rft"):
             secs = statistics.fmean(r["jobs"][stage]["seconds"] for r in rs)
-            lines.append(f"- {task}, {LABELS[stage]}: {j[stage]['sequences']} sequences, {j[stage]['steps']} optimizer steps, {secs:.0f} s")
-    lines += ["", f"Command (wall time {seconds / 60:.1f} min on {os.cpu_count()} CPU cores, {platform.machine()}, no GPU):", "",
+            lines.append(f"- {task}, {LABELS[stage]}: {j[stage]['sequences']} sequences, {j[stage]['steps']} "
+                         f"optimizer steps, {secs:.0f} s")
+    lines += ["", f"Command (wall time {seconds / 60:.1f} min on {os.cpu_count()} CPU cores, {platform.machine()}, "
+              "no GPU):", "",
               "```bash", command, "```"]
     return "\n".join(lines) + "\n"
 
@@ -407,7 +428,8 @@ def plot(path: Path, summary: dict, runs: list[dict], base_model: str = BASE) ->
 
 def write_outputs(runs: list[dict], args: argparse.Namespace, home: Path, command: str, seconds: float) -> str:
     summary = summarise(runs)
-    results = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "pretrain_info"},
+    results = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                        if k != "pretrain_info"},
                "command": command,
                "vrft_home": str(home), "rollout_engine": os.environ["VRFT_ROLLOUT_ENGINE"],
                "evaluation": "local greedy transformers.generate of the served weights", "cpu_count": os.cpu_count(),
@@ -423,11 +445,11 @@ def write_outputs(runs: list[dict], args: argparse.Namespace, home: Path, comman
 # ---------------------------------------------------------------- the base model
 
 def pretrain_command(args: argparse.Namespace) -> list[str]:
-    """bench/pretrain_base.py's command line for --base-model with this run's scene options (the shapes' count
+    """research/pretrain_base.py's command line for --base-model with this run's scene options (the shapes' count
     capped by --pretrain-max-objects, never raised by --min-objects)."""
-    cmd = [sys.executable, str(REPO / "bench" / "pretrain_base.py"), "--name", args.base_model, "--size", args.pretrain_size,
-           "--tasks", *args.tasks, "--rows", str(args.pretrain_rows), "--steps", str(args.pretrain),
-           "--lr", str(args.pretrain_lr), "--image-size", str(args.image_size)]
+    cmd = [sys.executable, str(REPO / "research" / "pretrain_base.py"), "--name", args.base_model,
+           "--size", args.pretrain_size, "--tasks", *args.tasks, "--rows", str(args.pretrain_rows),
+           "--steps", str(args.pretrain), "--lr", str(args.pretrain_lr), "--image-size", str(args.image_size)]
     cmd += ["--plain-background"] if args.plain_background else []
     cmd += ["--number-tokens"] if args.pretrain_number_tokens else []
     pretrain_max = args.pretrain_max_objects or args.max_objects
@@ -439,16 +461,17 @@ def pretrain_command(args: argparse.Namespace) -> list[str]:
 
 
 def ensure_base(args: argparse.Namespace, home: Path) -> dict | None:
-    """The pretraining record of --base-model (bench/pretrain_base.py's marker), building it first if
+    """The pretraining record of --base-model (research/pretrain_base.py's marker), building it first if
     --pretrain asks and the folder is missing. None for a model that was not made by pretrain_base.py."""
     import subprocess
 
-    from bench.pretrain_base import MARKER
+    from research.pretrain_base import MARKER
 
     folder = home / "models" / args.base_model
     if args.base_model != BASE and not (folder / "config.json").exists():
         if not args.pretrain:
-            raise SystemExit(f"no base model {folder}: build it with bench/pretrain_base.py or pass --pretrain STEPS")
+            raise SystemExit(f"no base model {folder}: build it with research/pretrain_base.py or pass "
+                             "--pretrain STEPS")
         cmd = pretrain_command(args)
         print("pretraining the base model:", " ".join(cmd), flush=True)
         subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "VRFT_HOME": str(home)})
@@ -481,8 +504,9 @@ def merge(paths: list[Path], out: Path, argv: list[str]) -> int:
     seeds = [s for part in parts for s in part["args"]["seeds"]]
     command = "\n".join([f"# side by side, one process per seed ({len(parts)} processes):"]
                          + [part["command"] for part in parts]
-                         + [".venv/bin/python bench/bench_learning.py " + " ".join(argv)])
-    results = {**{k: v for k, v in first.items() if k not in ("runs", "summary", "command", "seconds_total", "vrft_home")},
+                         + [".venv/bin/python research/learning.py " + " ".join(argv)])
+    results = {**{k: v for k, v in first.items()
+                  if k not in ("runs", "summary", "command", "seconds_total", "vrft_home")},
                "args": {**first["args"], "seeds": seeds}, "command": command, "merged_from": [
                    {"file": str(p), "command": part["command"], "vrft_home": part.get("vrft_home"),
                     "seconds_total": part["seconds_total"]} for p, part in zip(paths, parts)],
@@ -516,22 +540,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--api-key", default=None)
     ap.add_argument("--tasks", nargs="+", default=["grounding"], choices=synthetic.TASKS)
     ap.add_argument("--base-model", default=BASE,
-                    help="the model the warm start starts from (a base model the service lists: $VRFT_HOME/models/<id>)")
+                    help="the model the warm start starts from (a base model the service lists: "
+                         "$VRFT_HOME/models/<id>)")
     ap.add_argument("--pretrain", type=int, default=0, metavar="STEPS",
-                    help="if --base-model's folder is missing, first build it with bench/pretrain_base.py: this many "
-                         "steps on --pretrain-rows rows of the --tasks, with this run's task options")
+                    help="if --base-model's folder is missing, first build it with research/pretrain_base.py: "
+                         "this many steps on --pretrain-rows rows of the --tasks, with this run's task options")
     ap.add_argument("--pretrain-stop-after", type=int, default=None, help="pretrain_base.py --stop-after")
     ap.add_argument("--pretrain-rows", type=int, default=16_000)
     ap.add_argument("--pretrain-lr", type=float, default=5e-4,
-                    help="pretrain_base.py --lr (2e-3 collapses the tiny vision tower: learning.relational.md)")
+                    help="pretrain_base.py --lr (2e-3 collapses the tiny vision tower: the fourth try)")
     ap.add_argument("--pretrain-max-objects", type=int, default=None,
                     help="pretrain on scenes of at most this many shapes (default --max-objects; --min-objects is "
                          "not passed on: the base learns to find named shapes, the benchmark may ask for more)")
-    ap.add_argument("--pretrain-size", default="tiny", help="trainer.tiny_model size of the pretrained base")
+    ap.add_argument("--pretrain-size", default="tiny", choices=tuple(SIZES),
+                    help="research.models size of the pretrained base")
     ap.add_argument("--pretrain-number-tokens", action="store_true",
                     help="the pretrained base has one token for each integer 0..999 (pretrain_base.py --number-tokens)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--n-train", type=int, default=32, help="few-shot training rows (warm start, +SFT and +RFT all use them)")
+    ap.add_argument("--n-train", type=int, default=32,
+                    help="few-shot training rows (warm start, +SFT and +RFT all use them)")
     ap.add_argument("--n-eval", type=int, default=32, help="held-out rows")
     ap.add_argument("--warm-epochs", type=int, default=20, help="SFT warm start epochs")
     ap.add_argument("--rft-epochs", type=int, default=4, help="RFT epochs over the training rows")
@@ -540,7 +567,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="+SFT epochs (default: rft_epochs x G, the same training sequences as +RFT)")
     ap.add_argument("--batch-size", type=int, default=4, help="rows (SFT) / prompts (RFT) per optimizer step")
     ap.add_argument("--sft-lr-multiplier", type=float, default=1.0)
-    ap.add_argument("--warm-lr-multiplier", type=float, default=None, help="warm start SFT (default: --sft-lr-multiplier)")
+    ap.add_argument("--warm-lr-multiplier", type=float, default=None,
+                    help="warm start SFT (default: --sft-lr-multiplier)")
     ap.add_argument("--rft-lr-multiplier", type=float, default=1.0)
     ap.add_argument("--temperature", type=float, default=1.0, help="RFT sampling temperature")
     ap.add_argument("--beta", type=float, default=0.04, help="RFT KL weight")
@@ -553,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="+SFT and +RFT train the language model only (hyperparameter freeze_vision)")
     add_scene_arguments(ap)
     ap.add_argument("--nice", type=int, default=15, help="niceness of this process and the server it starts")
-    ap.add_argument("--out", type=Path, default=Path("bench/results"))
+    ap.add_argument("--out", type=Path, default=Path("research/results"))
     ap.add_argument("--render", type=Path, default=None,
                     help="only rebuild learning.md and learning.png in --out from a learning.json this script wrote")
     ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="LEARNING_JSON",
@@ -576,7 +604,8 @@ def main(argv: list[str] | None = None) -> int:
     # HF rollouts in the trainer: no vLLM engine start per RFT job on a small CPU (set VRFT_ROLLOUT_ENGINE to override)
     os.environ.setdefault("VRFT_ROLLOUT_ENGINE", "hf")
     args.out.mkdir(parents=True, exist_ok=True)
-    command = f"VRFT_HOME={home} .venv/bin/python bench/bench_learning.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = (f"VRFT_HOME={home} .venv/bin/python research/learning.py "
+               + " ".join(argv if argv is not None else sys.argv[1:]))
     t_start = time.time()
 
     import openai
@@ -591,11 +620,13 @@ def main(argv: list[str] | None = None) -> int:
     proc = None if healthy(args.url) else start_server(args.url, home)
     runs: list[dict] = []
     try:
-        client = openai.OpenAI(base_url=args.url.rstrip("/") + "/v1", api_key=api_key(args.api_key, home), max_retries=3, timeout=60)
+        client = openai.OpenAI(base_url=args.url.rstrip("/") + "/v1", api_key=api_key(args.api_key, home),
+                               max_retries=3, timeout=60)
         for task in args.tasks:
             for seed in args.seeds:
                 runs.append(run_one(client, task, seed, args))
-                md = write_outputs(runs, args, home, command, time.time() - t_start)  # after every run: a cut-short run leaves its table
+                # after every run: a cut-short run leaves its table
+                md = write_outputs(runs, args, home, command, time.time() - t_start)
     finally:
         if proc is not None:
             stop_server(proc)

@@ -1,18 +1,19 @@
-"""Pretrain a tiny base model (any `trainer.tiny_model` family) on a large synthetic corpus, for the learning benchmark.
+"""Pretrain a tiny base model (any `trainer.tiny_model` family, any `research.models` size) on a large synthetic
+corpus, for the learning benchmark.
 
 Why: Visual-RFT starts from a model that already perceives (Qwen2-VL is pretrained); GRPO sharpens what the
-model can already sample. `trainer.tiny_model` is random, so RFT from it gets no reward signal (see
-bench/results/learning.md). This script gives the benchmark a base with coarse ability: plain supervised
-next-token training (the SFT trainer's loss, `trainer.sft.token_loss_sums`) of a fresh tiny model on many
+model can already sample. `trainer.tiny_model` is random, so RFT from it gets no reward signal (the first
+try, research/results/earlier-tries.md). This script gives the benchmark a base with coarse ability: plain
+supervised next-token training (the SFT trainer's loss, `trainer.sft.token_loss_sums`) of a fresh tiny model on many
 thousands of synthetic rows of the benchmark's tasks, drawn from their own split ("pretrain") and seed, so
 none of them is one of the benchmark's few-shot training rows (split "train") or held-out rows ("valid").
 
 The result is a normal model folder (what `trainer.tiny_model` writes, with trained weights) under
 `$VRFT_HOME/models/<name>`, which the service lists as a base model; the benchmark then starts its jobs from
-it (`bench_learning.py --base-model <name>`). Deterministic for a seed on one machine (fixed corpus, fixed
+it (`research/learning.py --base-model <name>`). Deterministic for a seed on one machine (fixed corpus, fixed
 order, fixed step count; torch CPU kernels).
 
-    VRFT_HOME=/tmp/learn-bench nice -n 19 .venv/bin/python bench/pretrain_base.py --name tiny-qwen2-vl-pre \\
+    VRFT_HOME=/tmp/learn-bench nice -n 19 .venv/bin/python research/pretrain_base.py --name tiny-qwen2-vl-pre \\
         --tasks grounding --rows 16000 --steps 1500
 
 Writes `<folder>/vrft_pretrain.json` (the options, the loss curve and the held-out scores at each eval).
@@ -35,8 +36,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import synthetic  # noqa: E402
-from bench.bench_learning import add_scene_arguments, generate_answers, task_grader, task_options  # noqa: E402  the benchmark's scenes and decoding
-from trainer.tiny_model import FAMILIES  # noqa: E402
+from research import scenes  # noqa: E402
+from research.learning import add_scene_arguments, generate_answers, task_grader, task_options  # noqa: E402
+from research.models import SIZES, build_base  # noqa: E402
+from trainer.tiny_model import FAMILIES, swap_into  # noqa: E402
+from trainer.tiny_model import MARKER as MODEL_MARKER  # noqa: E402
 
 PRETRAIN_SPLIT = "pretrain"
 PRETRAIN_SEED = 7_000
@@ -48,7 +52,7 @@ def corpus(args: argparse.Namespace) -> list[dict]:
     """args.rows SFT rows, spread evenly over the tasks, interleaved."""
     opts = task_options(args)
     per = [args.rows // len(args.tasks) + (i < args.rows % len(args.tasks)) for i in range(len(args.tasks))]
-    parts = [synthetic.generate(t, n, seed=args.data_seed, split=PRETRAIN_SPLIT, sft=True, **opts)
+    parts = [scenes.generate(t, n, seed=args.data_seed, split=PRETRAIN_SPLIT, sft=True, **opts)
              for t, n in zip(args.tasks, per)]
     out = []
     for i in range(max(per)):
@@ -95,24 +99,23 @@ def evaluate(folder: Path, args: argparse.Namespace) -> dict:
 
     out = {}
     for task in args.tasks:
-        rows = synthetic.generate(task, args.n_eval, seed=EVAL_SEED, split="valid", **task_options(args))
+        rows = scenes.generate(task, args.n_eval, seed=EVAL_SEED, split="valid", **task_options(args))
         spec, max_tokens = task_grader(task, task_options(args))
         answers = generate_answers(folder, rows, max_tokens)
         batch = grader.compile(spec).grade(answers, rows)
         scores = batch.sub_rewards.get("task", batch.rewards)
-        out[task] = {"score": statistics.fmean(scores), "format": statistics.fmean(batch.sub_rewards.get("format", [0])),
+        out[task] = {"score": statistics.fmean(scores),
+                     "format": statistics.fmean(batch.sub_rewards.get("format", [0])),
                      "samples": [[r["solution"], a] for r, a in list(zip(rows, answers))[:4]]}
     return out
 
 
 def save(model, init: Path, out: Path, info: dict) -> None:
     """Atomically replace `out` with the model's weights plus the tokenizer / processor files of `init`."""
-    from trainer.tiny_model import swap_into
-
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     for f in init.iterdir():
-        if f.is_file() and f.name not in ("model.safetensors", "vrft_tiny_model.json"):
+        if f.is_file() and f.name not in ("model.safetensors", MODEL_MARKER):
             shutil.copy2(f, tmp / f.name)
     model.save_pretrained(tmp)
     (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
@@ -157,17 +160,19 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--name", default="tiny-qwen2-vl-pre", help="model id: folder $VRFT_HOME/models/<name>")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default $VRFT_HOME/models/<name>)")
     ap.add_argument("--family", default="qwen2_vl", choices=FAMILIES, help="trainer.tiny_model family")
-    ap.add_argument("--size", default="tiny", help="trainer.tiny_model size (tiny, small, base)")
+    ap.add_argument("--size", default="tiny", choices=tuple(SIZES), help="research.models size")
     ap.add_argument("--seed", type=int, default=0, help="init weights and batch order")
-    ap.add_argument("--number-tokens", action="store_true", help="trainer.tiny_model --number-tokens")
+    ap.add_argument("--number-tokens", action="store_true", help="one token for each integer 0..999 (research.models)")
     ap.add_argument("--init-from", type=Path, default=None,
-                    help="start from this model folder's weights (e.g. an earlier run of this script) instead of random ones")
+                    help="start from this model folder's weights (e.g. an earlier run of this script) instead of "
+                         "random ones")
     ap.add_argument("--deepen", action="store_true",
                     help="double both towers' depth first, keeping --init-from's function (see deepen())")
     ap.add_argument("--tasks", nargs="+", default=["grounding"], choices=synthetic.TASKS)
     ap.add_argument("--rows", type=int, default=16_000, help="corpus size (rows of split 'pretrain')")
     ap.add_argument("--data-seed", type=int, default=PRETRAIN_SEED)
-    ap.add_argument("--steps", type=int, default=1500, help="length of the learning-rate schedule (warmup, cosine to 0.1x)")
+    ap.add_argument("--steps", type=int, default=1500,
+                    help="length of the learning-rate schedule (warmup, cosine to 0.1x)")
     ap.add_argument("--stop-after", type=int, default=None,
                     help="stop after this many steps (the weights are then those of that step of the --steps schedule)")
     ap.add_argument("--budget-seconds", type=float, default=None,
@@ -180,7 +185,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--eval-every", type=int, default=500, help="evaluate and save every this many steps")
     ap.add_argument("--n-eval", type=int, default=64)
     ap.add_argument("--keep-evals", action="store_true",
-                    help="also keep each evaluated checkpoint as its own model, <name>-s<step> beside the output folder")
+                    help="also keep each evaluated checkpoint as its own model, <name>-s<step> beside the output "
+                         "folder")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--workers", type=int, default=1, help="processes that encode the corpus")
     ap.add_argument("--device", default="cpu",
@@ -197,13 +203,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from trainer.model import load_model, load_processor
     from trainer.sft import collate, token_loss_sums
-    from trainer.tiny_model import build_tiny_model
 
     torch.set_num_threads(args.threads)
     home = Path(os.environ.get("VRFT_HOME", REPO / ".vrft"))
     out = (args.out or home / "models" / args.name).absolute()
     t0 = time.time()
-    init = build_tiny_model(Path(tempfile.gettempdir()) / "-".join(
+    init = build_base(Path(tempfile.gettempdir()) / "-".join(
         ["vrft-pretrain-init", args.family, args.size, str(args.seed)]
         + ["numbers"] * args.number_tokens), seed=args.seed, family=args.family, size=args.size,
         number_tokens=args.number_tokens)
@@ -256,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         if step % 50 == 0:
             history.append({"step": step, "loss": statistics.fmean(losses[-50:]), "lr": lr,
                             "seconds": round(time.time() - t_train, 1)})
-            print(f"step {step}/{args.steps if args.budget_seconds is None else '-'}  loss {history[-1]['loss']:.4f}  lr {lr:.2e}  "
+            of = args.steps if args.budget_seconds is None else "-"
+            print(f"step {step}/{of}  loss {history[-1]['loss']:.4f}  lr {lr:.2e}  "
                   f"{time.time() - t_train:.0f} s", flush=True)
         if step % args.eval_every == 0 or step == last:
             model.eval()
@@ -273,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
                                     "seconds": round(time.time() - t0, 1)})
             if args.keep_evals:  # a copy per eval, so a base can be picked at a chosen level of skill
                 shutil.copytree(out, out.parent / f"{out.name}-s{step}", dirs_exist_ok=True)
-            print(f"eval step {step}: " + ", ".join(f"{t} {v['score']:.3f} (format {v['format']:.2f})" for t, v in e.items())
+            print(f"eval step {step}: "
+                  + ", ".join(f"{t} {v['score']:.3f} (format {v['format']:.2f})" for t, v in e.items())
                   + f"  samples {e[args.tasks[0]]['samples'][:2]}", flush=True)
             model.train()
     print(f"{out}: {n_params:,} parameters, {last} steps, {(time.time() - t0) / 60:.1f} min", flush=True)

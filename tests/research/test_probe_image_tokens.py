@@ -1,11 +1,12 @@
-"""bench/probe_image_tokens.py: which object each image token is labelled with, and that the probe reads what
+"""research/probe_image_tokens.py: which object each image token is labelled with, and that the probe reads what
 the features hold (colour from a random model's tokens, which keep the pixels' colour) and no more (chance on
 shuffled labels)."""
 
 from __future__ import annotations
 
 import synthetic
-from bench import probe_image_tokens as probe
+from research import probe_image_tokens as probe
+from research import scenes
 
 SCENE = dict(short=True, sizes=((56, 56),), noise_prob=0.0, min_objects=4, max_objects=4, shape_scale=(0.3, 0.45),
              decoy="other_anchor")
@@ -29,7 +30,7 @@ def test_a_random_models_tokens_hold_colour_and_shuffled_labels_stay_at_chance(t
     from trainer.tiny_model import build_tiny_model
 
     folder = build_tiny_model(tmp_path / "m", seed=0)
-    rows = synthetic.generate("grounding", 240, seed=4, **SCENE)
+    rows = scenes.generate("grounding", 240, seed=4, **SCENE)
     feats, grid = probe.image_tokens(folder, rows)
     assert grid == (2, 2) and feats.shape[:2] == (240, 4)
     cells = probe.labels(rows, grid)

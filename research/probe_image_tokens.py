@@ -1,17 +1,17 @@
 """Can a linear probe read each shape's colour and shape off the image tokens a model's language side receives?
 
 The learning benchmark's harder tasks name a shape ("the pink diamond directly left of the blue star"), and a
-base that cannot find the named shape picks between look-alikes by chance (bench/results/learning.binding.md).
-This tells where that fails. It runs the model's vision tower and patch merger on generated scenes and fits a
-linear softmax probe, on the image tokens of half the scenes, for the colour and for the shape of the object
-whose centre lies in each token's square. It then scores the probe on the other half. A third probe reads the
-token's own place in the grid: a box is written from it. Qwen2/2.5-VL's towers have only relative (rotary)
-positions, so there a token's features hold its place only if the model has learnt to put it there; Qwen3-VL's
-adds a learnt absolute position to each patch.
+base that cannot find the named shape picks between look-alikes by chance (the seventh try,
+research/results/earlier-tries.md). This tells where that fails. It runs the model's vision tower and patch
+merger on generated scenes and fits a linear softmax probe, on the image tokens of half the scenes, for the
+colour and for the shape of the object whose centre lies in each token's square. It then scores the probe on
+the other half. A third probe reads the token's own place in the grid: a box is written from it. Qwen2/2.5-VL's
+towers have only relative (rotary) positions, so there a token's features hold its place only if the model has
+learnt to put it there; Qwen3-VL's adds a learnt absolute position to each patch.
 - High accuracy: the names are in the tokens, and the failure is on the language side (matching words to tokens).
 - Chance: the vision side never encodes them.
 
-    .venv/bin/python bench/probe_image_tokens.py /tmp/exp/e6/models/e6 --rows 2000 --image-size 56 \\
+    .venv/bin/python research/probe_image_tokens.py /tmp/exp/e6/models/e6 --rows 2000 --image-size 56 \\
         --plain-background --shape-scale 0.3 0.45 --min-objects 4 --max-objects 4 --decoy other_anchor
 
 Tokens whose square holds no object's centre, or two, are left out. Prints the accuracies and the majority
@@ -34,9 +34,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import synthetic  # noqa: E402
-from bench.bench_learning import add_scene_arguments, generate_answers, task_grader, task_options  # noqa: E402
 from grader.templates import make_sample  # noqa: E402
-from synthetic.shapes import decode_data_url  # noqa: E402
+from research import scenes  # noqa: E402
+from research.learning import add_scene_arguments, generate_answers, task_grader, task_options  # noqa: E402
+from synthetic import decode_data_url  # noqa: E402
 
 
 def image_tokens(folder: Path, rows: list[dict], batch: int = 64):
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name-rows", type=int, default=0, metavar="N", help="also ask the model to name N lone shapes")
     add_scene_arguments(ap)
     args = ap.parse_args(argv)
-    rows = synthetic.generate("grounding", args.rows, seed=args.seed, split="valid", **task_options(args))
+    rows = scenes.generate("grounding", args.rows, seed=args.seed, split="valid", **task_options(args))
     feats, grid = image_tokens(Path(args.model), rows)
     cells = labels(rows, grid)
     half = args.rows // 2
@@ -138,11 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{attr}: probe accuracy {acc:.1%} on {len(test_y)} held-out tokens ({len(names)} classes; "
               f"majority class {majority:.1%})")
     if args.name_rows:
-        lone = synthetic.generate("classification", args.name_rows, seed=args.seed, split="valid", **task_options(args))
+        lone = scenes.generate("classification", args.name_rows, seed=args.seed, split="valid", **task_options(args))
         answers = generate_answers(Path(args.model), lone, task_grader("classification", task_options(args))[1])
         named = naming(lone, answers)
         print(f"naming a lone shape ({args.name_rows} images): colour {named['colour']:.0%} (chance "
-              f"{1 / len(synthetic.COLOURS):.0%}), shape {named['shape']:.0%} (chance {1 / len(synthetic.SHAPES):.0%}), "
+              f"{1 / len(synthetic.COLOURS):.0%}), shape {named['shape']:.0%} "
+              f"(chance {1 / len(synthetic.SHAPES):.0%}), "
               f"both {named['both']:.0%}")
     return 0
 

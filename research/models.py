@@ -1,0 +1,35 @@
+"""The studies' model sizes and number tokens, built by the product's `trainer.tiny_model.build_tiny_model`.
+
+The product needs one model, the tiny one. The learning studies also tried larger ones (`small`, `base`) and a
+vocabulary with one token for each integer 0..999 (``number_tokens``): a coordinate is then one token instead
+of one token a digit (Llama 3 splits numbers in runs of up to 3 digits; PaliGemma has location tokens), so a
+small model predicts a box coordinate as one choice instead of a digit decomposition.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from trainer.tiny_model import Dimensions, build_tiny_model
+
+SIZES = {
+    "tiny": Dimensions(),
+    "small": Dimensions(text_hidden=256, text_layers=4, text_heads=8, text_kv_heads=2, text_intermediate=512,
+                        vision_depth=4, vision_embed=128, vision_heads=4),
+    "base": Dimensions(text_hidden=384, text_layers=6, text_heads=12, text_kv_heads=4, text_intermediate=1024,
+                       vision_depth=6, vision_embed=192, vision_heads=6),
+}
+"""Model sizes by name; each keeps the tiny model's head size (32), so vLLM's CPU backend loads it."""
+NUMBER_TOKENS = tuple(str(i) for i in range(1000))
+"""Added after the tags with ``number_tokens``: one token for each integer 0..999."""
+
+
+def build_base(out_dir: str | os.PathLike, seed: int = 0, family: str = "qwen2_vl", size: str = "tiny",
+               number_tokens: bool = False, force: bool = False) -> Path:
+    """A model of `family` at size `size` (a key of SIZES) with random weights from `seed`, in `out_dir`
+    (returned, absolute); what `trainer.tiny_model` builds when size is tiny and there are no number tokens."""
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {tuple(SIZES)}")
+    return build_tiny_model(out_dir, seed=seed, family=family, force=force, dims=SIZES[size],
+                            added_tokens=NUMBER_TOKENS if number_tokens else ())
