@@ -130,9 +130,8 @@ def authenticate(session: Session, key: str) -> Project:
 
 class TTLCache(Generic[V]):
     """Positive access decisions kept for `serving_access_cache_seconds`: chat requests come by the hundred
-    per second while keys and grants change rarely, and on a small host every database round trip on the
-    request path is CPU taken from the engine. Denials are never cached, so a fix (a new key, a new grant)
-    works at once."""
+    per second, and each database round trip is CPU taken from the engine. Denials are never cached, so a fix
+    (a new key, a new grant) works at once."""
 
     def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
         self.ttl, self.max_entries = ttl, max_entries

@@ -58,11 +58,7 @@ MAX_MESSAGE_CHARS = 2000
 
 
 def shown(value: object, limit: int = 64) -> str:
-    """A value a caller sent, quoted for an error message and cut to `limit` characters.
-
-    >>> shown("x" * 100, limit=8)
-    "'xxxxxxxx...' (100 characters)"
-    """
+    """A value a caller sent, quoted for an error message and cut to `limit` characters."""
     text = value if isinstance(value, str) else repr(value)
     if len(text) <= limit:
         return repr(value) if isinstance(value, str) else text
@@ -106,12 +102,12 @@ def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
 def validation_error_to_api_error(exc: RequestValidationError) -> APIError:
     first = exc.errors()[0]
     param = _loc_to_param(tuple(first.get("loc", ())))
-    msg = first.get("msg", "Invalid request.")
-    if first.get("type") == "json_invalid":
+    msg, kind = first.get("msg", "Invalid request."), first.get("type")
+    if kind == "json_invalid":
         return APIError(400, "We could not parse the JSON body of your request.", code="invalid_json")
-    if first.get("type") == "missing":
+    if kind == "missing":
         return APIError(400, f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
-    if first.get("type") == "extra_forbidden":
+    if kind == "extra_forbidden":
         return APIError(
             400, f"Unrecognized request argument supplied: '{param}'.", param=param, code="unknown_parameter"
         )

@@ -80,8 +80,8 @@ class LineTooLong(ValueError):
 
 def iter_lines(chunks: Iterable[bytes], *, max_line_bytes: int) -> Iterator[bytes]:
     """Split a byte stream into lines, holding at most one line plus one chunk. Each byte is searched for a
-    newline once, so the time is linear in the size of the stream whatever its line lengths (re-splitting a
-    growing buffer was quadratic on a file of one long line). Raises LineTooLong past `max_line_bytes`."""
+    newline once (re-splitting a growing buffer was quadratic on one long line). LineTooLong past
+    `max_line_bytes`."""
     pending: list[bytes] = []  # pieces of the line read so far, none holding a newline
     size = 0
     for chunk in chunks:

@@ -1,14 +1,5 @@
-"""Driving the service through the openai SDK: start or find a `vrft serve`, upload rows, follow a job.
-
-What the demo (`demo.run`) and the learning benchmark (research/learning.py) share:
-
-    proc = None if healthy(url) else start_server(url, vrft_home())
-    client = openai.OpenAI(base_url=url + "/v1", api_key=api_key(None, vrft_home()))
-    file_id = upload(client, folder, rows, "train.jsonl")
-    job = client.fine_tuning.jobs.create(model=BASE, training_file=file_id, ...)
-    job, metrics = follow(client, job.id, "SFT")
-    stop_server(proc)
-"""
+"""Driving the service through the openai SDK: start or find a `vrft serve`, upload rows, follow a job (what
+the demo and the learning benchmark, research/learning.py, share)."""
 
 from __future__ import annotations
 

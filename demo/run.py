@@ -1,14 +1,6 @@
-"""The demo, step by step, through the openai SDK only (the grader runs locally on the answers):
-
-1. uses the service on --url, or starts `vrft serve` there (VRFT_HOME, default ./.vrft) and stops it at the end;
-2. generates a synthetic task (grounding: IoU of one box; classification: exact fine-grained label), a
-   train split for SFT (with reference answers), a train split for RFT, a validation file and a held-out set;
-3. uploads the files, runs an SFT job on tiny-qwen2-vl, then an RFT job (GRPO) from the SFT model, with a
-   tqdm bar fed by the jobs' metrics events;
-4. evaluates base, SFT and RFT one after the other on the held-out set (greedy, short max_tokens) and scores
-   the answers with `grader.compile(synthetic.grader_spec(task))`;
-5. prints a table, writes `results.json` and `curves.png` (SFT train loss, RFT train/valid reward by step) in
-   --out (default $VRFT_HOME/demo), and sends one chat completion with an image to the RFT model.
+"""The demo, through the openai SDK only: on a synthetic task, an SFT job on tiny-qwen2-vl, then an RFT job
+from the SFT model; base, SFT and RFT evaluated on a held-out set (graded locally), a table, `results.json` and
+`curves.png` in --out. It starts `vrft serve` on --url unless one answers there.
 
 The tiny model has random weights: the numbers say what was measured, not that anything was learned.
 """

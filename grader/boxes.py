@@ -1,16 +1,4 @@
-"""Boxes: parse them out of model text, convert conventions, and score IoU, batched with numpy.
-
-Everything a detection reward needs, as plain functions:
-
->>> parse_boxes("[{'Position': [0, 0, 10, 10], 'Confidence': 0.9}]")
-[([0.0, 0.0, 10.0, 10.0], 0.9)]
->>> parse_boxes("<|box_start|>(1,2),(3,4)<|box_end|>")
-[([1.0, 2.0, 3.0, 4.0], None)]
->>> round(iou([0, 0, 2, 2], [1, 1, 3, 3]), 4)
-0.1429
->>> detection_reward([[0, 0, 10, 10], [20, 20, 30, 30]], [([0, 0, 10, 10], 0.9)])
-(0.5, 0.9)
-"""
+"""Boxes: parse them out of model text, convert conventions, and score IoU, batched with numpy."""
 
 from __future__ import annotations
 
@@ -78,13 +66,6 @@ def parse_boxes(text: str, parser: str = "auto") -> list[tuple[Box, float | None
     auto tries qwen's <|box_start|> tags, then JSON objects with a Position/bbox key (Visual-RFT's
     `[{'Position': [..], 'Confidence': c}]`, Qwen2.5-VL's `{"bbox_2d": [..]}`), then `(x1,y1),(x2,y2)`,
     then bare `[x1,y1,x2,y2]` lists. Truncated outputs keep every complete box.
-
-    >>> parse_boxes("(10,20),(30,40) and (1,1),(2,2)")
-    [([10.0, 20.0, 30.0, 40.0], None), ([1.0, 1.0, 2.0, 2.0], None)]
-    >>> parse_boxes("[[1, 2, 3, 4], [5, 6, 7, 8.5]]")
-    [([1.0, 2.0, 3.0, 4.0], None), ([5.0, 6.0, 7.0, 8.5], None)]
-    >>> parse_boxes("no boxes here") is None
-    True
     """
     if parser != "auto":
         return _PARSE[parser](text)
@@ -106,20 +87,11 @@ def parse_visual_rft_batch(texts: Sequence[str], accel: bool = True, extract: in
                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Vectorised parser for the common case, Visual-RFT's `[{'Position': [x1,y1,x2,y2], 'Confidence': c}, ...]`.
 
-    All texts are scanned at once with numpy: the number runs and their values (integer mantissa / power
-    of ten, so bit-identical to float(str)); then one bytes comparison per text checks the syntax around
-    them (with numbers and spaces removed and " read as ', the text must be exactly the canonical
-    skeleton for its number of boxes). Returns (values [N, 5] = x1 y1 x2 y2 conf of every box in order,
-    counts [n], ok [n]); a text that is not exactly that shape (truncated, other keys, negative or
-    exponent numbers, prose) has ok=False and goes through `parse_boxes`. `extract` (compiled kernel
-    only, else ignored and ok=False is returned for every text): 1 parses inside the last
-    <answer>...</answer> pair, 2 does too but takes the whole text when there is none. `slot` (compiled
-    kernel only): return the values in this thread's reusable scratch array of that name, valid until the
-    next call with the same slot (for a caller that consumes them at once), instead of a new array.
-
-    >>> v, c, ok = parse_visual_rft_batch(["[{'Position': [1, 2, 3, 4.5], 'Confidence': 0.25}]", "No Objects"])
-    >>> v.tolist(), c.tolist(), ok.tolist()
-    ([[1.0, 2.0, 3.0, 4.5, 0.25]], [1, 0], [True, False])
+    Number values are integer mantissa / power of ten, so bit-identical to float(str). Returns (values
+    [N, 5] = x1 y1 x2 y2 conf of every box in order, counts [n], ok [n]); a text not exactly of that shape has
+    ok=False and goes through `parse_boxes`. Compiled kernel only (else every text is ok=False): `extract` 1
+    parses inside the last <answer>...</answer> pair, 2 takes the whole text when there is none; `slot`
+    returns the values in this thread's scratch array of that name, valid until the next call with it.
     """
     n = len(texts)
     counts = np.zeros(n, dtype=np.int64)
@@ -212,13 +184,6 @@ def _skeleton(k: int, variant: int) -> bytes:
 def boxes_from_value(value: Any, parser: str = "auto") -> list[tuple[Box, float | None]] | None:
     """Reference boxes from an item field: a list of boxes, of {"Position"|"bbox"|"box"|"bbox_2d": box}
     objects, one flat box, a JSON string of those, or text (parsed like a model answer).
-
-    >>> boxes_from_value([[0, 0, 1, 1]])
-    [([0.0, 0.0, 1.0, 1.0], None)]
-    >>> boxes_from_value({"bbox": [1, 2, 3, 4]})
-    [([1.0, 2.0, 3.0, 4.0], None)]
-    >>> boxes_from_value([])
-    []
     """
     if isinstance(value, str):
         s = value.strip()
@@ -259,11 +224,7 @@ def boxes_from_value(value: Any, parser: str = "auto") -> list[tuple[Box, float 
 
 
 def to_xyxy(b: np.ndarray, box_format: str) -> np.ndarray:
-    """[..., 4] boxes in `box_format` -> corners, ordered so x1 <= x2 and y1 <= y2 (`b` itself when it already is).
-
-    >>> to_xyxy(np.array([[10., 10., 4., 2.]]), "cxcywh").tolist()
-    [[8.0, 9.0, 12.0, 11.0]]
-    """
+    """[..., 4] boxes in `box_format` -> corners, ordered so x1 <= x2 and y1 <= y2 (`b` itself when it already is)."""
     b = np.asarray(b, dtype=np.float64)
     if box_format == "xyxy" and (b[..., 0] <= b[..., 2]).all() and (b[..., 1] <= b[..., 3]).all():
         return b  # already in order, the usual case: no copy
@@ -296,9 +257,6 @@ def iou_matrix(a: np.ndarray, b: np.ndarray, giou: bool = False) -> np.ndarray:
     """IoU (or GIoU) of every box of `a` [..., P, 4] with every box of `b` [..., G, 4] -> [..., P, G].
 
     Zero-area boxes have IoU 0 with everything (no NaN).
-
-    >>> iou_matrix(np.array([[0., 0, 2, 2]]), np.array([[1., 1, 3, 3], [0, 0, 2, 2]])).round(4).tolist()
-    [[0.1429, 1.0]]
     """
     a = a[..., :, None, :]  # [..., P, 1, 4]
     b = b[..., None, :, :]  # [..., 1, G, 4]
@@ -319,20 +277,12 @@ def iou_matrix(a: np.ndarray, b: np.ndarray, giou: bool = False) -> np.ndarray:
 
 
 def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """IoU of two xyxy boxes (0 when either has no area).
-
-    >>> iou([0, 0, 10, 10], [0, 0, 10, 10]), iou([0, 0, 0, 10], [0, 0, 0, 10])
-    (1.0, 0.0)
-    """
+    """IoU of two xyxy boxes (0 when either has no area)."""
     return float(iou_matrix(np.asarray([a], float), np.asarray([b], float))[0, 0])
 
 
 def giou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Generalised IoU in [-1, 1]: IoU minus the share of the enclosing box that neither covers.
-
-    >>> giou([0, 0, 1, 1], [2, 0, 3, 1])
-    -0.3333333333333333
-    """
+    """Generalised IoU in [-1, 1]: IoU minus the share of the enclosing box that neither covers."""
     return float(iou_matrix(np.asarray([a], float), np.asarray([b], float), giou=True)[0, 0])
 
 
@@ -342,13 +292,7 @@ def detection_reward(
     iou_threshold: float = 0.5,
     giou: bool = False,
 ) -> tuple[float, float]:
-    """(IoU term, confidence term) of one sample, Visual-RFT's rules (see `detection_batch`).
-
-    >>> detection_reward([], [])
-    (1.0, 1.0)
-    >>> detection_reward([[0, 0, 1, 1]], [])
-    (0.0, 0.0)
-    """
+    """(IoU term, confidence term) of one sample, Visual-RFT's rules (see `detection_padded`)."""
     iou_t, conf_t = detection_batch([np.asarray(gt, float).reshape(-1, 4)],
                                     [np.asarray([p for p, _ in preds], float).reshape(-1, 4)],
                                     [np.asarray([1.0 if c is None else c for _, c in preds], float)],
@@ -390,10 +334,7 @@ def detection_padded(g: np.ndarray, gmask: np.ndarray, p: np.ndarray, pmask: np.
     Per sample: predictions sorted by confidence (descending, stable) each take the unmatched reference
     box of highest IoU; the pair matches when that IoU > iou_threshold. IoU term = sum of matched IoUs
     (or (GIoU+1)/2 with giou) / max(#gt, #pred); confidence term = mean over predictions of conf if matched
-    else 1 - conf. No gt and no prediction scores (1, 1). Boxes are xyxy in one coordinate space.
-    The loop runs over prediction ranks, vectorised over samples and reference boxes (or, for large
-    batches with numba installed, a compiled loop with the same results). Valid entries must come first
-    in each row, as `pad_rows` puts them.
+    else 1 - conf. No gt and no prediction scores (1, 1). Valid entries must come first in each row.
     """
     B = g.shape[0]
     if accel:
@@ -475,8 +416,7 @@ def pad_rows(vals: np.ndarray, rows: np.ndarray, n: int, width: int) -> tuple[np
     out = np.zeros((n, P, width))
     mask = np.zeros((n, P), dtype=bool)
     if len(rows):
-        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        pos = np.arange(len(rows)) - offsets[rows]
+        pos = np.arange(len(rows)) - _starts(counts)[rows]
         out[rows, pos] = vals
         mask[rows, pos] = True
     return out, mask
@@ -506,8 +446,8 @@ def clean_rows(vals: np.ndarray, rows: np.ndarray, dedupe: bool = True, max_boxe
 def dedupe_rows(vals: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Mask [N] keeping the first of boxes with identical coordinates within a row (order kept).
 
-    Boxes are grouped by (row, 64-bit hash of the coordinates) with one stable sort; equal neighbours
-    are then compared exactly, so a hash collision can only miss a duplicate, never drop a distinct box.
+    Grouped by (row, hash of the coordinates); neighbours are then compared exactly, so a hash collision can
+    only miss a duplicate, never drop a distinct box.
     """
     keep = np.ones(len(rows), dtype=bool)
     if len(rows) < 2:

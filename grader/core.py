@@ -62,13 +62,8 @@ class CompiledGrader:
 
 def compile(spec: Any, *, endpoint: ModelEndpoint | None = None, sandbox=None, workers: int | None = None,
             shared_pools: bool = False, project: str | None = None, top_level: bool = True) -> CompiledGrader:
-    """Validate (if needed) and compile a grader spec, once per job -> CompiledGrader.
-
-    endpoint: where judge models are called; sandbox: a grader.sandbox.SandboxConfig; workers: python
-    sandbox workers (default: CPU count); shared_pools: reuse warm one-worker pools across compiles
-    (for one-off runs), those of `project` only. (`grader.compile(spec, service_url=URL)` grades through a
-    grader service instead.)
-    """
+    """Validate (if needed) and compile a grader spec, once per job; the keyword arguments are those of
+    grader.reward.Context."""
     if not isinstance(spec, registry.Spec):
         spec = registry.validate_grader(spec, top_level=top_level)
     return CompiledGrader(spec, endpoint=endpoint, sandbox=sandbox, shared_pools=shared_pools, workers=workers,
@@ -77,11 +72,8 @@ def compile(spec: Any, *, endpoint: ModelEndpoint | None = None, sandbox=None, w
 
 def run(spec: Any, model_sample: Any, item: Any = None, *, endpoint: ModelEndpoint | None = None,
         sandbox=None, project: str | None = None, top_level: bool = True) -> dict:
-    """Grade one sample and return OpenAI's GraderRunResponse as a dict.
-
-    Python graders run in warm one-worker pools shared across the calls of one `project` (keyed by
-    (project, source); the API passes the caller's project id).
-    """
+    """Grade one sample and return OpenAI's GraderRunResponse as a dict (python graders: on warm pools shared
+    across the calls of one `project`)."""
     t0 = time.perf_counter()
     g = compile(spec, endpoint=endpoint, sandbox=sandbox, shared_pools=True, project=project, top_level=top_level)
     try:

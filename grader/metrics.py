@@ -3,15 +3,6 @@
 Tokenisation is unicode-aware: BLEU/GLEU/METEOR split into words and punctuation (case kept for
 BLEU/GLEU as sacrebleu does); ROUGE lower-cases and keeps word characters (rouge-score's rules, but
 without dropping non-ASCII letters). Two empty texts score 1, one empty text scores 0.
-
->>> round(bleu("the cat sat on the mat", "the cat sat on the mat"), 4)
-1.0
->>> round(rouge_n("the cat sat", "the cat ran", 1), 4)
-0.6667
->>> round(rouge_l("a b c d", "a c d"), 4)
-0.8571
->>> round(fuzzy_match("kitten", "sitting"), 4)
-0.6154
 """
 
 from __future__ import annotations
@@ -50,11 +41,7 @@ def _empty(a: str, b: str) -> float | None:
 
 
 def fuzzy_match(text: str, reference: str) -> float:
-    """rapidfuzz's `fuzz.ratio` / 100: 1 - normalised Indel distance (2*LCS / total length).
-
-    >>> fuzzy_match("abc", "abc"), fuzzy_match("abc", "xyz")
-    (1.0, 0.0)
-    """
+    """rapidfuzz's `fuzz.ratio` / 100: 1 - normalised Indel distance (2*LCS / total length)."""
     if not text and not reference:
         return 1.0
     try:
@@ -69,11 +56,6 @@ def fuzzy_match(text: str, reference: str) -> float:
 def bleu(text: str, reference: str, max_n: int = 4) -> float:
     """Sentence BLEU as sacrebleu's `sentence_bleu`: effective order (up to the hypothesis length),
     `exp` smoothing of zero n-gram matches, brevity penalty.
-
-    >>> round(bleu("the cat is on the mat", "the cat sat on the mat"), 4)
-    0.3799
-    >>> bleu("x", "a b c")
-    0.0
     """
     e = _empty(text, reference)
     if e is not None:
@@ -100,11 +82,7 @@ def bleu(text: str, reference: str, max_n: int = 4) -> float:
 
 
 def gleu(text: str, reference: str, min_n: int = 1, max_n: int = 4) -> float:
-    """Google-BLEU (nltk's `sentence_gleu`): min(precision, recall) over all 1..4-grams together.
-
-    >>> round(gleu("the cat sat on the mat", "the cat sat on a mat"), 4)
-    0.6111
-    """
+    """Google-BLEU (nltk's `sentence_gleu`): min(precision, recall) over all 1..4-grams together."""
     e = _empty(text, reference)
     if e is not None:
         return e
@@ -121,11 +99,7 @@ def gleu(text: str, reference: str, min_n: int = 1, max_n: int = 4) -> float:
 
 
 def rouge_n(text: str, reference: str, n: int) -> float:
-    """ROUGE-N F1 (rouge-score's `rougeN` fmeasure).
-
-    >>> rouge_n("a b c", "a b c", 2)
-    1.0
-    """
+    """ROUGE-N F1 (rouge-score's `rougeN` fmeasure)."""
     e = _empty(text, reference)
     if e is not None:
         return e
@@ -176,9 +150,6 @@ class _NoWordNet:
 def meteor(text: str, reference: str) -> float:
     """METEOR (nltk's `meteor_score`: alpha 0.9, beta 3, gamma 0.5) with exact and Porter-stem matching;
     the WordNet synonym stage is used only when nltk's wordnet data is installed.
-
-    >>> round(meteor("the cat sat on the mat", "the cat sat on the mat"), 4)
-    0.9977
     """
     e = _empty(text, reference)
     if e is not None:

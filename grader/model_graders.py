@@ -44,9 +44,8 @@ class ModelEndpoint:
     timeout_s: float = 120.0
     """Longest time one attempt may take."""
     deadline: float | None = None
-    """A `time.monotonic()` instant no judge call outlives, attempts and retries together (the API's
-    `grader_run_timeout_seconds`): each attempt is cut to the time left, and a retry that would start with
-    less than MIN_ATTEMPT_S left is not made. None: only `timeout_s` per attempt."""
+    """A `time.monotonic()` instant no judge call outlives, retries included: each attempt is cut to the time
+    left, and no retry starts with less than MIN_ATTEMPT_S left. None: only `timeout_s` per attempt."""
     max_concurrency: int = 16
     retries: int = 2
     transport: httpx.BaseTransport | None = None
@@ -188,9 +187,6 @@ def _message(resp: dict) -> dict:
 
 def parse_score(content: str) -> float:
     """The judge's number: `{"result": x}`, a bare number, or `"result": x` inside other text.
-
-    >>> parse_score('{"steps": [], "result": 0.7}'), parse_score(" 1 "), parse_score('.. "result": 0.25 ..')
-    (0.7, 1.0, 0.25)
     """
     text = (content or "").strip()
     m = _NUMBER.match(text)

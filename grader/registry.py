@@ -74,9 +74,8 @@ def union(where: Callable[[GraderType], bool] = lambda t: True) -> Any:
 
 
 def resolve() -> None:
-    """Resolve the specs' forward references, once every built-in type is registered: `GraderSpec` (any
-    type) and `ChildGrader` (a type allowed inside multi). Types registered later are validated, serialised
-    and compiled all the same (validation goes through `validate`, never through these unions)."""
+    """Resolve the forward references `GraderSpec` (any type) and `ChildGrader` (a type allowed inside multi),
+    once every built-in type is registered (validation never goes through these unions)."""
     names = {"GraderSpec": union(), "ChildGrader": union(lambda t: t.in_multi)}
     for t in TYPES.values():
         t.spec.model_rebuild(_types_namespace=names)
@@ -99,15 +98,8 @@ def reward(spec: Spec, context: Any) -> Any:
 
 
 def validate_grader(spec: Any, *, top_level: bool = True) -> Any:
-    """Validate a grader object as OpenAI does and return the typed spec.
-
-    Raises GraderValidationError(message, param). `top_level=True` applies the RFT rule that
-    `label_model` is only allowed inside `multi`.
-
-    >>> validate_grader({"type": "string_check", "name": "x", "input": "{{sample.output_text}}",
-    ...                  "reference": "{{item.ref}}", "operation": "eq"}).operation
-    'eq'
-    """
+    """Validate a grader object as OpenAI does and return the typed spec, or raise GraderValidationError.
+    `top_level=True` applies the RFT rule that `label_model` is only allowed inside `multi`."""
     if isinstance(spec, BaseModel):
         spec = spec.model_dump(exclude_none=True)
     return validate(spec, "", top_level=top_level)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, NamedTuple
 
 from grader.errors import ERROR_FLAGS, SampleError, empty_errors
-from grader.templates import Sample, Template
+from grader.templates import Sample, Template, each_or_error
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +88,7 @@ class BatchResult:
         out: dict[str, dict] = {}
         for usage, model in zip(self.token_usage or (), self.sampled_model_names or ()):
             if usage and model:
-                acc = out.setdefault(model, {"prompt_tokens": 0, "total_tokens": 0, "cached_tokens": 0,
-                                             "completion_tokens": 0})
-                for k in acc:
-                    acc[k] += int(usage.get(k) or 0)
+                out[model] = add_usage(out.get(model), usage)
         return out
 
     @property
@@ -187,15 +184,7 @@ class Col:
 
 def resolve_all(t: Template, samples, items, raw: bool = False) -> list:
     """`t` rendered (raw: resolved, any JSON value) on every sample; a SampleError where it does not resolve."""
-    if raw:
-        return t.resolve_all(samples, items)
-    out = []
-    for s, it in zip(samples, items):
-        try:
-            out.append(t.render(s, it))
-        except SampleError as e:
-            out.append(e)
-    return out
+    return t.resolve_all(samples, items) if raw else each_or_error(t.render, samples, items)
 
 
 def first_error(*values) -> SampleError | None:
@@ -203,12 +192,10 @@ def first_error(*values) -> SampleError | None:
 
 
 class Reward:
-    """A compiled grader. Subclasses set up in `__init__(spec, context)` (templates parsed once) and score
-    in `grade`."""
+    """A compiled grader: set up in `__init__(spec, context)`, score in `grade`."""
 
     texts_only = False
-    """True when grade() reads nothing of a sample but its output text: it is then given the texts, not
-    Sample objects (which cost a large batch more than the rest of the `iou` grader's Python work)."""
+    """True when grade() reads only the output texts: it is then given those, not Sample objects (costly)."""
     waits = False
     """True when grade() mostly waits (sandbox workers, judge models): a multi grader runs it on a thread."""
 
@@ -266,9 +253,14 @@ def merge_usage(cols: Iterable[Col], n: int) -> tuple[list | None, list | None]:
     for col in cols:
         for i, u in enumerate(col.usage or ()):
             if u:
-                acc = usage[i] = usage[i] or {"prompt_tokens": 0, "total_tokens": 0, "cached_tokens": 0,
-                                              "completion_tokens": 0}
-                for key in acc:
-                    acc[key] += int(u.get(key) or 0)
+                usage[i] = add_usage(usage[i], u)
                 models[i] = models[i] or col.models[i]
     return usage, models
+
+
+def add_usage(total: dict | None, usage: dict) -> dict:
+    """`total` (None: zeros) with `usage`'s token counts added to it."""
+    total = total or {"prompt_tokens": 0, "total_tokens": 0, "cached_tokens": 0, "completion_tokens": 0}
+    for key in total:
+        total[key] += int(usage.get(key) or 0)
+    return total

@@ -177,11 +177,8 @@ def is_loopback(host: str) -> bool:
 
 def serve(host: str = "127.0.0.1", port: int = 8100, *, token: str | None = None, workers: int | None = None,
           log_level: str = "info") -> None:
-    """Run the grader service in the foreground (the `vrft grader serve` command).
-
-    workers: python-sandbox workers per grader (default: the CPU count). token: require this bearer
-    token (default: VRFT_GRADER_SERVICE_TOKEN); a ValueError without one when `host` is not loopback.
-    """
+    """Run the grader service in the foreground (`vrft grader serve`); `token` defaults to
+    VRFT_GRADER_SERVICE_TOKEN, and a ValueError without one when `host` is not loopback."""
     import uvicorn
 
     token = _token(token)

@@ -3,11 +3,6 @@
 The only namespaces are `item` (the dataset row) and `sample` (the model's output), as in OpenAI's
 graders guide. Paths use dots and `[index]` / `["key"]`. A variable that does not resolve on a
 sample raises `SampleError("invalid_variable_error")`; a malformed template fails validation.
-
->>> Template("Answer: {{ sample.output_text }} vs {{item.ref[1]}}").render(make_sample("B"), {"ref": ["A", "B"]})
-'Answer: B vs B'
->>> make_sample("<think>x</think><answer> cat </answer>")["answer"]
-'cat'
 """
 
 from __future__ import annotations
@@ -32,9 +27,6 @@ _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 
 def parse_path(expr: str) -> tuple[str, tuple[str | int, ...]]:
     """Parse ``item.a[0]["b c"]`` into ``("item", ("a", 0, "b c"))``; raise ValueError when malformed.
-
-    >>> parse_path(' sample.output_json.boxes[0] ')
-    ('sample', ('output_json', 'boxes', 0))
     """
     m = _HEAD.match(expr)
     if not m:
@@ -112,11 +104,7 @@ def to_text(value: Any) -> str:
 
 
 class Template:
-    """A template parsed once (per job) and rendered per sample.
-
-    >>> Template("{{item.boxes}}").resolve({}, {"boxes": [[1, 2, 3, 4]]})
-    [[1, 2, 3, 4]]
-    """
+    """A template parsed once (per job) and rendered per sample."""
 
     def __init__(self, text: str, param: str = "input"):
         self.text = text
@@ -164,22 +152,22 @@ class Template:
                 values = None
             if values is not None and all(map(operator.is_not, values, itertools.repeat(None))):  # not `in`: no ==
                 return values
-        out = []
-        for s, it in zip(samples, items):
-            try:
-                out.append(self.resolve(s, it))
-            except SampleError as e:
-                out.append(e)
-        return out
+        return each_or_error(self.resolve, samples, items)
+
+
+def each_or_error(fn, samples: list, items: list) -> list:
+    """`fn(sample, item)` of every pair, with the SampleError in place of a value that fails."""
+    out = []
+    for s, it in zip(samples, items):
+        try:
+            out.append(fn(s, it))
+        except SampleError as e:
+            out.append(e)
+    return out
 
 
 def extract_answer(text: str) -> str:
     """The text inside the last complete ``<answer>...</answer>`` pair, stripped; "" when there is none.
-
-    >>> extract_answer("<answer>a</answer> then <answer> b </answer>")
-    'b'
-    >>> extract_answer("no tags")
-    ''
     """
     end = text.rfind("</answer>")
     if end != -1:

@@ -1,12 +1,4 @@
-"""Visual-RFT rewards as plain functions: format and classification (the batched IoU reward is grader/types/iou.py).
-
->>> format_reward("<think>look</think> <answer>cat</answer>")
-1.0
->>> format_reward("<answer>cat</answer>")
-0.0
->>> classification_reward("Boeing_737", "boeing 737"), classification_reward("", "boeing 737")
-(1.0, 0.0)
-"""
+"""Visual-RFT rewards as plain functions: format and classification (the batched IoU reward is grader/types/iou.py)."""
 
 from __future__ import annotations
 
@@ -26,13 +18,7 @@ def format_reward(text: str, pattern: str = DEFAULT_FORMAT_PATTERN, flags: Seque
 
 
 def normalize_label(text: str) -> str:
-    """NFKC + casefold; '_' and '-' count as spaces; punctuation dropped; whitespace removed.
-
-    >>> normalize_label("  Airbus  A-320 ")
-    'airbusa320'
-    >>> normalize_label("Café")
-    'café'
-    """
+    """NFKC + casefold; '_' and '-' count as spaces; punctuation dropped; whitespace removed."""
     text = unicodedata.normalize("NFKC", text).casefold().replace("_", " ").replace("-", " ")
     return "".join(ch for ch in text if not ch.isspace() and not unicodedata.category(ch).startswith("P"))
 
@@ -42,11 +28,6 @@ def classification_reward(answer: str, reference: Any, synonyms: dict[str, list[
     """1.0 when the answer equals the reference (a string or a list of accepted strings) or one of its
     synonyms, else 0.0. Exact match, never substring: an empty answer scores 0 (Visual-RFT's
     `gt in ans or ans in gt` gave "" full marks and models collapsed to empty answers).
-
-    >>> classification_reward("a320", "Airbus A320", {"airbus a320": ["A320", "A-320"]})
-    1.0
-    >>> classification_reward("Airbus", "Airbus A320")
-    0.0
     """
     norm = normalize_label if normalize else (lambda s: s.strip())
     ans = norm(answer)

@@ -43,12 +43,6 @@ def is_public(ip: IPAddress) -> bool:
     """Routable on the internet: not loopback, private, link-local (the cloud metadata address 169.254.169.254
     is one), shared (100.64.0.0/10), multicast, reserved or unspecified. IPv6 addresses that carry an IPv4
     address (mapped, 6to4, Teredo, NAT64) are judged by that address too.
-
-    >>> [is_public(ipaddress.ip_address(a)) for a in ("93.184.215.14", "2606:4700::1111")]
-    [True, True]
-    >>> [is_public(ipaddress.ip_address(a)) for a in ("127.0.0.1", "10.0.0.1", "169.254.169.254",
-    ...     "100.100.100.200", "::1", "fd00:ec2::254", "::ffff:127.0.0.1", "0.0.0.0", "224.0.0.1")]
-    [False, False, False, False, False, False, False, False, False]
     """
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
@@ -185,10 +179,9 @@ class _DeadlineStream(httpcore.NetworkStream):
 def fetch(url: str, *, policy: AddressPolicy, max_bytes: int, timeout_s: float, max_redirects: int = 3,
           tick: Callable[[], None] | None = None) -> bytes:
     """The body of the http(s) `url`: at most `max_bytes`, within `timeout_s` from the first byte sent to the
-    last received, through at most `max_redirects` redirects, each checked like the first URL. The connection
-    goes straight to the host (no HTTP proxy: the address check is about the host). `tick`, when given, is
-    called at least once a second while the download waits: what it raises stops the download and leaves
-    `fetch` as it is (a cancelled job, say). Raises FetchError."""
+    last received, through at most `max_redirects` redirects, each checked like the first URL, with no HTTP
+    proxy (the address check is about the host). `tick` is called at least once a second while the download
+    waits; what it raises stops the download (a cancelled job, say). Raises FetchError."""
     deadline = time.monotonic() + timeout_s
     with httpcore.ConnectionPool(ssl_context=ssl.create_default_context(), retries=0,
                                  network_backend=_GuardedBackend(policy, deadline, tick)) as pool:

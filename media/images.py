@@ -42,13 +42,7 @@ class ImageInfo:
 
 
 def decode_data_url(url: str) -> bytes | None:
-    """The bytes of a base64 image data URL, or None when `url` is not one.
-
-    >>> decode_data_url("data:image/png;base64,aGk=")
-    b'hi'
-    >>> decode_data_url("https://example.com/a.png") is None
-    True
-    """
+    """The bytes of a base64 image data URL, or None when `url` is not one."""
     m = DATA_URL.match(url)
     if m is None:
         return None

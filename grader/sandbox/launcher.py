@@ -54,10 +54,9 @@ def _env_flag(name: str) -> bool:
 class SandboxConfig:
     """Limits and placement of python-grader workers (defaults: OpenAI's 2 min, 2 GB of memory, 1 GB of disk).
 
-    Memory: the private /tmp is a tmpfs, so what a grader writes there is RAM. `memory_bytes` is therefore
-    the whole budget of a worker, /tmp included: /tmp gets `tmp_bytes` (`disk_bytes`, at most half the
-    budget) and the address space (RLIMIT_AS) the rest. The default budget of 3 GB is OpenAI's 2 GB of memory
-    plus its 1 GB of disk, and N workers never hold more than N x `memory_bytes` of RAM.
+    The private /tmp is a tmpfs (RAM), so `memory_bytes` is the whole budget of a worker: /tmp gets `tmp_bytes`
+    (`disk_bytes`, at most half) and the address space (RLIMIT_AS) the rest; N workers never hold more than
+    N x `memory_bytes` of RAM.
     """
 
     mode: str = field(default_factory=lambda: os.environ.get("VRFT_GRADER_SANDBOX", "auto"))
@@ -108,10 +107,9 @@ class SandboxConfig:
 def lease_uid(config: SandboxConfig) -> tuple[int, int]:
     """(uid, fd): a sandbox uid that no other worker on this host runs as, held while `fd` stays open.
 
-    RLIMIT_NPROC counts the processes of a uid across the host, so two workers sharing a uid would share one
-    process budget, and a grader holding its own would starve the other. Each uid has a lock file in
-    `uid_lock_dir`; its holder keeps an exclusive flock on it for the worker's life, and the kernel frees it
-    when the holder closes it or dies. SandboxUnavailable when all UID_RANGE uids are held."""
+    RLIMIT_NPROC counts per uid host-wide, so workers sharing a uid would share one process budget. Each uid
+    has a lock file in `uid_lock_dir`, flocked for the worker's life (the kernel frees it when the holder dies).
+    SandboxUnavailable when all UID_RANGE uids are held."""
     flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
     start = next(_uid_start)  # rotate, so a uid just given back is not the next one taken
     try:

@@ -169,11 +169,8 @@ class SourceError(Exception):
 
 @dataclass
 class PythonGraderPool:
-    """Warm sandboxed workers for one grader `source`.
-
-    `grade(samples, items)` splits the batch in contiguous chunks, one per worker, and returns one
-    TaskResult per sample, in order. Thread-safe; `close()` stops the workers.
-    """
+    """Warm sandboxed workers for one grader `source`: `grade` splits a batch in contiguous chunks, one per
+    worker, and returns one TaskResult per sample, in order. Thread-safe."""
 
     source: str
     config: SandboxConfig = field(default_factory=SandboxConfig)
