@@ -87,11 +87,14 @@ def parse_visual_rft_batch(texts: Sequence[str], accel: bool = True, extract: in
                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Vectorised parser for the common case, Visual-RFT's `[{'Position': [x1,y1,x2,y2], 'Confidence': c}, ...]`.
 
-    Number values are integer mantissa / power of ten, so bit-identical to float(str). Returns (values
-    [N, 5] = x1 y1 x2 y2 conf of every box in order, counts [n], ok [n]); a text not exactly of that shape has
-    ok=False and goes through `parse_boxes`. Compiled kernel only (else every text is ok=False): `extract` 1
-    parses inside the last <answer>...</answer> pair, 2 takes the whole text when there is none; `slot`
-    returns the values in this thread's scratch array of that name, valid until the next call with it.
+    All texts are scanned at once with numpy: the number runs and their values (integer mantissa / power of
+    ten, so bit-identical to float(str)); then one bytes comparison per text checks the syntax around them
+    (with numbers and spaces removed and " read as ', the text must be exactly the canonical skeleton for its
+    number of boxes). Returns (values [N, 5] = x1 y1 x2 y2 conf of every box in order, counts [n], ok [n]); a
+    text not exactly of that shape has ok=False and goes through `parse_boxes`. Compiled kernel only (else
+    every text is ok=False): `extract` 1 parses inside the last <answer>...</answer> pair, 2 takes the whole
+    text when there is none; `slot` returns the values in this thread's scratch array of that name, valid
+    until the next call with it.
     """
     n = len(texts)
     counts = np.zeros(n, dtype=np.int64)

@@ -1,6 +1,6 @@
 """Synthetic Visual-RFT tasks (detection, grounding, fine-grained classification) on coloured shapes.
 
-See `synthetic.shapes` for the row fields, the image and box conventions, and the hooks of
+See `synthetic.shapes` for the row fields, the image and box conventions, the graders, and the hooks of
 `Options` through which a study (research/scenes.py) changes a scene.
 """
 

@@ -1,11 +1,15 @@
-"""Synthetic Visual-RFT tasks (arXiv 2503.01785): coloured shapes on a background, with exact pixel boxes,
-emitted as OpenAI fine-tuning JSONL.
+"""Synthetic Visual-RFT tasks: coloured shapes on a background, with exact pixel boxes.
+
+Three tasks, shaped like the Visual-RFT paper's (arXiv 2503.01785) and emitted as OpenAI fine-tuning JSONL:
 
 * ``detection``: "Detect all red circles ..." -> ``[{'Position': [x1, y1, x2, y2], 'Confidence': c}, ...]``
-  or ``No Objects``.
+  or ``No Objects``; graded by the ``iou`` grader (detection mode, Visual-RFT's IoU + confidence reward)
+  and the ``format`` grader inside a ``multi`` grader.
 * ``grounding``: "the box of the red circle left of the blue square" -> ``[x1, y1, x2, y2]``; exactly one
-  object fits the sentence (checked by `referents`).
-* ``classification``: one shape -> ``dark red circle``; the palette holds near colours (red / dark red, ...).
+  object fits the sentence (checked by `referents`); ``iou`` (grounding mode) + ``format``.
+* ``classification``: one shape; "which colour and shape is this?" -> ``dark red circle``. Fine-grained:
+  the palette holds near colours (red / dark red, green / dark green, blue / light blue);
+  ``classification`` + ``format``.
 
 API::
 
@@ -15,25 +19,72 @@ API::
     paths = write_task("out/", "detection", 64, seed=0)       # JSONL + grader JSON files
     python -m synthetic --task detection --n 64 --seed 0 --out DIR [--sft] [--short] [--coordinates norm1000]
 
-Row i of (task, split, seed, options) is the same whatever ``n`` is, byte for byte from run to run.
+Everything is a function of (task, split, seed, row index, options): row i of a split is the same whatever
+``n`` is, the bytes are identical from run to run, and ``split`` names independent streams (train / valid).
 
-Image sides are multiples of 28 with 28*28*16 .. 28*28*64 pixels, which Qwen2-VL's ``smart_resize`` leaves
-unchanged, so pixel coordinates are also those of the image the model sees. Backgrounds are greys (equal R, G
-and B, so never a shape's colour); shapes are drawn without anti-aliasing in one flat colour. A box is
-``[x1, y1, x2, y2]`` in pixels, the tight box of the shape's pixels with exclusive ends; with ``overlap`` it is
-the whole shape's, including any part a later shape hides.
+Images and boxes
+----------------
+Images are 112..224 pixels a side, every side a multiple of 28, with 28*28*16 .. 28*28*64 pixels: Qwen2-VL's
+``smart_resize`` (factor 28, the tiny model's 28*28*4 .. 28*28*64 pixels and the real models' defaults)
+leaves them unchanged, so pixel coordinates of the image as given are also those of the image the model
+sees (Qwen2.5-VL's absolute coordinates). Backgrounds are plain greys or grey noise (equal R, G and B, so
+they never take a shape's colour); shapes are drawn without anti-aliasing in one flat colour.
 
-Rows hold ``messages``, ``id``, ``task``, ``width``, ``height``, ``image_size`` ([width, height]),
-``coordinates`` (what the prompt asks for: pixel, norm1000, norm1), ``boxes`` (the reference boxes, always in
-pixels), ``solution`` (the text inside ``<answer></answer>``), ``objects`` (the whole scene, in drawing order)
-and ``background``; detection adds ``category``; grounding ``expression``, ``target``, ``anchor`` and
-``relation``; classification ``label``, ``colour`` and ``shape``.
+A box is ``[x1, y1, x2, y2]`` in pixels, the tight box of the pixels the shape painted, with exclusive
+ends: the shape covers columns x1 .. x2-1 and rows y1 .. y2-1 (so x2 - x1 is its width in pixels). By
+default shapes do not overlap (their squares keep a 2-pixel gap); ``overlap=0.1`` allows squares with IoU
+up to 0.1, and a box is then the whole shape's, including any part a later shape hides.
 
-The default style is Visual-RFT's ``<think> ... </think><answer> ... </answer>``; ``short=True`` (for the tiny
-model's small context) asks for ``<answer> ... </answer>`` alone.
+Row fields (every row)
+----------------------
+``messages``
+    ``[{"role": "system", "content": str}, {"role": "user", "content": [{"type": "image_url", "image_url":
+    {"url": "data:image/png;base64,..."}}, {"type": "text", "text": prompt}]}]``; SFT rows add
+    ``{"role": "assistant", "content": reference answer}``. ``system=None`` drops the system message.
+``id``            ``"{task}-{split}-{seed}-{index:05d}"``.
+``task``          ``"detection" | "grounding" | "classification"``.
+``width``, ``height``, ``image_size``   the image size in pixels; ``image_size = [width, height]`` (what the
+    ``iou`` grader reads when it must convert between pixel and normalised coordinates).
+``coordinates``   the space the prompt asks boxes in: ``pixel`` (default), ``norm1000`` (0..1000 integers, as
+    Qwen2-VL / Visual-RFT), ``norm1`` (0..1, three decimals).
+``boxes``         reference boxes, ``[[x1, y1, x2, y2], ...]``, ALWAYS in pixels of the image (the grader's
+    ``reference_format``); detection: every object of the category (may be ``[]``); grounding: one box;
+    classification: the one shape's box.
+``solution``      the reference answer, the text that goes inside ``<answer></answer>``, in ``coordinates``.
+``objects``       the whole scene: ``[{"colour": str, "shape": str, "box": [x1, y1, x2, y2]}, ...]`` in
+    drawing order.
+``background``    ``"{grey name}"`` or ``"{grey name} noise"``.
+Detection adds ``category`` (``"red circle"``); grounding adds ``expression`` (``"the red circle left of the
+blue square"``), ``target`` / ``anchor`` (indices into ``objects``) and ``relation`` (``left`` / ``right`` /
+``above`` / ``below``); classification adds ``label`` (``"dark red circle"``), ``colour`` and ``shape``.
 
-`Options` ends with hooks a study overrides in a subclass (research/scenes.py) to change a scene; pass one as
-``opts=`` to `generate`.
+Styles
+------
+Default: Visual-RFT's ``<think> ... </think><answer> ... </answer>``; format pattern
+``<think>.*?</think>\\s*<answer>\\s*\\S.*?</answer>`` (Visual-RFT's, with a non-empty answer). ``short=True``
+(for the tiny model's small context) asks for ``<answer> ... </answer>`` alone; its format pattern is
+``<answer>\\s*\\S.*?</answer>``.
+
+Graders (`grader_spec`)
+-----------------------
+A ``multi`` grader ``{"task": <iou or classification grader>, "format": <format grader>}`` whose
+``calculate_output`` weighs them by ``format_weight`` (default: Visual-RFT's equal weights of its reward terms,
+scaled to [0, 1]):
+
+* detection: ``iou`` in detection mode with ``confidence_weight`` 0.5 (its reward is (IoU term + confidence
+  term) / 2) -> ``(2 * task + format) / 3`` = (R_IoU + R_conf + R_format) / 3;
+* grounding: ``iou`` in grounding mode (IoU of the one box) -> ``(task + format) / 2``;
+* classification: ``classification`` on ``{{item.label}}`` (exact label after normalisation; an empty answer
+  scores 0) -> ``(task + format) / 2``.
+
+The ``iou`` grader reads ``{{sample.answer}}`` (the text inside the answer tags) in the prompt's
+``coordinates`` and ``{{item.boxes}}`` in pixels; the format grader reads ``{{sample.output_text}}``.
+
+Hooks
+-----
+`Options` ends with methods a study overrides in a subclass to change a scene (shape sizes, background, how a
+grounding scene picks and words its referent, the ``<think>`` text); their defaults draw the scenes above. The
+learning studies' options are such a subclass (research/scenes.py); pass one as ``opts=`` to `generate`.
 """
 
 from __future__ import annotations
@@ -98,26 +149,29 @@ GAP = 2
 
 
 class Referent(NamedTuple):
-    """What a grounding expression names in a scene (indices into its objects)."""
+    """What a grounding expression names in a scene (indices into its objects), as `Options.pick_referent` picks it."""
 
     target: int
     anchor: int
     relation: str
     """``left``, ``right``, ``above`` or ``below``: the target is that of the anchor."""
     decoy: int | None = None
-    """A shape redrawn as the target's class, which only the relation tells from the target."""
+    """A shape redrawn as the target's class, which only the relation (or the anchor) tells from the target."""
     others: tuple[int, ...] = ()
-    """Shapes that each take a class of their own (a study's second anchor)."""
+    """Shapes that each take a class of their own, apart from the target's, the anchor's and each other's (a
+    study's second anchor); the remaining shapes take any class but those."""
 
 
 @dataclass(frozen=True)
 class Options:
-    """Generation options (keyword arguments of `generate`), and the hooks a study overrides."""
+    """Generation options (keyword arguments of `generate`, `write_task`), and the hooks a study overrides."""
 
     short: bool = False
     """Ask for ``<answer>`` only (no ``<think>`` part)."""
     coordinates: str = "pixel"
+    """Coordinate space the prompt asks for: pixel, norm1000, norm1."""
     system: str | None = DEFAULT_SYSTEM
+    """System message; None for none."""
     sizes: tuple[tuple[int, int], ...] = SIZES
     min_objects: int = 1
     max_objects: int = 5
@@ -126,6 +180,7 @@ class Options:
     empty_prob: float = 0.1
     """Detection: share of scenes without the asked category (answer: No Objects)."""
     noise_prob: float = 0.5
+    """Share of noisy backgrounds."""
     overlap: float = 0.0
     """Largest IoU allowed between two shapes' squares (0: no overlap, a 2-pixel gap)."""
     colours: tuple[str, ...] = tuple(COLOURS)
@@ -134,7 +189,7 @@ class Options:
     """Classification: name the possible colours and shapes in the prompt."""
 
     def check(self) -> "Options":
-        """Self, or a ValueError naming the first bad option."""
+        """Self, or a ValueError naming the first bad option (a subclass checks its own fields after these)."""
         check_choice("coordinates", self.coordinates, COORDINATES)
         if not 1 <= self.min_objects <= self.max_objects:
             raise ValueError("need 1 <= min_objects <= max_objects")
@@ -152,30 +207,33 @@ class Options:
                 raise ValueError("image sides must be at least 56 pixels")
         return self
 
-    # Hooks. Only `pick_referent` may draw from the scene's random stream.
+    # Hooks (see the module docstring). Only `pick_referent` may draw from the scene's random stream.
 
     def shape_sides(self, lo: float, hi: float) -> tuple[float, float]:
         """A shape's square side, as fractions of the image's shorter side; (lo, hi): the task's own range."""
         return lo, hi
 
     def finish_background(self, pixels: np.ndarray, label: str, level: int) -> tuple[np.ndarray, str]:
-        """A background ([h, w, 3] uint8) and its name. No pixel may take a shape's colour, or the boxes stop
-        being exact."""
+        """A background ([h, w, 3] uint8) and its name once its grey `level` and noise are drawn. No pixel may
+        take a shape's colour (channels 100 or more apart), or the boxes stop being exact."""
         return pixels, label
 
     def grounding_min_objects(self) -> int:
-        """The fewest shapes of a grounding scene: a target and an anchor."""
+        """The fewest shapes of a grounding scene (at least `min_objects`): a target and an anchor."""
         return 2
 
     def relation_holds(self, relation: str, a: Sequence[int], b: Sequence[int]) -> bool:
-        """Whether box `a` is `relation` of box `b` as an expression means it."""
+        """Whether box `a` is `relation` of box `b` as an expression means it: strictly (`holds`)."""
         return holds(relation, a, b)
 
     def pick_referent(self, rng: random.Random, objects: list["Obj"],
                       triples: list[tuple[int, int, str]]) -> Referent | None:
-        """What the expression names, from `triples` (target, anchor, relation) that hold between `objects`;
-        None draws the scene again. Default: in 75% of the scenes that allow one, a decoy on the anchor's
-        opposite side (centre beyond the anchor's, not strictly: with big shapes that left no scene a decoy)."""
+        """What the expression names, from `triples` (target, anchor, relation) that hold between `objects`
+        (painted, classes not yet final); None draws the scene again. Default: in 75% of the scenes that allow
+        one, a decoy on the anchor's OPPOSITE side: a shape that, drawn as the target's, has its centre beyond
+        the anchor's centre and is not `relation` of it. Not "strictly opposite" (no overlap along the axis):
+        three big shapes seldom fit in a row, and with shapes of a third of the side that rule left no scene with
+        a decoy at all."""
         def decoys_for(t: int, a: int, rel: str) -> list[int]:
             return [i for i in range(len(objects)) if i not in (t, a) and opposite_side(
                 rel, shape_box(objects[t].shape, objects[i].region), objects[a].box)]
@@ -191,7 +249,9 @@ class Options:
         return RELATIONS[relation]
 
     def reasoning(self, task: str, info: dict, width: int, height: int) -> str:
-        """The ``<think>`` text of a reference answer; `info`: what the task's scene builder returns."""
+        """The ``<think>`` text of a reference answer (not with `short`). `info`: what the task's scene builder
+        returns (detection: category, colour, shape, boxes; grounding: expression, target, anchor, relation,
+        boxes, anchor_name, anchor_box; classification: label, colour, shape, boxes)."""
         if task == "detection":
             k = len(info["boxes"])
             return (f"There is no {info['category']}." if k == 0 else f"There is 1 {info['category']}." if k == 1
@@ -311,8 +371,8 @@ def _apart(a: tuple[int, int, int], b: tuple[int, int, int], gap: int) -> bool:
 
 def place_regions(rng: random.Random, n: int, width: int, height: int, lo: float, hi: float,
                   overlap: float = 0.0) -> list[tuple[int, int, int]]:
-    """Up to `n` squares (x, y, side), side in [lo, hi] * min(width, height), pairwise apart by GAP pixels (or
-    with IoU <= overlap)."""
+    """Up to `n` squares (x, y, side), side in [lo, hi] * min(width, height), inside a 2-pixel margin,
+    pairwise apart by GAP pixels (or with IoU <= overlap). Fewer when the image is full."""
     m = min(width, height)
     smin, smax = max(12, round(lo * m)), max(12, round(hi * m))
     out: list[tuple[int, int, int]] = []
@@ -384,13 +444,16 @@ def beyond(relation: str, a: Sequence[int], b: Sequence[int]) -> bool:
 
 
 def opposite_side(relation: str, a: Sequence[int], b: Sequence[int]) -> bool:
-    """Whether box `a`'s centre is beyond `b`'s opposite to `relation`, and `a` not `relation` of `b`."""
+    """Whether box `a` stands on the side of box `b` opposite to `relation`: its centre beyond `b`'s centre
+    that way, and `a` not `relation` of `b`."""
     return beyond(OPPOSITE[relation], a, b) and not holds(relation, a, b)
 
 
 def referents(objects: Sequence[dict], target: str, relation: str, anchor: str,
               rel_holds: Callable[[str, Sequence[int], Sequence[int]], bool] = holds) -> list[int]:
-    """Indices of a row's `objects` named `target` ("red circle") that are `relation` of one named `anchor`."""
+    """Indices of the objects named `target` ("red circle") that are `relation` of an object named
+    `anchor` (as `rel_holds` tells, strictly by default); objects are ``{"colour", "shape", "box"}`` dicts (a
+    row's ``objects``)."""
     name = lambda o: f"{o['colour']} {o['shape']}"  # noqa: E731
     anchors = [o for o in objects if name(o) == anchor]
     return [i for i, o in enumerate(objects)
@@ -450,7 +513,7 @@ def _distinct(rng: random.Random, opts: Options, avoid: set[str], shape: str | N
 def _scene_base(
     rng: random.Random, opts: Options, n: int, lo: float, hi: float
 ) -> tuple[int, int, list, np.ndarray, str]:
-    """Size, shape squares, background of a scene."""
+    """Size, shape squares, background of a scene; `lo`, `hi`: the task's shape sides (see `Options.shape_sides`)."""
     lo, hi = opts.shape_sides(lo, hi)
     width, height = rng.choice(opts.sizes)
     regions = place_regions(rng, n, width, height, lo, hi, opts.overlap)
@@ -585,7 +648,8 @@ def answer_text(task: str, info: dict, width: int, height: int, opts: Options) -
 
 def make_row(task: str, index: int, seed: int = 0, *, sft: bool = False, split: str = "train",
              opts: Options | None = None, **options: Any) -> dict:
-    """Row `index` of (task, split, seed); options as `generate`'s."""
+    """Row `index` of (task, split, seed): the same whatever else is generated. Options as `generate`'s
+    keyword arguments, or an `Options` as `opts`."""
     check_choice("task", task, TASKS)
     opts = _options(options, opts)
     rng = random.Random(f"vrft-synthetic:{task}:{split}:{seed}:{index}")
@@ -627,13 +691,15 @@ def make_row(task: str, index: int, seed: int = 0, *, sft: bool = False, split: 
 
 def generate(task: str, n: int, seed: int = 0, *, sft: bool = False, split: str = "train",
              opts: Options | None = None, **options: Any) -> list[dict]:
-    """`n` rows of `task`. `options`: fields of `Options`, set over `opts` (default: ``Options()``)."""
+    """`n` rows of `task` (see the module docstring for the fields). `options`: fields of `Options`
+    (short, coordinates, system, sizes, min_objects, max_objects, max_targets, empty_prob, noise_prob,
+    overlap, colours, shapes, list_classes), set over `opts` (default: ``Options()``; a subclass for a study)."""
     opts = _options(options, opts)
     return [make_row(task, i, seed, sft=sft, split=split, opts=opts) for i in range(n)]
 
 
 def _options(options: dict, base: Options | None = None) -> Options:
-    """`base` with `options` set (None leaves a field as it is, except `system`), checked."""
+    """`base` (default ``Options()``) with `options` set (None leaves a field as it is, except `system`), checked."""
     base = base or Options()
     options = dict(options)
     for key in ("sizes", "colours", "shapes"):
@@ -665,7 +731,8 @@ def answer_of(row: dict) -> str:
 
 def grader_spec(task: str, *, short: bool = False, coordinates: str = "pixel", format_weight: float | None = None,
                 iou_threshold: float = 0.5, confidence_weight: float = 0.5, name: str | None = None) -> dict:
-    """The grader for `task` rows generated with the same `short` and `coordinates`."""
+    """The grader for `task` rows generated with the same `short` and `coordinates` (a dict for
+    ``method.reinforcement.grader``; passes ``grader.validate_grader``)."""
     check_choice("task", task, TASKS)
     check_choice("coordinates", coordinates, COORDINATES)
     if format_weight is None:
@@ -704,7 +771,8 @@ def file_stem(task: str, *, short: bool = False, coordinates: str = "pixel") -> 
 
 def write_task(out_dir: str | Path, task: str, n: int, seed: int = 0, *, sft: bool = False, split: str = "train",
                opts: Options | None = None, **options: Any) -> dict[str, Path]:
-    """Write ``{stem}.{split}[.sft].jsonl`` and ``{stem}.grader.json`` into `out_dir`; returns their paths."""
+    """Write ``{stem}.{split}[.sft].jsonl`` and ``{stem}.grader.json`` into `out_dir` (created);
+    stem = task [+ "_short"] [+ "_" + coordinates]. Options as `generate`'s. Returns {"data": path, "grader": path}."""
     opts = _options(options, opts)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

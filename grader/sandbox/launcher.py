@@ -56,7 +56,7 @@ class SandboxConfig:
 
     The private /tmp is a tmpfs (RAM), so `memory_bytes` is the whole budget of a worker: /tmp gets `tmp_bytes`
     (`disk_bytes`, at most half) and the address space (RLIMIT_AS) the rest; N workers never hold more than
-    N x `memory_bytes` of RAM.
+    N x `memory_bytes` of RAM. The default budget of 3 GB is OpenAI's 2 GB of memory plus its 1 GB of disk.
     """
 
     mode: str = field(default_factory=lambda: os.environ.get("VRFT_GRADER_SANDBOX", "auto"))
