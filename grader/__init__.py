@@ -41,12 +41,20 @@ def box_engine(n: int) -> str:
 
 
 def compile(spec: Any, *, endpoint=None, sandbox=None, workers: int | None = None, shared_pools: bool = False,
-            project: str | None = None, top_level: bool = True, service_url: str | None = None):
+            project: str | None = None, top_level: bool = True, service_url: str | None = None,
+            box_convention: dict | None = None):
     """Validate (if needed) and compile a grader spec, once per job -> grader.core.CompiledGrader (see there).
 
     service_url: grade through a grader service instead: a grader.service.RemoteGrader, with the same
-    `grade(samples, items)` and results.
+    `grade(samples, items)` and results. box_convention: what an iou grader's input_format "auto" means (the
+    trainer gives its model family's); it is written into the spec, so a grader service sees it too.
     """
+    if box_convention is not None:
+        from grader.types.iou import resolve_box_convention
+
+        if not isinstance(spec, registry.Spec):
+            spec = validate_grader(spec, top_level=top_level)
+        spec = resolve_box_convention(spec, box_convention)
     if service_url:
         from grader.service import RemoteGrader
 

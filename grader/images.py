@@ -20,7 +20,9 @@ def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56
                  max_pixels: int = 28 * 28 * 16384) -> tuple[int, int]:
     """(height, width) of the image Qwen2-VL / Qwen2.5-VL actually sees (transformers' smart_resize).
 
-    Sides are rounded to multiples of `factor`, then scaled so min_pixels <= h*w <= max_pixels.
+    Sides are rounded to multiples of `factor`, then scaled so min_pixels <= h*w <= max_pixels. The defaults
+    are Qwen2.5-VL's hub processor's; callers that know the model pass its own (trainer/families.py:
+    `Family.pixels`, or the model folder's processor through `Family.box_convention_for`).
 
     >>> smart_resize(480, 640)
     (476, 644)

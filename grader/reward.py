@@ -141,6 +141,8 @@ class Context:
     workers: int | None = None
     """Python sandbox workers (default: the CPU count)."""
     project: str | None = None
+    box_convention: dict | None = None
+    """The IoU grader's input_format for "auto" (the trainer gives its model family's); None: xyxy norm1000."""
 
 
 class Out(NamedTuple):

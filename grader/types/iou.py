@@ -7,9 +7,9 @@ numpy is imported when a batch is graded, so that `import grader` stays light.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, Optional, Sequence
+from typing import Annotated, Any, Literal, Optional, Sequence, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from grader.errors import SampleError
 from grader.images import item_image_size, smart_resize
@@ -27,7 +27,8 @@ class _Options(BaseModel):
 
 class SmartResize(_Options):
     """Qwen2-VL/2.5-VL `smart_resize`: the image the model saw has sides rounded to multiples of `factor`
-    with min_pixels <= h*w <= max_pixels. Qwen2.5-VL answers in absolute pixels of THAT image."""
+    with min_pixels <= h*w <= max_pixels. Qwen2.5-VL answers in absolute pixels of THAT image. The defaults are
+    Qwen2.5-VL's hub processor's; with `input_format: "auto"` a training job uses its model's own."""
 
     factor: int = Field(default=28, ge=1)
     min_pixels: int = Field(default=56 * 56, ge=1)
@@ -51,6 +52,14 @@ class BoxConvention(_Options):
     """For `pixel`: the pixels are those of the smart-resized image (Qwen2.5-VL)."""
 
 
+# "auto" or an object. The tags name the input's JSON type the way pydantic labels union members ('str',
+# 'dict[...]'), so that an error in the object is reported at `input_format.<field>` (registry._clean_loc).
+InputFormat = Annotated[
+    Union[Annotated[Literal["auto"], Tag("str")], Annotated[BoxConvention, Tag("dict[str, Any]")]],
+    Discriminator(lambda v: "str" if isinstance(v, str) else "dict[str, Any]"),
+]
+
+
 class IouGrader(Spec):
     """Box IoU reward: `grounding` (one box, dense IoU) or `detection` (many boxes, greedy matching).
 
@@ -70,10 +79,13 @@ class IouGrader(Spec):
     parser: Literal["auto", "json", "list", "tuple", "qwen"] = "auto"
     """json: [{"Position": [..], "Confidence": c}]; list: [x1,y1,x2,y2]; tuple: (x1,y1),(x2,y2);
     qwen: <|box_start|>(x1,y1),(x2,y2)<|box_end|>; auto tries them in that order."""
-    input_format: BoxConvention = Field(default_factory=BoxConvention)
-    """Convention of the model's boxes."""
+    input_format: InputFormat = Field(default_factory=BoxConvention)
+    """Convention of the model's boxes, or "auto": in a training job, the convention the job's model family was
+    trained on (Qwen2-VL and Qwen3-VL xyxy norm1000, Qwen2.5-VL xyxy pixels of the smart-resized image,
+    LLaVA-OneVision xyxy norm1); elsewhere (e.g. graders/run) xyxy norm1000."""
     reference_format: Optional[BoxConvention] = None
-    """Convention of the reference boxes; defaults to `input_format` (without `resize`)."""
+    """Convention of the reference boxes; defaults to `input_format` (without `resize`), or with
+    `input_format` "auto" to xyxy norm1000 (the dataset's boxes do not change with the model)."""
     iou_threshold: float = Field(default=0.5, ge=0, le=1)
     """Detection: minimum IoU for a prediction to match a reference box."""
     iou_type: Literal["iou", "giou"] = "iou"
@@ -88,8 +100,24 @@ class IouGrader(Spec):
     templates = ("input", "reference")
 
 
+def resolve_box_convention(spec, convention: dict | None):
+    """`spec` (any grader) with every iou grader's input_format "auto" replaced by `convention` (None: the
+    default, xyxy norm1000); multi graders are walked."""
+    if isinstance(spec, IouGrader):
+        if spec.input_format != "auto":
+            return spec
+        return spec.model_copy(update={"input_format": BoxConvention.model_validate(convention or {}),
+                                       "reference_format": spec.reference_format or BoxConvention()})
+    children = getattr(spec, "graders", None)
+    if isinstance(children, dict):
+        return spec.model_copy(update={"graders": {k: resolve_box_convention(g, convention)
+                                                   for k, g in children.items()}})
+    return spec
+
+
 class Iou(Reward):
     def __init__(self, spec: IouGrader, context=None):
+        spec = resolve_box_convention(spec, getattr(context, "box_convention", None))
         super().__init__(spec)
         self.input, self.reference = Template(spec.input, "input"), Template(spec.reference, "reference")
         # `{{sample.answer}}` is read inside the parser: no per-sample extraction in Python
@@ -214,6 +242,7 @@ def iou_batch(spec: IouGrader, answers: Sequence[Any], references: Sequence[Any]
 
     from grader import boxes as B
 
+    spec = resolve_box_convention(spec, None)  # "auto" outside a job: the default
     n = len(answers)
     ref_conv = spec.reference_format or spec.input_format.model_copy(update={"resize": None})
     need_size = _needs_size(spec, ref_conv)

@@ -256,6 +256,38 @@ def test_qwen25_vl_absolute_pixels_of_the_resized_image():
     assert r.reward == 0.0 and r.errors["other_error"]
 
 
+def test_auto_input_format_takes_the_model_familys_convention():
+    """input_format "auto": the convention the trainer passes (its model family's), here Qwen2.5-VL's pixels of
+    the smart-resized image; references default to xyxy norm1000; without one (graders/run) xyxy norm1000."""
+    from grader.reward import Context
+    from grader.types.iou import Iou
+
+    qwen25 = {"box_format": "xyxy", "coordinates": "pixel",
+              "resize": {"factor": 28, "min_pixels": 3136, "max_pixels": 12845056}}
+    item = row(640, 480, boxes=[[100, 100, 500, 500]])  # norm1000: pixels (64, 48)-(320, 240) of the original
+    pixels = "<answer>[64.4, 47.6, 322.0, 238.0]</answer>"  # the same box in the 644x476 image the model saw
+    norm = "<answer>[100, 100, 500, 500]</answer>"
+    g = {"type": "iou", "name": "g", "mode": "grounding", "input_format": "auto"}
+    with grader.compile(g, box_convention=qwen25) as c:
+        assert c.reward.spec.input_format.resize.factor == 28
+        right, wrong = (r.reward for r in c.grade([pixels, norm], [item, item]).results)
+        assert right == pytest.approx(1.0) and wrong < 0.5
+    wrong, right = (grade1(g, s, item).reward for s in (pixels, norm))  # the default: norm1000
+    assert right == pytest.approx(1.0) and wrong < 0.5
+    # inside a multi grader, and through the Context a compiled reward is given
+    multi = grader.validate_grader({"type": "multi", "name": "m", "calculate_output": "g", "graders": {"g": g}})
+    with grader.compile(multi, box_convention=qwen25) as c:
+        assert c.grade([pixels], [item]).results[0].reward == pytest.approx(1.0)
+    reward = Iou(grader.validate_grader(g), Context(box_convention={"coordinates": "norm1"}))
+    assert reward.spec.input_format.coordinates == "norm1" and reward.spec.reference_format.coordinates == "norm1000"
+    # an object still validates field by field; any other string is refused
+    with pytest.raises(grader.GraderValidationError) as e:
+        grader.validate_grader({**g, "input_format": {"coordinates": "norm100"}})
+    assert e.value.param == "input_format.coordinates"
+    with pytest.raises(grader.GraderValidationError):
+        grader.validate_grader({**g, "input_format": "family"})
+
+
 def test_same_space_needs_no_image():
     # both in pixels, no resize: IoU does not depend on the image size, so no image is needed
     spec = {**DET, "input_format": {"coordinates": "pixel"}}
