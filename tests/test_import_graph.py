@@ -144,12 +144,14 @@ def test_top_level_packages_have_no_cycle():
 
 def test_the_arrows_between_the_service_packages():
     """serving takes what it needs from the API through serving/interface.py, and the API process reads only
-    the trainer's torch-free contract (the job file and the hyperparameter declaration)."""
+    the trainer's torch-free contract (the job file, the hyperparameter declaration, the model families and the
+    memory plan; tests/trainer/test_memory.py checks that these import no torch)."""
     graph = package_graph()
     assert "api" not in graph["serving"] and "api" not in graph["trainer"] and "api" not in graph["grader"]
     trainer_modules = {t for name, path in modules("api").items()
                        for t in imported(path, name, set()) if t.partition(".")[0] == "trainer"}
-    assert trainer_modules <= {"trainer.job_spec", "trainer.hparams"}, trainer_modules
+    assert trainer_modules <= {"trainer.job_spec", "trainer.hparams", "trainer.families",
+                               "trainer.memory"}, trainer_modules
 
 
 def test_the_checker_sees_cycles_through_function_level_imports(tmp_path, monkeypatch):

@@ -105,7 +105,7 @@ def _hf_reference(model_dir: Path) -> dict:
         "tokens": tokens,
         "first_logprob": first_logprobs[tokens[0]].item(),
         "text": processor.tokenizer.decode(tokens, skip_special_tokens=True),
-        "image_grid_thw": inputs["image_grid_thw"][0].tolist(),
+        "image_grid_thw": inputs["image_grid_thw"][0].tolist() if "image_grid_thw" in inputs else None,  # Qwen only
     }
 
 
@@ -197,9 +197,11 @@ def test_transformers_generate_with_an_image(hf_reference):
 
 
 @pytest.mark.parametrize("family,architecture", [("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration"),
-                                                 ("qwen3_vl", "Qwen3VLForConditionalGeneration")])
+                                                 ("qwen3_vl", "Qwen3VLForConditionalGeneration"),
+                                                 ("llava_onevision", "LlavaOnevisionForConditionalGeneration")])
 def test_other_families_build_and_generate(tmp_path, family, architecture):
-    """The other families the builder offers: the same tokenizer, a Qwen2.5-VL or Qwen3-VL architecture."""
+    """The other families the builder offers: the same BPE vocabulary, a Qwen2.5-VL, Qwen3-VL or LLaVA-OneVision
+    architecture (tests/trainer/test_family_builds.py checks LLaVA-OneVision further)."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 

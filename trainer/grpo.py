@@ -32,9 +32,10 @@ from trainer.checkpoints import Checkpointer
 from trainer.data import ChatData, Prompt, cat_mm, pack_prompts
 from trainer.engine import lr_at, make_reference, prepare_policy, set_lr
 from trainer.export import export_weights, write_rank_digest
+from trainer.families import family_of
 from trainer.hparams import GRPOConfig
 from trainer.job_spec import TrainerError
-from trainer.model import load_job_data, placeholder_token_ids, stop_token_ids
+from trainer.model import load_job_data, model_family, placeholder_token_ids, stop_token_ids
 from trainer.process import all_gather_tensor, all_reduce, derive_seed, epoch_order, memory_stats, seed_everything
 
 # ------------------------------------------------------------------------------------------- the loss
@@ -123,10 +124,11 @@ def completion_logprobs(model, mb: "MicroBatch", temperature: float, suppress_id
 def _shared_prefix_logits(model, mb: "MicroBatch") -> torch.Tensor:
     """Logits predicting each completion token, [b, C, V]: the prompts once, the completions on their cache."""
     hf = getattr(model, "module", model)  # a DeepSpeed engine wraps the HF model
+    family = family_of(hf.config, text_ok=True)
     # Positions as generation builds them ([Bp, P], or [4, Bp, P] for M-RoPE: text row + t/h/w of images);
     # completion token t sits one past the prompt's last position, plus t, in every row (as in decoding).
     inputs = {**mb.mm, **mb.per_token}
-    pos = hf._prepare_position_ids_for_generation(mb.prompt_ids, {"attention_mask": mb.prompt_att, **inputs})
+    pos = family.position_ids(hf, mb.prompt_ids, mb.prompt_att, inputs)
     out = model(input_ids=mb.prompt_ids, attention_mask=mb.prompt_att, position_ids=pos, use_cache=True,
                 logits_to_keep=1, **inputs)
     cache = out.past_key_values  # keys/values [Bp, heads, P, head_dim] per layer
@@ -136,7 +138,7 @@ def _shared_prefix_logits(model, mb: "MicroBatch") -> torch.Tensor:
     if C == 1:
         return first
     steps = torch.arange(1, C + 1, device=pos.device)  # [C]
-    cpos = pos[..., -1:].index_select(-2, mb.owner) + steps  # [b, C] or [4, b, C]
+    cpos = family.decode_positions(pos[..., -1:].index_select(-2, mb.owner), steps)  # [b, C] or [4, b, C]
     att = torch.cat([mb.prompt_att.index_select(0, mb.owner), mb.prompt_att.new_ones(b, C)], dim=1)  # [b, P + C]
     rest = model(input_ids=mb.completion_ids[:, :-1], attention_mask=att[:, :-1], position_ids=cpos[..., :-1],
                  past_key_values=cache, use_cache=True).logits  # [b, C - 1, V]: token t predicts t + 1
@@ -239,11 +241,12 @@ def main(job, events, dist, signals) -> str:
             "response_format needs the vLLM rollout engine "
             f"(VRFT_ROLLOUT_ENGINE=vllm); the '{job.rollout_engine}' engine cannot constrain its samples",
         )
+    # The IoU grader's input_format "auto": the boxes this family answers in, at its processor's pixel limits.
+    family = model_family(job.model_path)
+    boxes = family.box_convention_for(getattr(train.processor, "image_processor", None))
     try:
         types = grader_types(job.grader)
-        grader = (
-            graders.compile(job.grader, service_url=job.grader_url) if job.grader_url else graders.compile(job.grader)
-        )
+        grader = graders.compile(job.grader, service_url=job.grader_url, box_convention=boxes)
     except graders.GraderValidationError as e:
         raise TrainerError("invalid_grader", f"the grader is invalid: {e}") from None
 
@@ -268,7 +271,7 @@ def main(job, events, dist, signals) -> str:
         probe += [valid.prompt(i) for i in range(min(len(valid), 64))]
     longest_prompt = max(len(p.input_ids) for p in probe)
     if job.rollout_engine == "vllm":
-        max_len = min(_max_positions(engine.module), longest_prompt + cfg.max_completion_length + 256)
+        max_len = min(family.max_positions(engine.module.config), longest_prompt + cfg.max_completion_length + 256)
         seqs_at_once = max(per_rank_seqs, min(cfg.max_eval_prompts, 64) * cfg.eval_samples)
         rollout = VLLMRollout(
             job.model_path, tokenizer=tokenizer, stop_ids=stop_ids, suppress_ids=suppress, dtype=dtype,
@@ -278,7 +281,7 @@ def main(job, events, dist, signals) -> str:
             cpu=cpu, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
             kv_cache_bytes=kv_cache_bytes(engine.module.config, min(256, seqs_at_once) * max_len, dtype.itemsize),
             response_format=job.response_format)
-        rollout.load_weights(export_weights(engine.module, cfg.zero_stage))
+        rollout.load_weights(export_weights(engine.module, cfg.zero_stage, names="checkpoint"))
     else:
         rollout = HFRollout(lambda: engine.module, tokenizer, stop_ids, pad_id, dist.device, cfg.zero_stage, suppress,
                             compile_steps=job.rollout_compile)
@@ -369,7 +372,7 @@ def main(job, events, dist, signals) -> str:
                                                                         for s in seqs)), device=dist.device)).item())
 
         # 6. sync the new weights into the rollout engine.
-        rollout.load_weights(export_weights(engine.module, cfg.zero_stage))
+        rollout.load_weights(export_weights(engine.module, cfg.zero_stage, names="checkpoint"))
         t_training = time.perf_counter() - t_train
 
         # Metrics (OpenAI's RFT layout + RL health signals), an evaluation and a checkpoint now and then.
@@ -512,11 +515,3 @@ def gradient_norm(engine, zero_stage: int) -> float | None:
         return None
     grads = [p.grad.detach().float().norm() for p in engine.module.parameters() if p.grad is not None]
     return torch.stack(grads).norm().item() if grads else 0.0
-
-
-def _max_positions(model) -> int:
-    cfg = getattr(model, "config", None)
-    text = getattr(cfg, "text_config", None) or cfg
-    return int(getattr(text, "max_position_embeddings", 32768) or 32768)
-
-

@@ -19,6 +19,7 @@ import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, Callable, ClassVar
 
+from trainer.families import LM_PROJECTIONS
 from trainer.job_spec import TrainerError
 
 REASONING_EFFORT_TOKENS = {"low": 128, "medium": 256, "default": 256, "high": 1024}
@@ -200,8 +201,9 @@ class LoraSpec:
     """scale: the update is alpha / r x B A"""
     dropout: float = setting(0.0, ge=0, le=1)
     """dropout on the adapters' input"""
-    target_modules: list[str] = setting(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    """names of the modules to adapt, wherever they are outside the vision tower"""
+    target_modules: list[str] = setting(list(LM_PROJECTIONS))
+    """names of the modules to adapt, wherever they are outside the vision tower (default: every attention and
+    MLP projection of the language model)"""
 
 
 @dataclass

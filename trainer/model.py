@@ -10,22 +10,25 @@ from typing import Any
 import torch
 
 from trainer.data import ChatData, read_jsonl
+from trainer.families import Family, UnsupportedModel, family_of
 from trainer.hparams import LoraSpec
 from trainer.job_spec import TrainerError
 
-VISION_MODULES = ("visual", "vision_tower", "vision_model", "multi_modal_projector")
-"""The vision tower's module names in the families we load: Qwen2/2.5/3-VL `visual` (its patch mergers inside),
-LLaVA-style `vision_tower` + `multi_modal_projector`, others `vision_model`."""
+
+def model_config(model_path: str) -> dict:
+    return json.loads((Path(model_path) / "config.json").read_text())
 
 
-def is_vision_module(name: str) -> bool:
-    """Whether a module or parameter name lies in the vision tower: one of its dotted parts is in VISION_MODULES."""
-    return any(part in VISION_MODULES for part in name.split("."))
+def model_family(model_path: str) -> Family:
+    """The family of the model folder (trainer/families.py); a plain causal LM is CAUSAL_LM."""
+    try:
+        return family_of(model_config(model_path), text_ok=True)
+    except UnsupportedModel as e:
+        raise TrainerError("invalid_model", str(e)) from None
 
 
 def is_vision_model(model_path: str) -> bool:
-    cfg = json.loads((Path(model_path) / "config.json").read_text())
-    return "vision_config" in cfg
+    return "vision_config" in model_config(model_path)
 
 
 def load_processor(model_path: str, vision: bool):
@@ -71,11 +74,15 @@ def load_model(model_path: str, vision: bool, dtype: torch.dtype, *, freeze_visi
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     cls = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+    family = model_family(model_path)
     model = cls.from_pretrained(model_path, dtype=dtype)
     model.config.use_cache = False
+    if vision and not any(family.is_vision_module(n) for n, _ in model.named_modules()):
+        raise TrainerError("invalid_model", f"no module of {type(model).__name__} is named like a vision tower "
+                           f"({', '.join(family.vision_modules)}): add its family to trainer/families.py")
     if freeze_vision:
         for name, p in model.named_parameters():
-            if is_vision_module(name):
+            if family.is_vision_module(name):
                 p.requires_grad_(False)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -84,11 +91,12 @@ def load_model(model_path: str, vision: bool, dtype: torch.dtype, *, freeze_visi
         from peft import LoraConfig, get_peft_model
 
         # The full names of the matching modules outside the vision tower (peft's own rule: name or .name).
-        targets = [n for n, _ in model.named_modules() if not is_vision_module(n)
-                   and any(n == t or n.endswith("." + t) for t in lora.target_modules)]
+        wanted = list(lora.target_modules) or list(family.lora_targets)
+        targets = [n for n, _ in model.named_modules() if not family.is_vision_module(n)
+                   and any(n == t or n.endswith("." + t) for t in wanted)]
         if not targets:
             raise TrainerError("invalid_hyperparameters",
-                               f"lora.target_modules {lora.target_modules} match no module of the language model")
+                               f"lora.target_modules {wanted} match no module of the language model")
         cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
                          bias="none", task_type="CAUSAL_LM")
         model = get_peft_model(model, cfg)
@@ -115,11 +123,5 @@ def stop_token_ids(model_path: str, tokenizer) -> list[int]:
 
 
 def placeholder_token_ids(config) -> list[int]:
-    """Image/video/vision placeholder token ids of a multimodal config (none for a text-only model)."""
-    ids = set()
-    for cfg in (config, getattr(config, "text_config", None)):
-        for key, value in (vars(cfg).items() if cfg is not None else ()):
-            if key.endswith("_token_id") and isinstance(value, int) and any(
-                    w in key for w in ("image", "video", "vision", "audio")):
-                ids.add(value)
-    return sorted(ids)
+    """Image/video placeholder token ids of a model config, by its family (none for a text-only model)."""
+    return family_of(config, text_ok=True).placeholder_ids(config)

@@ -31,6 +31,7 @@ from typing import Iterable
 import torch
 
 from trainer.data import Prompt, pack_prompts
+from trainer.families import Family, family_of
 
 log = logging.getLogger("trainer.rollout")
 
@@ -139,14 +140,14 @@ class HFRollout:
 @torch.no_grad()
 def decode(model, ids: torch.Tensor, att: torch.Tensor, mm: dict, *, n: int, max_new_tokens: int,
            temperature: float, top_p: float, suppress_ids: list[int], stop_ids: list[int],
-           generator: torch.Generator, step_model=None) -> torch.Tensor:
+           generator: torch.Generator, step_model=None, family: Family | None = None) -> torch.Tensor:
     """Sample n continuations of each left-padded prompt: tokens [B * n, T], a prompt's n rows together.
 
     ids, att: [B, P] prompt tokens and attention mask (0 = left padding); mm: the processor's extra inputs
     (pixel_values, image_grid_thw, mm_token_type_ids, ...), given to the prefill only. temperature 0 = greedy.
     T <= max_new_tokens: the loop stops once every row has sampled a stop token; tokens after a row's first
     stop token are junk (the caller cuts there). step_model: what the decode steps call instead of `model`
-    (its compiled wrapper; same parameters).
+    (its compiled wrapper; same parameters). family: the model's (trainer/families.py), else found from its config.
 
     What `model.generate(do_sample=True, top_k=0, num_return_sequences=n, suppress_tokens=...)` does, without
     its Python overhead (config validation, logits processor objects, stopping criteria, input preparation:
@@ -157,16 +158,16 @@ def decode(model, ids: torch.Tensor, att: torch.Tensor, mm: dict, *, n: int, max
     """
     B, P = ids.shape
     N = B * n
-    # Positions exactly as `generate` builds them (its own helper, private API: test_decode.py fails if an
-    # upgrade moves it): [B, P] counted over the unpadded tokens, or [4, B, P] for M-RoPE models (Qwen2-VL
-    # family: a text row, then the temporal/height/width rows of the image tokens). Decode steps then add 1.
-    pos = model._prepare_position_ids_for_generation(ids, {"attention_mask": att, **mm})
+    family = family or family_of(model.config, text_ok=True)
+    # Positions as `generate` builds them, by the model's family (trainer/families.py; test_decode.py checks them
+    # against generate): [B, P] over the unpadded tokens, or [4, B, P] for M-RoPE (text row + t/h/w rows).
+    pos = family.position_ids(model, ids, att, mm)
     out = model(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True, logits_to_keep=1, **mm)
     cache = out.past_key_values  # DynamicCache: keys/values [B, heads, P, head_dim] per layer
     if n > 1:
         cache.batch_repeat_interleave(n)  # [N, heads, P, head_dim]: n copies of each prompt's cache
     logits = out.logits[:, -1].float().repeat_interleave(n, dim=0)  # [N, V]
-    pos = pos[..., -1:].repeat_interleave(n, dim=-2)  # [N, 1] or [4, N, 1]: each row's last position
+    last = pos[..., -1:].repeat_interleave(n, dim=-2)  # [N, 1] or [4, N, 1]: each row's last position
     # [N, P]; None when no prompt is padded: the causal mask alone is right, and decode steps skip building one.
     att = att.repeat_interleave(n, dim=0) if not bool(att.all()) else None
 
@@ -192,7 +193,7 @@ def decode(model, ids: torch.Tensor, att: torch.Tensor, mm: dict, *, n: int, max
         # Feed tok [N] back: one position further, attending to the prompt and every sampled token.
         if att is not None:
             att = torch.cat([att, att.new_ones(N, 1)], dim=1)  # [N, P + t + 1]
-        pos = pos + 1
+        pos = family.decode_positions(last, t + 1)
         out = step(input_ids=tok[:, None], attention_mask=att, position_ids=pos, past_key_values=cache,
                     use_cache=True)
         logits = out.logits[:, -1].float()  # [N, V]
@@ -341,8 +342,5 @@ def _inspect_in_process(cpu: bool):
 
 def kv_cache_bytes(config, tokens: int, dtype_bytes: int) -> int:
     """KV cache for `tokens` tokens of a transformers config (CPU: vLLM allocates exactly this), x2 slack."""
-    text = getattr(config, "text_config", None) or config
-    heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    per_token = 2 * text.num_hidden_layers * heads * head_dim * dtype_bytes
+    per_token = family_of(config, text_ok=True).kv_bytes_per_token(config, dtype_bytes)
     return max(64 << 20, 2 * per_token * tokens)

@@ -117,7 +117,52 @@ def wait_for_event(job: Path, proc: subprocess.Popen, pred, timeout: float = 180
     raise AssertionError("timed out waiting for an event")
 
 
+def pause_then_resume(job: Path, tmp: Path) -> tuple[dict, list[dict], Path]:
+    """The job again, into `tmp`: paused (SIGUSR1, as the job runner pauses) once GRPO has started, then resumed
+    from the checkpoint the pause wrote. (the paused event, the events of both runs, the resumed output dir)"""
+    spec = json.loads(job.read_text())
+    spec["output_dir"] = str(tmp / "out")
+    again = tmp / "job.json"
+    again.write_text(json.dumps(spec))
+    proc = start_trainer(again, trainer_env(tmp), tmp / "trainer.log")
+    wait_for_event(again, proc, lambda e: e["type"] == "message" and e["message"].startswith("GRPO:"))
+    os.kill(int((tmp / "out" / "trainer.pid").read_text()), signal.SIGUSR1)
+    assert proc.wait(300) == 0, (tmp / "trainer.log").read_text()[-4000:]
+    paused = read_events(again)[-1]
+    assert paused["type"] == "paused", paused
+    assert (tmp / "out" / paused["path"] / "trainer_state").is_dir()
+    spec["resume_from"] = str(tmp / "out" / paused["path"])
+    again.write_text(json.dumps(spec))
+    rc, events, log = run_trainer(again, tmp)
+    assert rc == 0, log[-4000:]
+    return paused, events, tmp / "out"
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    """The two folders' model.safetensors hold the same tensors (to 1e-6)."""
+    import torch
+
+    x, y = load_safetensors(a), load_safetensors(b)
+    assert x.keys() == y.keys()
+    for k in x:
+        assert torch.allclose(x[k], y[k], rtol=0, atol=1e-6), k
+
+
 def load_safetensors(folder: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def qwen25_3b_l1(tmp_path_factory):
+    """`python -m trainer.tiny_model --like qwen2.5-vl-3b --layers 1` into a VRFT_HOME: its folder, output, time
+    and environment (built once for the session: the family builds and the real-shape jobs share it)."""
+    home = tmp_path_factory.mktemp("vrft-home")
+    env = dict(os.environ, VRFT_HOME=str(home), DS_ACCELERATOR="cpu")
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "trainer.tiny_model", "--like", "qwen2.5-vl-3b", "--layers", "1"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return home / "models" / "qwen2.5-vl-3b-L1", proc.stdout, elapsed, env

@@ -6,18 +6,17 @@ and two CPU ranks that stay identical."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.helpers import free_port
 from tests.trainer.conftest import (
-    load_safetensors,
+    assert_same_weights,
+    pause_then_resume,
     read_events,
     run_trainer,
     start_trainer,
@@ -143,31 +142,12 @@ def test_grpo_checkpoints_best_and_last_kept(grpo_run):
 def test_pause_then_resume_equals_straight_run(grpo_run, tmp_path):
     """SIGUSR1 -> checkpoint + `paused` + exit 0; resume_from -> same final weights as the straight run."""
     job, events, _ = grpo_run
-    spec = json.loads(job.read_text())
-    spec["output_dir"] = str(tmp_path / "out")
-    paused_job = tmp_path / "job.json"
-    paused_job.write_text(json.dumps(spec))
-    proc = start_trainer(paused_job, trainer_env(tmp_path), tmp_path / "trainer.log")
-    wait_for_event(paused_job, proc, lambda e: e["type"] == "message" and e["message"].startswith("GRPO:"))
-    os.kill(int((tmp_path / "out" / "trainer.pid").read_text()), signal.SIGUSR1)
-    assert proc.wait(300) == 0, (tmp_path / "trainer.log").read_text()[-4000:]
-    first = read_events(paused_job)
-    paused = first[-1]
-    assert paused["type"] == "paused" and paused["step"] < 4, first[-3:]
-    assert (tmp_path / "out" / paused["path"] / "trainer_state").is_dir()
-
-    spec["resume_from"] = str(tmp_path / "out" / paused["path"])
-    paused_job.write_text(json.dumps(spec))
-    rc, all_events, log = run_trainer(paused_job, tmp_path)
-    assert rc == 0, log[-4000:]
+    paused, all_events, out = pause_then_resume(job, tmp_path)
+    assert paused["step"] < 4, paused
     _assert_seq(all_events)  # seq continues across the restart
     steps = [e["step"] for e in all_events if e["type"] == "metrics"]
     assert steps == [1, 2, 3, 4]  # no step lost or repeated
-    straight = load_safetensors(Path(json.loads(job.read_text())["output_dir"]) / "final")
-    resumed = load_safetensors(tmp_path / "out" / "final")
-    assert straight.keys() == resumed.keys()
-    for k in straight:
-        assert torch.allclose(straight[k], resumed[k], rtol=0, atol=1e-6), k
+    assert_same_weights(Path(json.loads(job.read_text())["output_dir"]) / "final", out / "final")
     # Same rewards at every step as the straight run (same samples).
     straight_r = [e["data"]["scores"]["train_reward_mean"] for e in _by_type(events, "metrics")]
     resumed_r = [e["data"]["scores"]["train_reward_mean"] for e in _by_type(all_events, "metrics")]
