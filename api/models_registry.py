@@ -1,5 +1,6 @@
 """Which models exist for a project: base models on disk (HF folders under `{home}/models/` or named in
-settings) and the project's finished fine-tuned models and checkpoints (its own, or shared with it)."""
+settings), Hugging Face ids (configured in settings, or already in the hub cache), and the project's finished
+fine-tuned models and checkpoints (its own, or shared with it)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from sqlmodel import Session, select
 
+from api import hub
 from api.schemas import ModelObject
 from api.settings import Settings
 from api.tables import Checkpoint, CheckpointPermission, Job, Project
@@ -48,15 +50,26 @@ def _project_models(session: Session, project: Project) -> list[ModelObject]:
     return out
 
 
+def hub_models(settings: Settings) -> list[ModelObject]:
+    """Hugging Face ids any project may call: those configured in `base_models` (downloaded on first use) and
+    every snapshot in the hub cache that a branch or tag names (a job's model once the job downloaded it)."""
+    cached = hub.cached_ids(settings)
+    ids = {**{i: (ref, 0) for i, ref in hub.configured(settings).items()}, **cached}
+    return [ModelObject(id=i, created=created, owned_by=ref.org) for i, (ref, created) in sorted(ids.items())]
+
+
 def list_models(session: Session, settings: Settings, project: Project) -> list[ModelObject]:
     bases = [ModelObject(id=m.id, created=m.created, owned_by="vrft") for m in base_models(settings).values()]
-    return bases + _project_models(session, project)
+    return bases + hub_models(settings) + _project_models(session, project)
 
 
 def get_model(session: Session, settings: Settings, project: Project, model_id: str) -> ModelObject | None:
     for m in list_models(session, settings, project):
         if m.id == model_id:
             return m
+    ref = hub.parse(model_id)
+    if ref is not None and hub.cached_snapshot(settings, ref) is not None:  # `org/name@<commit>`, say
+        return ModelObject(id=model_id, created=0, owned_by=ref.org)
     ckpt = session.exec(
         select(Checkpoint).where(
             Checkpoint.fine_tuned_model_checkpoint == model_id, Checkpoint.project_id == project.id

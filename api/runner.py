@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlmodel import Session, select
 
+from api import hub
 from api.db import session_scope
 from api.errors import APIError
 from api.ids import new_id, now
@@ -152,8 +153,10 @@ class JobRunner:
 
         train = stage(job.training_file, "train.jsonl")
         valid = stage(job.validation_file, "valid.jsonl") if job.validation_file else None
+        pin = (job.progress or {}).get("hub")  # a Hugging Face id, pinned to a commit at creation
+        model = self._download_model(job_id, job.model, pin, stager.heartbeat) if pin else None
         with session_scope(st) as s:
-            model = local_model_path(s, st, self.storage, job.project_id, job.model)
+            model = model or local_model_path(s, st, self.storage, job.project_id, job.model)
             resume_from = self._resume_point(s, job, job_dir / "output")
         kind = job.method["type"]
         params = job.method.get(kind) or {}
@@ -165,6 +168,37 @@ class JobRunner:
             rollout_engine=st.rollout_engine, rollout_compile=st.rollout_compile,
             num_ranks=st.trainer_num_ranks,
         )
+
+    def _download_model(self, job_id: str, model_id: str, pin: dict, heartbeat: Callable[[], None]) -> Path:
+        """The job's hub model at its pinned commit, downloaded into the hub cache if it is not there yet, with
+        progress events (bytes done of total, one every `hub_progress_seconds` at most). The heartbeat renews
+        the lease and stops the download on a cancel, a pause or a shutdown; a worker that takes the job over
+        starts again from the files already complete."""
+        st = self.settings
+        ref = hub.HubRef(pin["repo"], pin["revision"])
+        if (folder := hub.cached_snapshot(st, ref, pin["sha"])) is not None:
+            return folder
+        last = -float("inf")
+        ended = False
+
+        def progress(done: int, total: int) -> None:
+            nonlocal last, ended
+            heartbeat()
+            t = time.monotonic()
+            if ended or (done < total and t - last < st.hub_progress_seconds):
+                return
+            last, ended = t, done >= total > 0
+            word = "Downloaded" if ended else "Downloading"
+            message = (f"{word} {model_id}: {hub.human_bytes(total)}" if ended else
+                       f"{word} {model_id}: {hub.human_bytes(done)} of {hub.human_bytes(total)}")
+            with session_scope(st) as s:
+                svc.add_event(s, self._job(s, job_id), message,
+                              data={"downloaded_bytes": done, "total_bytes": total, "commit": pin["sha"]})
+
+        try:
+            return hub.download(st, ref, pin["sha"], on_progress=progress)
+        except hub.HubUnavailable as e:
+            raise StagingError("model_download_failed", f"the model could not be downloaded: {e}") from None
 
     def _resume_point(self, s: Session, job: Job, out_dir: Path) -> str | None:
         """The newest recorded checkpoint that still holds its optimizer state (`trainer_state/`), on this

@@ -54,7 +54,20 @@ class Settings(BaseSettings):
     """Largest body of a chat or completions request (images as data URLs included)."""
 
     base_models: list[str] = []
-    """Extra base model folders (HF format) besides those under `{home}/models/`, as a JSON list."""
+    """Extra base models besides the folders under `{home}/models/`, as a JSON list: HF folders, or Hugging Face
+    Hub ids (`org/name`, `org/name@revision`) that any project may call for chat (downloaded on first use)."""
+    hub_downloads: bool = True
+    """Download Hugging Face Hub models (job `model`s, hub ids in `base_models`) on first use. False: only ids
+    already in the hub cache work; others get a 400 (jobs) or a 404 (chat) that says so."""
+    hub_progress_seconds: float = 5.0
+    """A job whose model downloads gets one progress event (bytes done of total) at most this often."""
+    hf_home: Path | None = Field(None, validation_alias=AliasChoices("HF_HOME", "hf_home"))
+    """`HF_HOME`: when set, hub models are cached in `$HF_HOME/hub` (shared with other Hugging Face tools)
+    instead of `{home}/hub`."""
+    hf_endpoint: str = Field("https://huggingface.co", validation_alias=AliasChoices("HF_ENDPOINT", "hf_endpoint"))
+    """`HF_ENDPOINT`: the Hugging Face Hub (or a mirror) that hub ids are resolved on."""
+    hf_token: SecretStr | None = Field(None, validation_alias=AliasChoices("HF_TOKEN", "hf_token"))
+    """`HF_TOKEN`: the token sent to the hub, for gated and private repos."""
     embedded_worker: bool = True
     """`vrft serve` runs a job worker in the same process."""
     worker_train: bool = True
@@ -68,6 +81,14 @@ class Settings(BaseSettings):
     """Training processes per job. 1 runs `python -m trainer`; more go through DeepSpeed's launcher."""
     trainer_hostfile: str | None = None
     """A DeepSpeed hostfile: the trainer then spans the nodes it lists."""
+    accelerator: Literal["auto", "cpu", "cuda"] = "auto"
+    """What training runs on, for the memory plan: auto is a GPU where `nvidia-smi` is found on this host. Set it
+    when workers run on other machines than the API. (The install reads the same `VRFT_ACCELERATOR` to pick the
+    CUDA or the CPU stack: scripts/install_ml_stack.sh.)"""
+    device_memory_gib: float | None = None
+    """Memory of each training device in GiB (a GPU's, or the worker host's RAM on CPU), for the memory plan a
+    job gets at creation (trainer/memory.py). Unset: this host's first GPU, else its RAM. Set it when workers
+    run on other machines than the API."""
     rollout_engine: str = "vllm"
     """`vllm` (offline engine in the trainer) or `hf` (the training model in a transformers decode loop)."""
     rollout_compile: bool = False
@@ -183,6 +204,11 @@ class Settings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         return self.home / "cache"
+
+    @property
+    def hub_cache_dir(self) -> Path:
+        """huggingface_hub's cache layout (`models--org--name/{blobs,refs,snapshots}`)."""
+        return self.hf_home.expanduser().resolve() / "hub" if self.hf_home else self.home / "hub"
 
 
 @lru_cache

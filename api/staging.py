@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sqlmodel import Session, select
 
-from api import models_registry
+from api import hub, models_registry
 from api.settings import Settings
 from api.storage import Storage, get_tree
 from api.tables import Checkpoint, File, Job
@@ -121,11 +121,21 @@ def image_parts(row: dict) -> Iterator[tuple[str, dict]]:
 
 
 def local_model_path(session: Session, settings: Settings, storage: Storage, project_id: str, model_id: str) -> Path:
-    """A local HF folder for `model_id`: a base model's own folder, or a fine-tuned model or checkpoint of
-    the project downloaded once from storage into the cache."""
+    """A local HF folder for `model_id`: a base model's own folder, a Hugging Face id's snapshot in the hub
+    cache (a configured id is downloaded on first use), or a fine-tuned model or checkpoint of the project
+    downloaded once from storage into the cache."""
     base = models_registry.base_models(settings).get(model_id)
     if base is not None:
         return base.path
+    if hub.parse(model_id) is not None:
+        try:
+            folder = hub.local_folder(settings, model_id)
+        except hub.HubUnavailable as e:
+            raise StagingError("model_not_found", str(e)) from None
+        if folder is None:
+            raise StagingError("model_not_found", f"model {model_id!r} is not in the hub cache; list it in "
+                                                  "VRFT_BASE_MODELS to have it downloaded on first use")
+        return folder
     prefix: str | None = None
     job = session.exec(select(Job).where(Job.fine_tuned_model == model_id, Job.status == "succeeded")).first()
     if job is not None and job.output_key:

@@ -3,6 +3,8 @@ that hands a job to exactly one worker."""
 
 from __future__ import annotations
 
+import json
+import logging
 import random
 import re
 import time
@@ -11,7 +13,7 @@ from typing import Any
 from sqlalchemy import or_, update
 from sqlmodel import Session, select
 
-from api import models_registry
+from api import hub, models_registry
 from api.errors import APIError, not_found, shown
 from api.ids import new_id, now
 from api.schemas import (
@@ -41,6 +43,8 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
 GRADER_PARAM = "method.reinforcement.grader"
 RESPONSE_FORMAT_PARAM = "method.reinforcement.response_format"
 SCHEMA_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # OpenAI's rule for json_schema.name
+
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- wire
@@ -215,9 +219,41 @@ def _validate_grader(spec: dict[str, Any]) -> None:
         raise APIError(400, f"Invalid grader: {e.message}", param=param, code="invalid_grader") from None
 
 
+def _plan_memory(settings: Settings, model: str, pin: dict | None, method: dict) -> Any:
+    """The memory plan of a job on a base model or hub id (trainer/memory.py): None when the model's config is
+    not at hand (a fine-tuned model in remote storage). Knobs it chooses are written into `method`'s
+    hyperparameters; a job that cannot fit is a 400 saying what would."""
+    from trainer.memory import check_job, default_device
+
+    base = models_registry.base_models(settings).get(model)
+    if pin is not None:
+        config = hub.pinned_config(settings, pin)
+    elif base is not None:
+        config = json.loads((base.path / "config.json").read_text())
+    else:
+        return None
+    kind = method["type"]
+    if not method.get(kind):
+        method[kind] = {}
+    hp = method[kind].setdefault("hyperparameters", {})
+    try:
+        plan = check_job(config, kind, hp, settings.device_memory_gib, settings.trainer_num_ranks,
+                         rollout_engine=settings.rollout_engine,
+                         device={"auto": default_device(), "cpu": "cpu", "cuda": "gpu"}[settings.accelerator])
+    except (KeyError, TypeError, ValueError) as e:  # a config the estimate cannot read: the trainer decides
+        log.warning("no memory plan for %s: %s: %s", model, type(e).__name__, e)
+        return None
+    if not plan.fits:
+        raise APIError(400, f"This job does not fit in memory: it {plan.message}.",
+                       param=f"method.{kind}.hyperparameters", code="insufficient_memory")
+    hp.update(plan.changes)
+    return plan
+
+
 def create_job(session: Session, settings: Settings, project: Project, body: JobCreate) -> Job:
     method = _resolve_method(body, settings)
-    if models_registry.resolve_trainable(session, settings, project, body.model) is None:
+    pin = hub.check_for_job(settings, body.model)  # a Hugging Face id: checked and pinned to a commit
+    if pin is None and models_registry.resolve_trainable(session, settings, project, body.model) is None:
         raise APIError(
             400,
             f"Model '{body.model}' is not available for fine-tuning. GET /v1/models lists the base models.",
@@ -227,6 +263,7 @@ def create_job(session: Session, settings: Settings, project: Project, body: Job
     _check_training_file(session, project, body.training_file, "training_file", method["type"])
     if body.validation_file:
         _check_training_file(session, project, body.validation_file, "validation_file", method["type"])
+    memory = _plan_memory(settings, body.model, pin, method)
     job = Job(
         id=new_id("ftjob-"),
         project_id=project.id,
@@ -242,6 +279,7 @@ def create_job(session: Session, settings: Settings, project: Project, body: Job
         metadata_=body.metadata,
         integrations=[i.model_dump(exclude_none=True) for i in body.integrations] if body.integrations else None,
         result_files=[],
+        progress={"hub": pin} if pin else None,
     )
     session.add(job)
     session.flush()
@@ -250,6 +288,10 @@ def create_job(session: Session, settings: Settings, project: Project, body: Job
     if job.validation_file:
         files += f" and validation file: {job.validation_file}"
     add_event(session, job, files)
+    if pin:
+        add_event(session, job, f"Model {body.model} resolved to commit {pin['sha']} on the Hugging Face Hub")
+    if memory is not None:
+        add_event(session, job, f"Memory plan: {memory.message}", data={"memory_plan": memory.estimate.gib()})
     if job.integrations:
         add_event(
             session,

@@ -1,7 +1,8 @@
-"""Which models a project may call for chat: base models, its fine-tuned models and checkpoints, checkpoints
-shared with it. Anything else is a 404, with a clear message when the model is one of the project's jobs that
-has not (or not yet) succeeded. `ModelAccess` also answers serving's questions about models
-(serving.interface `ModelSource`): where a model's weights are, which jobs newly succeeded."""
+"""Which models a project may call for chat: base models (Hugging Face ids among them: those configured in
+VRFT_BASE_MODELS, downloaded on first use, and any already in the hub cache), its fine-tuned models and
+checkpoints, checkpoints shared with it. Anything else is a 404, with a clear message when the model is one of
+the project's jobs that has not (or not yet) succeeded. `ModelAccess` also answers serving's questions about
+models (serving.interface `ModelSource`): where a model's weights are, which jobs newly succeeded."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 from sqlmodel import Session, select
 from starlette.concurrency import run_in_threadpool
 
-from api import models_registry
+from api import hub, models_registry
 from api.auth import TTLCache
 from api.db import session_scope
 from api.errors import APIError
@@ -37,6 +38,10 @@ def check_access(session: Session, settings: Settings, project: Project, model_i
         raise APIError(404, f"The model '{model_id}' is not ready: its fine-tuning job {job.id} {state}. "
                             "A fine-tuned model can be used once its job has succeeded.", param="model",
                        code="model_not_ready")
+    if hub.parse(model_id) is not None:
+        raise APIError(404, f"The model '{model_id}' is not served here: a Hugging Face id can be called once it is "
+                            "listed in VRFT_BASE_MODELS or is in the server's hub cache (a fine-tuning job on it "
+                            "downloads it).", param="model", code="model_not_found")
     raise APIError(404, f"The model '{model_id}' does not exist or you do not have access to it.", param="model",
                    code="model_not_found")
 
