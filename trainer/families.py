@@ -100,6 +100,91 @@ def standard_kv_bytes(config: Any, dtype_bytes: int) -> int:
     return 2 * _get(t, "num_hidden_layers") * kv_heads * head_dim * dtype_bytes
 
 
+# ---------------------------------------------------------------- vision parameters (the memory plan's)
+
+def _first(d: dict, *keys: str, default: Any = None) -> Any:
+    """The first of `keys` that `d` sets (configs name one width differently by family)."""
+    return next((d[k] for k in keys if d.get(k) is not None), default)
+
+
+def _linear(n_in: int, n_out: int, bias: bool = True) -> int:
+    return n_in * n_out + (n_out if bias else 0)
+
+
+def _patch_inputs(v: dict) -> int:
+    """Values in one patch: channels x temporal patch x patch x patch (Qwen's Conv3d embedding)."""
+    channels = _first(v, "in_channels", "in_chans", default=3)
+    return channels * v.get("temporal_patch_size", 2) * v.get("patch_size", 14) ** 2
+
+
+def qwen2_vl_vision_parameters(config: dict) -> int:
+    """Qwen2-VL's tower: Conv3d patch embedding (no bias), LayerNorm/QuickGELU blocks, the 2x2 merger."""
+    v, text_h = config["vision_config"], _text(config)["hidden_size"]
+    m2 = v.get("spatial_merge_size", 2) ** 2
+    d = _first(v, "embed_dim", default=1280)
+    out = _first(v, "hidden_size", default=text_h)  # Qwen2-VL's vision "hidden_size" is the merger's output
+    hidden_mlp = int(d * v.get("mlp_ratio", 4))
+    block = (2 * 2 * d  # norm1, norm2: LayerNorm weight + bias
+             + _linear(d, 3 * d) + _linear(d, d)  # qkv, proj
+             + _linear(d, hidden_mlp) + _linear(hidden_mlp, d))  # fc1, fc2 (QuickGELU)
+    merger = 2 * d + _linear(d * m2, d * m2) + _linear(d * m2, out)  # ln_q (LayerNorm), 2-layer MLP
+    return _patch_inputs(v) * d + v["depth"] * block + merger
+
+
+def qwen2_5_vl_vision_parameters(config: dict) -> int:
+    """Qwen2.5-VL's tower: RMSNorm/SwiGLU blocks (windowed attention adds no weights), the 2x2 merger."""
+    v, text_h = config["vision_config"], _text(config)["hidden_size"]
+    m2 = v.get("spatial_merge_size", 2) ** 2
+    d, hi = v["hidden_size"], v["intermediate_size"]
+    out = _first(v, "out_hidden_size", default=text_h)
+    block = (2 * d  # norm1, norm2: RMSNorm
+             + _linear(d, 3 * d) + _linear(d, d)  # qkv, proj
+             + 2 * _linear(d, hi) + _linear(hi, d))  # SwiGLU gate, up, down, with biases
+    merger = d + _linear(d * m2, d * m2) + _linear(d * m2, out)  # ln_q (RMSNorm), 2-layer MLP
+    return _patch_inputs(v) * d + v["depth"] * block + merger
+
+
+def qwen3_vl_vision_parameters(config: dict) -> int:
+    """Qwen3-VL's tower: a biased Conv3d embedding, learnt positions, LayerNorm/GELU blocks, the merger and
+    one DeepStack merger per tapped block."""
+    v, text_h = config["vision_config"], _text(config)["hidden_size"]
+    m2 = v.get("spatial_merge_size", 2) ** 2
+    d, hi = v["hidden_size"], v["intermediate_size"]
+    out = _first(v, "out_hidden_size", default=text_h)
+    block = (2 * 2 * d + _linear(d, 3 * d) + _linear(d, d)  # LayerNorms, qkv, proj
+             + _linear(d, hi) + _linear(hi, d))  # fc1, fc2 (GELU)
+    merger = 2 * d + _linear(d * m2, d * m2) + _linear(d * m2, out)  # norm (LayerNorm), fc1, fc2
+    # DeepStack: one more merger per tapped block, normalising after the 2x2 shuffle (d * m2 wide)
+    deepstack = len(v.get("deepstack_visual_indexes", [])) * (2 * d * m2 + _linear(d * m2, d * m2)
+                                                              + _linear(d * m2, out))
+    pos = v.get("num_position_embeddings", 0) * d  # learnt absolute position embedding
+    return _linear(_patch_inputs(v), d) + pos + v["depth"] * block + merger + deepstack
+
+
+def vit_vision_parameters(config: dict) -> int:
+    """A SigLIP / CLIP-style ViT and a 2-layer projector: exact for LLaVA-OneVision's SigLIP (with its learnt
+    `image_newline`, see llava_vision_parameters), an approximation for an unknown family."""
+    v, text_h = config["vision_config"], _text(config)["hidden_size"]
+    patch = v.get("patch_size", 14)
+    d = _first(v, "hidden_size", "embed_dim", default=1024)
+    hi = _first(v, "intermediate_size", default=4 * d)
+    depth = _first(v, "num_hidden_layers", "depth", default=24)
+    image = _first(v, "image_size", default=384)
+    block = (2 * 2 * d  # layer_norm1, layer_norm2 (weight + bias)
+             + 4 * _linear(d, d) + _linear(d, hi) + _linear(hi, d))  # q, k, v, out; fc1, fc2
+    tower = (_linear(_first(v, "num_channels", default=3) * patch * patch, d)  # patch conv
+             + (image // patch) ** 2 * d + depth * block + 2 * d)  # position embedding, blocks, post_layernorm
+    if str(v.get("model_type", "")).startswith("siglip") and v.get("vision_use_head", True) is not False:
+        # SigLIP's attention-pooling head (built unless vision_use_head is false): probe, attention, norm, MLP
+        tower += d + _linear(d, 3 * d) + _linear(d, d) + 2 * d + _linear(d, hi) + _linear(hi, d)
+    return tower + _linear(d, text_h) + _linear(text_h, text_h)  # projector: linear_1, GELU, linear_2
+
+
+def llava_vision_parameters(config: dict) -> int:
+    """The ViT and projector plus `image_newline`, the learnt row separator (one text-width vector)."""
+    return vit_vision_parameters(config) + _text(config)["hidden_size"]
+
+
 @dataclass(frozen=True)
 class PixelLimits:
     """Smart-resize limits of a Qwen-style processor: sides multiples of `factor` (patch x merge), the area
@@ -139,6 +224,8 @@ class Family:
     """the IoU grader's `input_format` for the boxes the family was trained to answer in"""
     kv_bytes: Callable = standard_kv_bytes
     """(config, dtype_bytes) -> KV-cache bytes per token"""
+    vision_parameters: Callable = vit_vision_parameters
+    """(config.json dict) -> parameters of the vision tower and projector, for the memory plan"""
     vision: bool = True
     """False only for the plain causal-LM family"""
 
@@ -195,19 +282,22 @@ _QWEN2_PIXELS = PixelLimits(min_pixels=56 * 56, max_pixels=28 * 28 * 16384, fact
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("qwen2_vl", ("Qwen2VLForConditionalGeneration",), ("visual",), ("merger",),
            placeholder_tokens=_QWEN_PLACEHOLDERS, position_ids=positions_mrope, pixels=_QWEN2_PIXELS,
-           chat_template=_QWEN_TEMPLATE, box_convention=dict(NORM1000)),
+           chat_template=_QWEN_TEMPLATE, box_convention=dict(NORM1000),
+           vision_parameters=qwen2_vl_vision_parameters),
     # Qwen2.5-VL answers in absolute pixels of the image it saw, i.e. after smart_resize
     Family("qwen2_5_vl", ("Qwen2_5_VLForConditionalGeneration",), ("visual",), ("merger",),
            placeholder_tokens=_QWEN_PLACEHOLDERS, position_ids=positions_mrope, pixels=_QWEN2_PIXELS,
            chat_template=_QWEN_TEMPLATE,
            box_convention={"box_format": "xyxy", "coordinates": "pixel",
                            "resize": {"factor": _QWEN2_PIXELS.factor, "min_pixels": _QWEN2_PIXELS.min_pixels,
-                                      "max_pixels": _QWEN2_PIXELS.max_pixels}}),
+                                      "max_pixels": _QWEN2_PIXELS.max_pixels}},
+           vision_parameters=qwen2_5_vl_vision_parameters),
     # Qwen3-VL went back to relative 0..1000 coordinates; 16-pixel patches, 2x2 merge
     Family("qwen3_vl", ("Qwen3VLForConditionalGeneration",), ("visual",), ("merger", "deepstack_merger_list"),
            placeholder_tokens=_QWEN_PLACEHOLDERS, position_ids=positions_mrope,
            pixels=PixelLimits(min_pixels=65536, max_pixels=16777216, factor=32),
-           chat_template=_QWEN_TEMPLATE + " (none for Qwen3-VL)", box_convention=dict(NORM1000)),
+           chat_template=_QWEN_TEMPLATE + " (none for Qwen3-VL)", box_convention=dict(NORM1000),
+           vision_parameters=qwen3_vl_vision_parameters),
     # SigLIP tower + 2-layer MLP projector + Qwen2; anyres tiles, not smart_resize. `image_newline` (the
     # learnt row separator between image features) sits beside the projector and trains with it.
     Family("llava_onevision", ("LlavaOnevisionForConditionalGeneration",), ("vision_tower",),
@@ -216,7 +306,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            chat_template=("llava-hf's template writes 'role ' + '\\n' before a turn's text, so an assistant turn "
                           "does not start with the generation prompt: label masking needs a prefix-stable one "
                           "(ChatML, images first)"),
-           box_convention=dict(NORM1)),
+           box_convention=dict(NORM1), vision_parameters=llava_vision_parameters),
 )}
 
 GENERIC = Family("generic", (), GENERIC_VISION_MODULES, GENERIC_PROJECTOR_MODULES)

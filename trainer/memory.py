@@ -29,9 +29,11 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from trainer.families import LM_PROJECTIONS
+
 GIB = 1 << 30
 
-DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DEFAULT_LORA_TARGETS = LM_PROJECTIONS
 
 # ------------------------------------------------------------------------------------- calibration
 
@@ -148,59 +150,17 @@ def count_parameters(config: dict) -> ParamCount:
 
 
 def vision_parameters(config: dict) -> int:
-    """The vision tower: patch embedding, blocks, merger (Qwen2-VL, Qwen2.5-VL, Qwen3-VL exactly; other
-    families approximately, as a ViT with a 2-layer projector)."""
-    v = config.get("vision_config")
-    if not v:
+    """The vision tower and projector: the family adapter's count (trainer/families.py; an unknown family's
+    tower counted as a ViT with a 2-layer projector)."""
+    from trainer.families import GENERIC, UnsupportedModel, family_of
+
+    if not config.get("vision_config"):
         return 0
-    mt = config.get("model_type", "")
-    text_h = _text(config)["hidden_size"]
-    patch, tp = v.get("patch_size", 14), v.get("temporal_patch_size", 2)
-    chans = _get(v, "in_channels", "in_chans", "num_channels", default=3)
-    m2 = v.get("spatial_merge_size", 2) ** 2
-    if mt == "qwen2_vl":
-        d = _get(v, "embed_dim", default=1280)
-        out = _get(v, "hidden_size", default=text_h)  # Qwen2-VL's vision "hidden_size" is the merger's output
-        hidden_mlp = int(d * v.get("mlp_ratio", 4))
-        block = (2 * 2 * d  # norm1, norm2: LayerNorm weight + bias
-                 + _linear(d, 3 * d) + _linear(d, d)  # qkv, proj
-                 + _linear(d, hidden_mlp) + _linear(hidden_mlp, d))  # fc1, fc2 (QuickGELU)
-        merger = 2 * d + _linear(d * m2, d * m2) + _linear(d * m2, out)  # ln_q (LayerNorm), 2-layer MLP
-        return chans * tp * patch * patch * d + v["depth"] * block + merger  # Conv3d patch embedding, no bias
-    if mt in ("qwen2_5_vl", "qwen3_vl"):
-        d, hi = v["hidden_size"], v["intermediate_size"]
-        out = _get(v, "out_hidden_size", default=text_h)
-        if mt == "qwen2_5_vl":
-            block = (2 * d  # norm1, norm2: RMSNorm
-                     + _linear(d, 3 * d) + _linear(d, d)  # qkv, proj
-                     + 2 * _linear(d, hi) + _linear(hi, d))  # SwiGLU gate, up, down, with biases
-            merger = d + _linear(d * m2, d * m2) + _linear(d * m2, out)  # ln_q (RMSNorm), 2-layer MLP
-            return chans * tp * patch * patch * d + v["depth"] * block + merger
-        block = (2 * 2 * d + _linear(d, 3 * d) + _linear(d, d)  # LayerNorms, qkv, proj
-                 + _linear(d, hi) + _linear(hi, d))  # fc1, fc2 (GELU)
-        merger = 2 * d + _linear(d * m2, d * m2) + _linear(d * m2, out)  # norm (LayerNorm), fc1, fc2
-        # DeepStack: one more merger per tapped block, normalising after the 2x2 shuffle (d * m2 wide)
-        deepstack = len(v.get("deepstack_visual_indexes", [])) * (2 * d * m2 + _linear(d * m2, d * m2)
-                                                                  + _linear(d * m2, out))
-        pos = v.get("num_position_embeddings", 0) * d  # learnt absolute position embedding
-        return (_linear(chans * tp * patch * patch, d) + pos  # Conv3d patch embedding with bias
-                + v["depth"] * block + merger + deepstack)
-    # A SigLIP / CLIP-style ViT and a 2-layer projector: exact for LLaVA-OneVision (SigLIP), an approximation
-    # for other families.
-    d = _get(v, "hidden_size", "embed_dim", default=1024)
-    hi = _get(v, "intermediate_size", default=4 * d)
-    depth = _get(v, "num_hidden_layers", "depth", default=24)
-    image = _get(v, "image_size", default=384)
-    block = (2 * 2 * d  # layer_norm1, layer_norm2 (weight + bias)
-             + 4 * _linear(d, d) + _linear(d, hi) + _linear(hi, d))  # q, k, v, out; fc1, fc2
-    tower = (_linear(chans * patch * patch, d) + (image // patch) ** 2 * d  # patch conv, position embedding
-             + depth * block + 2 * d)  # post_layernorm
-    if str(v.get("model_type", "")).startswith("siglip") and v.get("vision_use_head", True) is not False:
-        # SigLIP's attention-pooling head (built unless vision_use_head is false): probe, attention, norm, MLP
-        tower += d + _linear(d, 3 * d) + _linear(d, d) + 2 * d + _linear(d, hi) + _linear(hi, d)
-    projector = _linear(d, text_h) + _linear(text_h, text_h)  # linear_1, GELU, linear_2
-    newline = text_h if mt in ("llava_onevision", "llava_next", "llava_next_video") else 0  # image_newline
-    return tower + projector + newline
+    try:
+        family = family_of(config)
+    except UnsupportedModel:
+        family = GENERIC
+    return family.vision_parameters(config)
 
 
 def lora_parameters(config: dict, r: int, targets: list[str] | tuple[str, ...]) -> int:
@@ -346,8 +306,7 @@ def activation_bytes(config: dict, job: Job) -> dict[str, int]:
     v = config.get("vision_config")
     if v and job.lora_r is None and not job.freeze_vision and images:
         # A frozen tower (freeze_vision, LoRA) keeps nothing: its inputs need no gradient.
-        d = _get(v, "embed_dim", "hidden_size", default=1280) if config.get("model_type") == "qwen2_vl" \
-            else _get(v, "hidden_size", default=1280)
+        d = _get(v, "embed_dim", "hidden_size", default=1280)  # the tower's width (Qwen2-VL names it embed_dim)
         iv = _get(v, "intermediate_size", default=int(d * v.get("mlp_ratio", 4)))
         patches = images * job.image_tokens * v.get("spatial_merge_size", 1) ** 2  # patches per LM token
         depth = _get(v, "depth", "num_hidden_layers", default=24)
