@@ -152,10 +152,19 @@ def write_pid(output_dir: Path) -> None:
 
 
 def memory_stats() -> dict:
-    """Peak resident memory of this process (and peak GPU memory allocated by torch), in MB."""
-    import resource
+    """Peak resident memory of this process (and peak GPU memory allocated by torch), in MB.
 
-    out = {"rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    VmHWM, the peak of this process image's own memory, not getrusage's ru_maxrss: Linux carries ru_maxrss
+    across exec, so a trainer started from a large parent (a test runner holding a model) would report the
+    parent's peak."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        peak_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):  # not Linux
+        import resource
+
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = {"rss_peak_mb": peak_kb / 1024}
     if torch.cuda.is_available():
         out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out

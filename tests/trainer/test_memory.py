@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -234,3 +235,16 @@ def test_check_job_from_hyperparameters():
     lora = check_job(QWEN25_VL_3B, "supervised", {"lora": {"r": 16}, "batch_size": 8}, device_gib=40, ranks=1,
                      device="gpu")
     assert lora.fits and lora.changes == {} and lora.estimate.trainable < lora.estimate.parameters / 100
+
+
+def test_a_trainer_started_from_a_large_parent_reports_its_own_peak(tmp_path):
+    """memory_stats (the metrics events' rss_peak_mb, which the memory plan is checked against) is the trainer's
+    own peak: a 1 GiB parent that starts it (as a test runner holding a model does) does not leak into it."""
+    parent = ("import subprocess, sys\n"
+              "ballast = bytearray(1 << 30)\n"  # 1 GiB, touched: resident
+              "print(subprocess.run([sys.executable, '-c', 'from trainer.process import memory_stats; "
+              "print(memory_stats()[\"rss_peak_mb\"])'], capture_output=True, text=True, check=True).stdout)\n")
+    out = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    child_peak_mb = float(out.stdout.split()[-1])
+    assert 50 < child_peak_mb < 800, child_peak_mb  # torch's import alone, not the parent's 1024 MB and more
