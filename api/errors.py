@@ -114,6 +114,20 @@ def validation_error_to_api_error(exc: RequestValidationError) -> APIError:
     return APIError(400, f"Invalid value for '{param}': {msg}.", param=param, code="invalid_value")
 
 
+def allowed_methods(req: Request) -> list[str]:
+    """The methods some route serves at this request's path, for a 405's Allow header. (Starlette's own 405
+    names the methods of the first route whose path matches, and a path such as /v1/files/{id} has several.)"""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    scope = {**req.scope, "method": "*"}
+    for route in req.app.router.routes:
+        match, _ = route.matches(scope)
+        if match != Match.NONE and getattr(route, "methods", None):
+            methods |= route.methods
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_req: Request, exc: APIError) -> JSONResponse:
@@ -133,7 +147,8 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             err = APIError(404, f"Unknown request URL: {req.method} {shown(req.url.path, 200)}.", code="unknown_url")
         elif exc.status_code == 405:
-            err = APIError(405, f"Method {req.method} is not allowed on {req.url.path}.", code="method_not_allowed")
+            err = APIError(405, f"Method {req.method} is not allowed on {req.url.path}.", code="method_not_allowed",
+                           headers={"Allow": ", ".join(allowed_methods(req))})
         elif exc.status_code == 413:  # a body past its route's cap (api.middleware.BodyLimitMiddleware)
             err = APIError(413, str(exc.detail), code="request_too_large")
         else:

@@ -455,6 +455,18 @@ def test_bad_request(deployment, files, case: Case) -> None:  # noqa: ANN001
     assert not list((deployment.server.home / "tmp").glob("upload-*")), "a refused upload left a temporary file"
 
 
+@pytest.mark.parametrize(("method", "path", "allow"), [
+    ("PUT", "/files", "GET, POST"),
+    ("PUT", "/files/file-x", "DELETE, GET"),  # two routes share the path: both methods named
+    ("GET", "/fine_tuning/jobs/ftjob-x/cancel", "POST"),
+])
+def test_method_not_allowed_names_the_allowed_ones(deployment, method: str, path: str, allow: str) -> None:  # noqa: ANN001
+    with deployment.http() as h:
+        r = h.request(method, path)
+    assert_openai_error(r, 405, contains="not allowed")
+    assert r.headers["allow"] == allow
+
+
 def test_auth_errors(deployment) -> None:  # noqa: ANN001
     assert_openai_error(httpx.get(deployment.base_url + "/files"), 401, contains="API key")
     assert_openai_error(
