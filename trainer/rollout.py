@@ -222,15 +222,21 @@ def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 class VLLMRollout:
-    """vLLM's offline engine in this process."""
+    """vLLM's offline engine in this process. On a GPU it sleeps (level 1: weights to host memory, KV cache
+    dropped) once it has sampled, while the policy trains, and wakes for the weight sync or the next sampling;
+    its share of the GPU comes from the memory plan (trainer/accelerator.py)."""
 
     def __init__(self, model_path: str, *, tokenizer, stop_ids: list[int], suppress_ids: list[int], dtype: torch.dtype,
                  max_model_len: int, max_num_seqs: int, seed: int, images_per_prompt: int | None,
                  world_size: int, cpu: bool, gpu_memory_utilization: float = 0.3,
                  kv_cache_bytes: int | None = None, enforce_eager: bool | None = None,
-                 response_format: dict | None = None):
+                 response_format: dict | None = None, planned: tuple[int, int] | None = None):
+        """gpu_memory_utilization: vLLM's share of the GPU, or its cap when `planned` (training's and vLLM's
+        weights' bytes per GPU: `accelerator.planned_bytes`) sets the share from the memory plan."""
         import vllm
         from vllm import LLM
+
+        from trainer.accelerator import sleeps_between_phases, vllm_engine_kwargs, vllm_memory_share
 
         if not vllm.__version__.startswith(VLLM_PINNED):
             log.warning("vLLM %s: the rollout adapter was tested with %sx; weight sync may break",
@@ -244,7 +250,6 @@ class VLLMRollout:
             max_model_len=max_model_len,
             max_num_seqs=max_num_seqs,
             seed=seed,
-            enforce_eager=cpu if enforce_eager is None else enforce_eager,
             distributed_executor_backend="uni" if world_size == 1 else "external_launcher",
             enable_prefix_caching=True,
             # JSON whitespace carries nothing, and a small model would spend its token budget on it (the
@@ -253,12 +258,24 @@ class VLLMRollout:
         )
         if images_per_prompt is not None:
             kwargs["limit_mm_per_prompt"] = {"image": max(images_per_prompt, 1), "video": 0}
-        if cpu:
-            kwargs["kv_cache_memory_bytes"] = kv_cache_bytes or (256 << 20)
-        else:
-            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        device = "cpu" if cpu else "cuda"
+        share = gpu_memory_utilization
+        if not cpu and planned is not None:
+            device_bytes = torch.cuda.mem_get_info()[1]
+            share = vllm_memory_share(*planned, device_bytes, cap=gpu_memory_utilization)
+            log.info("vLLM takes %.0f%% of the GPU; the memory plan leaves %.1f GiB of %.1f GiB to training",
+                     100 * share, planned[0] / 2**30, device_bytes / 2**30)
+        kwargs.update(vllm_engine_kwargs(device, gpu_share=share, kv_cache_bytes=kv_cache_bytes))
+        if enforce_eager is not None:
+            kwargs["enforce_eager"] = enforce_eager
+        self.sleeps, self.asleep = sleeps_between_phases(device), False
         with _inspect_in_process(cpu):
             self.llm = LLM(**kwargs)
+
+    def _wake(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
 
     def generate(self, prompts: list[Prompt], n: int, max_tokens: int, temperature: float, top_p: float,
                  seeds: list[int]) -> list[list[Completion]]:
@@ -271,7 +288,11 @@ class VLLMRollout:
                                  max_tokens=max_tokens, seed=s, stop_token_ids=self.stop_ids, detokenize=False,
                                  logit_bias=self.logit_bias, structured_outputs=self.structured)
                   for s in seeds]
+        self._wake()
         outputs = self.llm.generate(requests, params, use_tqdm=False)
+        if self.sleeps:  # the training phase follows: weights to host memory, KV cache dropped (level 1)
+            self.llm.sleep(level=1)
+            self.asleep = True
         out = []
         for prompt, result in zip(prompts, outputs):
             if list(result.prompt_token_ids) != prompt.input_ids:
@@ -286,6 +307,7 @@ class VLLMRollout:
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Replace the engine's weights in place (transformers' names), then drop every cache built on the old ones."""
+        self._wake()  # the sync writes into the weights' device memory, which sleep released
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(weights)})
         self.llm.llm_engine.reset_encoder_cache()
         self.llm.reset_mm_cache()
