@@ -10,6 +10,7 @@ from contextlib import contextmanager
 import typer
 from sqlmodel import Session
 
+from api.jobs_cli import jobs as jobs_cli
 from api.settings import get_settings
 
 app = typer.Typer(
@@ -19,6 +20,7 @@ keys = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(keys, name="keys")
 grader_cli = typer.Typer(help="The standalone grader service.", no_args_is_help=True)
 app.add_typer(grader_cli, name="grader")
+app.add_typer(jobs_cli, name="jobs")  # list, watch, rollouts: over the HTTP API (api/jobs_cli.py)
 
 
 def _logging() -> None:

@@ -31,6 +31,7 @@ from api.db import session_scope
 from api.errors import APIError
 from api.ids import new_id, now
 from api.services import jobs as svc
+from api.services import rollouts
 from api.settings import Settings
 from api.staging import Stager, StagingError, local_model_path
 from api.storage import delete_tree, get_tree, put_tree, storage_for
@@ -66,6 +67,9 @@ class JobRunner:
         self.worker_id = worker_id
         self.stopping = stopping
         self.storage = storage_for(settings.storage_url, settings.s3_endpoint_url)
+        self._events_read: dict[str, int] = {}
+        """Bytes of each events.jsonl already applied: a poll reads only what came since (rollout records make
+        the file long). The `seq` check below stays the guarantee; this only saves re-reading."""
 
     # ------------------------------------------------------------ the run
 
@@ -301,26 +305,31 @@ class JobRunner:
         with session_scope(self.settings) as s:
             job = self._job(s, job_id)
             done = (job.progress or {}).get("trainer_seq", 0)
-        with open(path) as f:
+        key = str(path)
+        read = self._events_read.get(key, 0)
+        if read > path.stat().st_size:
+            read = 0  # not the file read before: from the start (`seq` skips what was applied)
+        with open(path, "rb") as f:
+            f.seek(read)
             lines = f.readlines()
         for line in lines:
-            if not line.endswith("\n"):
+            if not line.endswith(b"\n"):
                 break  # a line the trainer is still writing
             ev = json.loads(line)
-            if ev["seq"] <= done:
-                continue
-            with session_scope(self.settings) as s:
-                job = self._job(s, job_id)
-                if (job.progress or {}).get("trainer_seq", 0) >= ev["seq"]:
-                    continue
-                self._apply(s, job, ev, out_dir)
-                progress = dict(job.progress or {})
-                progress["trainer_seq"] = ev["seq"]
-                if ev["type"] == "metrics":
-                    progress["metrics_step"] = max(progress.get("metrics_step", 0), ev["step"])
-                job.progress = progress
-                s.add(job)
-            done = ev["seq"]
+            if ev["seq"] > done:
+                with session_scope(self.settings) as s:
+                    job = self._job(s, job_id)
+                    if (job.progress or {}).get("trainer_seq", 0) < ev["seq"]:
+                        self._apply(s, job, ev, out_dir)
+                        progress = dict(job.progress or {})
+                        progress["trainer_seq"] = ev["seq"]
+                        if ev["type"] == "metrics":
+                            progress["metrics_step"] = max(progress.get("metrics_step", 0), ev["step"])
+                        job.progress = progress
+                        s.add(job)
+                done = ev["seq"]
+            read += len(line)
+            self._events_read[key] = read
 
     def _apply(self, s: Session, job: Job, ev: dict, out_dir: Path) -> None:
         kind = ev["type"]
@@ -330,6 +339,8 @@ class JobRunner:
             if ev["step"] <= (job.progress or {}).get("metrics_step", 0):
                 return  # the step was re-run after a resume from an earlier checkpoint: keep the first report
             svc.add_event(s, job, _metrics_message(ev), type="metrics", data=ev["data"])
+        elif kind == "rollouts":  # a sample of the step's completions and grades (trainer/rollout_records.py)
+            rollouts.add_rollouts(s, job, step=ev["step"], split=ev["split"], records=ev["records"])
         elif kind == "checkpoint":
             self._register_checkpoint(s, job, ev["step"], out_dir / ev["path"], ev.get("metrics", {}))
         elif kind == "checkpoint_deleted":

@@ -66,6 +66,11 @@ class EventLog:
     def metrics(self, step: int, data: dict, message: str | None = None) -> None:
         self.emit("metrics", step=step, data=data, **({"message": message} if message else {}))
 
+    def rollouts(self, step: int, split: str, records: list[dict]) -> None:
+        """A sample of the step's completions with their grades (trainer/rollout_records.py); none: no event."""
+        if records:
+            self.emit("rollouts", step=step, split=split, records=records)
+
     def checkpoint(self, step: int, path: str, metrics: dict) -> None:
         self.emit("checkpoint", step=step, path=path, metrics=metrics)
 

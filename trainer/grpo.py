@@ -10,7 +10,8 @@ One optimizer step:
   5. step     DeepSpeed backward/step (ZeRO 0-3, gradient clipping), learning rate from a pure schedule
   6. sync     the new weights into the rollout engine
 Every `eval_interval` steps the validation prompts are sampled and scored, a checkpoint is written and the
-best 3 (by valid reward) plus the last are kept. Events follow OpenAI's RFT metrics layout.
+best 3 (by valid reward) plus the last are kept. Events follow OpenAI's RFT metrics layout; a sample of each
+step's rollouts and every evaluated validation prompt go out as `rollouts` events (trainer/rollout_records.py).
 
 References: Shao et al. 2024 (GRPO, DeepSeekMath), DeepSeek-R1 2025, Liu et al. 2025 (Visual-RFT: reward
 = format + IoU/accuracy, beta 0.04, G 8, temperature 1), Liu et al. 2025 (Dr. GRPO: no length or std
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from trainer.accelerator import planned_bytes
 from trainer.checkpoints import Checkpointer
 from trainer.data import ChatData, Prompt, cat_mm, pack_prompts
 from trainer.engine import lr_at, make_reference, prepare_policy, set_lr
@@ -35,8 +37,9 @@ from trainer.export import export_weights, write_rank_digest
 from trainer.families import family_of
 from trainer.hparams import GRPOConfig
 from trainer.job_spec import TrainerError
-from trainer.model import load_job_data, model_family, placeholder_token_ids, stop_token_ids
+from trainer.model import load_job_data, model_config, model_family, placeholder_token_ids, stop_token_ids
 from trainer.process import all_gather_tensor, all_reduce, derive_seed, epoch_order, memory_stats, seed_everything
+from trainer.rollout_records import build_records, gather_records
 
 # ------------------------------------------------------------------------------------------- the loss
 
@@ -280,7 +283,8 @@ def main(job, events, dist, signals) -> str:
             images_per_prompt=max(len(p.images) for p in probe) if vision else None, world_size=dist.world,
             cpu=cpu, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
             kv_cache_bytes=kv_cache_bytes(engine.module.config, min(256, seqs_at_once) * max_len, dtype.itemsize),
-            response_format=job.response_format)
+            response_format=job.response_format,
+            planned=None if cpu else planned_bytes(model_config(job.model_path), job.hyperparameters, dist.world))
         rollout.load_weights(export_weights(engine.module, cfg.zero_stage, names="checkpoint"))
     else:
         rollout = HFRollout(lambda: engine.module, tokenizer, stop_ids, pad_id, dist.device, cfg.zero_stage, suppress,
@@ -328,6 +332,10 @@ def main(job, events, dist, signals) -> str:
         adv = adv_all[dist.rank * per_rank_prompts:(dist.rank + 1) * per_rank_prompts]  # [P, G]
         seqs = [Sequence(p, c.token_ids, float(adv[i, k]), c.truncated)
                 for i, (p, g) in enumerate(zip(prompts, groups)) for k, c in enumerate(g)]
+        # Rollout records: the batch's first `rollout_records` prompts, all G completions (trainer/rollout_records.py).
+        take = {i: pos - positions.start for i, pos in enumerate(mine) if pos - positions.start < cfg.rollout_records}
+        records = gather_records(build_records(train, prompts, groups, graded, take, adv), dist) \
+            if cfg.rollout_records else []
 
         # 4./5. loss and optimizer steps. Normalisers count the whole batch across ranks.
         t_train = time.perf_counter()
@@ -423,6 +431,9 @@ def main(job, events, dist, signals) -> str:
         if valid_scores is not None:
             msg += f", full validation mean reward={valid_scores['valid_reward_mean']:.2f}"
         events.metrics(step, data, msg)
+        events.rollouts(step, "train", records)
+        if valid_scores is not None:
+            events.rollouts(step, "validation", valid_scores["records"])
 
         pause = signals.should_pause(dist.device)
         saved = False
@@ -465,10 +476,13 @@ def evaluate(valid: ChatData, subset: list[int], rollout, grader, types: dict, c
     items = [p.row for p, g in zip(prompts, groups) for _ in g]
     weights = [w for w, g in zip(weight, groups) for _ in g]
     graded = grader.grade(samples, items) if samples else None
+    real = {i: dist.rank * per_rank + i for i in range(len(weight)) if weight[i] > 0}  # not the padding
+    records = gather_records(build_records(valid, prompts, groups, graded, real), dist) if cfg.rollout_records else []
     scores = _grader_scores(graded, types, dist, "valid", weights)
     total = all_reduce(torch.tensor([sum(r * w for r, w in zip(graded.rewards, weights)), sum(weights)],
                                     dtype=torch.float64, device=dist.device)).cpu()
     return {"valid_reward_mean": (total[0] / total[1].clamp(min=1)).item(), "graders": scores["graders"],
+            "records": records,
             "errors": {e["name"]: {k: v for k, v in e.items() if k not in ("name", "type")} for e in scores["errors"]}}
 
 

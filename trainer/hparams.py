@@ -308,6 +308,9 @@ class GRPOConfig(TrainingConfig):
     """leave completions cut by max_completion_length out of the loss"""
     max_eval_prompts: int = setting(64, ge=1)
     """validation prompts at each evaluation, a subset fixed by the seed"""
+    rollout_records: int = setting(2, ge=0, cap=4096)
+    """prompts per step whose G completions are kept as rollout records (text, each grader's score, advantage;
+    `GET /v1/fine_tuning/jobs/{id}/rollouts`), plus every validation prompt at each evaluation; 0 keeps none"""
     vllm_gpu_memory_utilization: float = setting(0.3, gt=0, le=1, api=False)
     """fraction of the GPU's memory vLLM may take beside the trainer"""
 

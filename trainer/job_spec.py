@@ -11,11 +11,12 @@ talks back through files and its exit code:
 Event lines (`TrainerEvent` documents the fields):
     {"seq": 7, "type": "message", "level": "info", "message": "..."}
     {"seq": 8, "type": "metrics", "step": 3, "data": {...}}      # OpenAI's metrics layout (RFT or SFT)
-    {"seq": 9, "type": "checkpoint", "step": 4, "path": "checkpoints/step-4", "metrics": {...}}
-    {"seq": 10, "type": "checkpoint_deleted", "step": 2, "path": "checkpoints/step-2"}  # not in the best 3
-    {"seq": 11, "type": "paused", "step": 5, "path": "checkpoints/step-5"}   # then exit 0
-    {"seq": 12, "type": "final", "step": 10, "path": "final", "trained_tokens": 1234, "metrics": {...}}
-    {"seq": 13, "type": "error", "code": "...", "message": "..."}            # then exit non-zero
+    {"seq": 9, "type": "rollouts", "step": 3, "split": "train", "records": [...]}  # trainer/rollout_records.py
+    {"seq": 10, "type": "checkpoint", "step": 4, "path": "checkpoints/step-4", "metrics": {...}}
+    {"seq": 11, "type": "checkpoint_deleted", "step": 2, "path": "checkpoints/step-2"}  # not in the best 3
+    {"seq": 12, "type": "paused", "step": 5, "path": "checkpoints/step-5"}   # then exit 0
+    {"seq": 13, "type": "final", "step": 10, "path": "final", "trained_tokens": 1234, "metrics": {...}}
+    {"seq": 14, "type": "error", "code": "...", "message": "..."}            # then exit non-zero
 
 Signals from the runner: SIGUSR1 = pause (save a checkpoint at the next step boundary, emit `paused`, exit 0);
 SIGTERM = cancel (stop as soon as possible, exit). On resume the runner passes `resume_from` (a checkpoint
@@ -77,4 +78,4 @@ class JobSpec:
         return cls(**json.loads(Path(path).read_text()))
 
 
-EVENT_TYPES = ("message", "metrics", "checkpoint", "checkpoint_deleted", "paused", "final", "error")
+EVENT_TYPES = ("message", "metrics", "rollouts", "checkpoint", "checkpoint_deleted", "paused", "final", "error")

@@ -29,7 +29,8 @@ def test_other_project_sees_nothing_and_restart_keeps_everything(deployment) -> 
     for method, path in [
         ("GET", f"/files/{f['id']}"), ("GET", f"/files/{f['id']}/content"), ("DELETE", f"/files/{f['id']}"),
         ("GET", f"/fine_tuning/jobs/{job['id']}"), ("GET", f"/fine_tuning/jobs/{job['id']}/events"),
-        ("GET", f"/fine_tuning/jobs/{job['id']}/checkpoints"), ("POST", f"/fine_tuning/jobs/{job['id']}/cancel"),
+        ("GET", f"/fine_tuning/jobs/{job['id']}/checkpoints"), ("GET", f"/fine_tuning/jobs/{job['id']}/rollouts"),
+        ("POST", f"/fine_tuning/jobs/{job['id']}/cancel"),
         ("POST", f"/fine_tuning/jobs/{job['id']}/pause"), ("POST", f"/fine_tuning/jobs/{job['id']}/resume"),
     ]:
         assert_openai_error(b.request(method, path), 404)
@@ -50,6 +51,7 @@ def test_other_project_sees_nothing_and_restart_keeps_everything(deployment) -> 
         assert a2.get("/files").json()["data"] == files_before
         assert a2.get("/fine_tuning/jobs", params={"limit": 1000}).json()["data"] == jobs_before
         assert a2.get(f"/fine_tuning/jobs/{job['id']}/events").json()["data"] == events
+        assert a2.get(f"/fine_tuning/jobs/{job['id']}/rollouts").json()["data"] == []  # an SFT job has none
         assert a2.get(f"/files/{f['id']}/content").content == content
         # and the restarted server goes on working
         assert a2.post(f"/fine_tuning/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
