@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import Authenticator
 from api.errors import APIError, error_body, error_response
+from api.schemas import UPLOAD_PART_MAX_BYTES
 from api.settings import Settings
 
 log = logging.getLogger("vrft.api")
@@ -25,6 +26,11 @@ CACHED_AUTH_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 """Paths whose key checks are reused for `serving_access_cache_seconds`: they run once per generated answer."""
 UPLOAD_PATH = "/v1/files"
 """The upload route counts its own multipart stream against `max_upload_bytes` as it writes it to disk."""
+
+
+def _is_upload_part(path: str) -> bool:
+    """POST /v1/uploads/{id}/parts: counts its own stream against the part limit, as the file upload does."""
+    return path.startswith("/v1/uploads/") and path.endswith("/parts") and path.count("/") == 4
 
 
 class RequestIdMiddleware:
@@ -103,6 +109,8 @@ class BodyLimitMiddleware:
         s = self.settings
         if path == UPLOAD_PATH:
             return s.max_upload_bytes + 1024 * 1024  # multipart framing and the form's small fields
+        if _is_upload_part(path):
+            return UPLOAD_PART_MAX_BYTES + 1024 * 1024
         return s.max_chat_body_bytes if path in CACHED_AUTH_PATHS else s.max_json_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -127,4 +135,5 @@ class BodyLimitMiddleware:
                     raise HTTPException(413, too_large.message)
             return message
 
-        await self.app(scope, counted if scope["path"] != UPLOAD_PATH else receive, send)
+        self_counted = scope["path"] == UPLOAD_PATH or _is_upload_part(scope["path"])
+        await self.app(scope, receive if self_counted else counted, send)

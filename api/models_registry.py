@@ -37,7 +37,8 @@ def base_models(settings: Settings) -> dict[str, BaseModel]:
 def _project_models(session: Session, project: Project) -> list[ModelObject]:
     jobs = session.exec(
         select(Job)
-        .where(Job.project_id == project.id, Job.status == "succeeded", Job.fine_tuned_model.is_not(None))
+        .where(Job.project_id == project.id, Job.status == "succeeded", Job.fine_tuned_model.is_not(None),
+               Job.model_deleted_at.is_(None))
         .order_by(Job.seq)
     ).all()
     out = [ModelObject(id=j.fine_tuned_model, created=j.finished_at or j.created_at, owned_by=project.id) for j in jobs]

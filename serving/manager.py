@@ -176,6 +176,18 @@ class ServingManager:
             victim.state = "stopped"
             self._spawn(victim.stop())
 
+    async def unload(self, model_id: str, folder: Path | None = None) -> int:
+        """Stop the managed engines that serve `model_id` (or run from `folder`): the model was deleted. Returns
+        how many were stopped. External servers are not ours to stop."""
+        async with self._lock:
+            gone = [e for e in self.engines.values()
+                    if e.managed and (e.served_name == model_id or (folder is not None and e.key == str(folder)))]
+            for engine in gone:
+                del self.engines[engine.key]
+                engine.state = "stopped"
+        await asyncio.gather(*(e.stop() for e in gone), return_exceptions=True)
+        return len(gone)
+
     def _mark_dead(self, engine: Engine) -> None:
         if engine.state == "ready":
             engine.state = "dead"

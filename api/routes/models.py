@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 
 from api import models_registry
-from api.deps import ProjectDep, SessionDep, SettingsDep
+from api.deps import ProjectDep, SessionDep, SettingsDep, StorageDep
 from api.errors import APIError, shown
-from api.schemas import ListPage, ModelObject
+from api.schemas import ListPage, ModelDeleted, ModelObject
+from api.services import model_access
 
 router = APIRouter(tags=["models"])
 
@@ -28,3 +30,14 @@ def retrieve_model(model_id: str, session: SessionDep, settings: SettingsDep, pr
             code="model_not_found",
         )
     return model
+
+
+@router.delete("/models/{model_id:path}", response_model=ModelDeleted)
+async def delete_model(model_id: str, request: Request, session: SessionDep, settings: SettingsDep,
+                       storage: StorageDep, project: ProjectDep) -> ModelDeleted:
+    """One of the project's fine-tuned models or checkpoints: its engines stop, its weights leave storage."""
+    prefix = await run_in_threadpool(model_access.delete_model, session, settings, project, model_id)
+    request.app.state.model_access.forget()
+    await request.app.state.serving.unload(model_id, model_access.cache_folder(settings, model_id).resolve())
+    await run_in_threadpool(model_access.remove_weights, settings, storage, model_id, prefix)
+    return ModelDeleted(id=model_id, deleted=True)

@@ -44,8 +44,10 @@ class _Upload:
     """Receives one multipart body chunk by chunk: small text fields in memory, the file part straight into a
     temporary file on disk, hashed and counted as it arrives, refused as soon as it passes the size limit."""
 
-    def __init__(self, tmp_dir: Path, max_bytes: int) -> None:
+    def __init__(self, tmp_dir: Path, max_bytes: int, file_field: str = "file") -> None:
         self.max_bytes = max_bytes
+        self.file_field = file_field
+        """The form field that carries the bytes: `file` (POST /v1/files), `data` (an upload's part)."""
         self.fields: dict[str, str] = {}
         self.filename: str | None = None
         self.size = 0
@@ -78,9 +80,9 @@ class _Upload:
         def on_headers_finished() -> None:
             _, opts = parse_options_header(self._headers.get(b"content-disposition", b""))
             self._name = opts.get(b"name", b"").decode("utf-8", "replace")
-            if b"filename" in opts and self._name == "file":
+            if self._name == self.file_field and (b"filename" in opts or self.file_field != "file"):
                 self._is_file = True
-                self.filename = opts[b"filename"].decode("utf-8", "replace")
+                self.filename = opts.get(b"filename", b"").decode("utf-8", "replace")
 
         def on_part_data(data: bytes, start: int, end: int) -> None:
             chunk = data[start:end]
@@ -112,27 +114,34 @@ class _Upload:
         self.path.unlink(missing_ok=True)
 
 
-def _too_large(limit: int) -> APIError:
-    return APIError(413, f"File is larger than the {limit} bytes allowed.", param="file", code="file_too_large")
+def _too_large(limit: int, field: str = "file") -> APIError:
+    what = "File" if field == "file" else "The part"
+    return APIError(413, f"{what} is larger than the {limit} bytes allowed.", param=field, code="file_too_large")
 
 
 async def receive_upload(request: Request, settings: Settings) -> _Upload:
+    return await receive_multipart(request, settings.tmp_dir, field="file", max_bytes=settings.max_upload_bytes,
+                                   fields_hint="'file' and 'purpose' fields")
+
+
+async def receive_multipart(request: Request, tmp_dir: Path, *, field: str, max_bytes: int,
+                            fields_hint: str) -> _Upload:
+    """Stream a multipart body into a temporary file (the form field `field`) and small text fields; a 413
+    naming `field` as soon as it passes `max_bytes`, a 400 naming it for a body that is not multipart."""
     ctype, opts = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or b"boundary" not in opts:
-        raise APIError(
-            400, "Uploads must be sent as multipart/form-data with 'file' and 'purpose' fields.", param="file"
-        )
+        raise APIError(400, f"Uploads must be sent as multipart/form-data with {fields_hint}.", param=field)
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + 1024 * 1024:
-        raise _too_large(settings.max_upload_bytes)
-    settings.tmp_dir.mkdir(parents=True, exist_ok=True)
-    up = _Upload(settings.tmp_dir, settings.max_upload_bytes)
+    if declared and declared.isdigit() and int(declared) > max_bytes + 1024 * 1024:
+        raise _too_large(max_bytes, field)
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    up = _Upload(tmp_dir, max_bytes, field)
     try:
         parser = MultipartParser(opts[b"boundary"], up.callbacks())
         async for chunk in request.stream():
             parser.write(chunk)
             if up.too_large:
-                raise _too_large(settings.max_upload_bytes)
+                raise _too_large(max_bytes, field)
         parser.finalize()
         up.close()
     except APIError:
@@ -140,7 +149,7 @@ async def receive_upload(request: Request, settings: Settings) -> _Upload:
         raise
     except Exception:
         up.discard()
-        raise APIError(400, "The multipart body could not be parsed.", param="file") from None
+        raise APIError(400, "The multipart body could not be parsed.", param=field) from None
     return up
 
 
@@ -162,7 +171,27 @@ def _expires_at(fields: dict[str, str], created: int) -> int | None:
     return created + int(seconds)
 
 
-def _clean_filename(name: str) -> str:
+def check_purpose(purpose: str | None) -> str:
+    """A file purpose, or the 400 that names it."""
+    if purpose is None:
+        raise APIError(
+            400, "Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter"
+        )
+    if purpose not in FILE_PURPOSES:
+        raise APIError(
+            400,
+            f"Invalid value for 'purpose': {shown(purpose)}. Supported: {', '.join(FILE_PURPOSES)}.",
+            param="purpose",
+        )
+    return purpose
+
+
+def check_not_empty(purpose: str, size: int, param: str) -> None:
+    if purpose == "fine-tune" and size == 0:
+        raise APIError(400, "The file is empty: a fine-tune file needs at least one JSON line.", param=param)
+
+
+def clean_filename(name: str) -> str:
     """The base name without control or format characters (Unicode category C*, a NUL, a newline, a
     right-to-left override): the name is shown in listings and sent back in a download header."""
     name = "".join(c for c in name if not unicodedata.category(c).startswith("C"))
@@ -172,21 +201,10 @@ def _clean_filename(name: str) -> str:
 def create_file(session: Session, storage: Storage, project: Project, up: _Upload) -> File:
     """Check the form fields, move the received bytes into storage and record the file."""
     try:
-        purpose = up.fields.get("purpose")
-        if purpose is None:
-            raise APIError(
-                400, "Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter"
-            )
-        if purpose not in FILE_PURPOSES:
-            raise APIError(
-                400,
-                f"Invalid value for 'purpose': {shown(purpose)}. Supported: {', '.join(FILE_PURPOSES)}.",
-                param="purpose",
-            )
+        purpose = check_purpose(up.fields.get("purpose"))
         if up.filename is None:
             raise APIError(400, "Missing required parameter: 'file'.", param="file", code="missing_required_parameter")
-        if purpose == "fine-tune" and up.size == 0:
-            raise APIError(400, "The file is empty: a fine-tune file needs at least one JSON line.", param="file")
+        check_not_empty(purpose, up.size, "file")
         created = now()
         expires = _expires_at(up.fields, created)
         file_id = new_id("file-")
@@ -195,10 +213,18 @@ def create_file(session: Session, storage: Storage, project: Project, up: _Uploa
     except BaseException:
         up.discard()
         raise
+    return record_file(session, storage, project, file_id=file_id, filename=up.filename, purpose=purpose,
+                       size=up.size, created=created, expires_at=expires, key=key, sha256=up.sha.hexdigest())
+
+
+def record_file(session: Session, storage: Storage, project: Project, *, file_id: str, filename: str, purpose: str,
+                size: int, created: int, expires_at: int | None, key: str, sha256: str) -> File:
+    """Record a file whose bytes are in storage at `key` (deleted again if the row cannot be stored). A
+    fine-tune file starts `uploaded`: submit it to the `FileValidator`."""
     row = File(
-        id=file_id, project_id=project.id, filename=_clean_filename(up.filename), purpose=purpose,
-        bytes=up.size, created_at=created, expires_at=expires,
-        status="uploaded" if purpose == "fine-tune" else "processed", storage_key=key, sha256=up.sha.hexdigest(),
+        id=file_id, project_id=project.id, filename=clean_filename(filename), purpose=purpose,
+        bytes=size, created_at=created, expires_at=expires_at,
+        status="uploaded" if purpose == "fine-tune" else "processed", storage_key=key, sha256=sha256,
     )
     session.add(row)
     try:

@@ -7,6 +7,7 @@ models (serving.interface `ModelSource`): where a model's weights are, which job
 from __future__ import annotations
 
 import re
+import shutil
 import threading
 from pathlib import Path
 
@@ -16,12 +17,13 @@ from starlette.concurrency import run_in_threadpool
 from api import hub, models_registry
 from api.auth import TTLCache
 from api.db import session_scope
-from api.errors import APIError
+from api.errors import APIError, shown
+from api.ids import now
 from api.services.jobs import fine_tuned_model_name
 from api.settings import Settings
 from api.staging import StagingError, local_model_path
-from api.storage import Storage, storage_for
-from api.tables import Job, Project
+from api.storage import Storage, delete_tree, storage_for
+from api.tables import Checkpoint, CheckpointPermission, Job, Project
 from serving.interface import ServingError
 
 _FT = re.compile(r"ft:[^:]+:[^:]+:[^:]*:(?P<job>[A-Za-z0-9]+)(?::ckpt-step-\d+)?")
@@ -33,6 +35,9 @@ def check_access(session: Session, settings: Settings, project: Project, model_i
     if models_registry.get_model(session, settings, project, model_id) is not None:
         return
     job = _job_of(session, project, model_id)
+    if job is not None and (job.status == "succeeded" or job.model_deleted_at is not None):
+        raise APIError(404, f"The model '{model_id}' does not exist: it was deleted.", param="model",
+                       code="model_not_found")
     if job is not None:
         state = _NOT_READY.get(job.status, f"still {job.status.replace('_', ' ')}")
         raise APIError(404, f"The model '{model_id}' is not ready: its fine-tuning job {job.id} {state}. "
@@ -69,6 +74,48 @@ def model_folder(session: Session, settings: Settings, storage: Storage, project
 
 
 _download_locks: dict[str, threading.Lock] = {}
+
+
+def cache_folder(settings: Settings, model_id: str) -> Path:
+    """Where a fine-tuned model's or checkpoint's weights are downloaded for serving (api.staging)."""
+    return settings.cache_dir / "models" / re.sub(r"[^A-Za-z0-9._-]", "_", model_id)
+
+
+def delete_model(session: Session, settings: Settings, project: Project, model_id: str) -> str:
+    """Forget one of the project's fine-tuned models or checkpoints: the job keeps its history (its
+    `fine_tuned_model` stays, marked deleted), a checkpoint's row and its permissions go. Returns the storage
+    prefix of its weights, for the caller to delete once its engines are stopped (`remove_weights`). A model
+    the project can see but does not own (a base model, a checkpoint shared with it) is a 403; any other a 404."""
+    ckpt = session.exec(select(Checkpoint).where(Checkpoint.fine_tuned_model_checkpoint == model_id,
+                                                 Checkpoint.project_id == project.id)).first()
+    if ckpt is not None:
+        prefix = ckpt.storage_key
+        for perm in session.exec(select(CheckpointPermission).where(CheckpointPermission.checkpoint == model_id)):
+            session.delete(perm)
+        session.flush()
+        session.delete(ckpt)
+        session.commit()
+        return prefix or ""
+    job = session.exec(select(Job).where(Job.project_id == project.id, Job.fine_tuned_model == model_id,
+                                         Job.status == "succeeded", Job.model_deleted_at.is_(None))).first()
+    if job is not None:
+        prefix = job.output_key
+        job.model_deleted_at, job.output_key = now(), None
+        session.add(job)
+        session.commit()
+        return prefix or ""
+    if models_registry.get_model(session, settings, project, model_id) is not None:
+        raise APIError(403, f"The model {shown(model_id, 200)} cannot be deleted: it is not one of this project's "
+                            "fine-tuned models or checkpoints.", param="model", code="model_not_deletable")
+    raise APIError(404, f"The model {shown(model_id, 200)} does not exist or you do not have access to it.",
+                   param="model", code="model_not_found")
+
+
+def remove_weights(settings: Settings, storage: Storage, model_id: str, prefix: str) -> None:
+    """Delete a deleted model's stored weights and its serving copy on this host."""
+    if prefix:
+        delete_tree(storage, prefix)
+    shutil.rmtree(cache_folder(settings, model_id), ignore_errors=True)
 
 
 def resolve(session: Session, settings: Settings, storage: Storage, project: Project, model_id: str) -> Path | None:
@@ -120,5 +167,6 @@ class ModelAccess:
     def succeeded_since(self, since: int) -> list[tuple[str, str, str]]:
         with session_scope(self.settings) as session:
             rows = session.exec(select(Job.id, Job.project_id, Job.fine_tuned_model).where(
-                Job.status == "succeeded", Job.fine_tuned_model.is_not(None), Job.finished_at >= since)).all()
+                Job.status == "succeeded", Job.fine_tuned_model.is_not(None), Job.finished_at >= since,
+                Job.model_deleted_at.is_(None))).all()
         return [tuple(r) for r in rows]
