@@ -38,9 +38,10 @@ class Spec(BaseModel):
 
     @classmethod
     def parse(cls, spec: dict, prefix: str, *, top_level: bool) -> "Spec":
-        """The typed spec of a JSON object whose `type` is this one; a type with children overrides it."""
+        """The typed spec of a JSON object whose `type` is this one; a type with children overrides it. Strict,
+        as JSON Schema reads the spec: `false` or `"0.5"` is not a number, `1` is not a boolean."""
         try:
-            model = cls.model_validate(spec)
+            model = cls.model_validate(spec, strict=True)
         except ValidationError as err:
             raise from_pydantic(err, prefix) from None
         model.check(joiner(prefix))

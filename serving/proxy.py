@@ -67,7 +67,10 @@ async def read_payload(request: Request, settings: ServingConfig) -> tuple[dict[
             raise ServingError(400, f"Unrecognized request argument supplied: '{name}' (images are processed with "
                                     "the model's own settings).", param=name, code="unknown_parameter")
     n = payload.get("n")
-    # an integer only: vLLM would also take "16384" or 16384.0
+    if type(n) is float and n.is_integer():  # 2.0 is the integer 2 in JSON (and its Schema); sent on as 2
+        payload["n"] = n = int(n)
+        raw = json.dumps(payload).encode()
+    # an integer only: vLLM would also take "16384" (the cap would not see it)
     if n is not None and (type(n) is not int or n > settings.serving_max_n):
         raise ServingError(400, f"Invalid value for 'n': expected an integer of at most {settings.serving_max_n}.",
                            param="n", code="invalid_value")

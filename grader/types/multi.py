@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
-from pydantic import SerializeAsAny, ValidationError
+from pydantic import Field, SerializeAsAny, ValidationError
 
 from grader import registry
 from grader.errors import GraderValidationError, empty_errors, merge_errors
@@ -19,7 +19,8 @@ class MultiGrader(Spec):
 
     calculate_output: str
     """A formula over the graders' keys: + - * / ^, min max abs floor ceil exp sqrt log."""
-    graders: dict[str, SerializeAsAny["ChildGrader"]]  # noqa: F821 (the registry's union, see registry.resolve)
+    graders: dict[str, SerializeAsAny["ChildGrader"]] = Field(  # noqa: F821 (the registry's union: registry.resolve)
+        json_schema_extra={"minProperties": 1})  # documented only: parse() refuses an empty one with its message
     """The graders, keyed by the names used in the formula (a single grader or a list is keyed by name)."""
     name: str
     type: Literal["multi"]
@@ -51,7 +52,7 @@ class MultiGrader(Spec):
         children = {key: registry.validate(child, join(f"graders.{key}"), top_level=top_level, inside_multi=True)
                     for key, child in graders.items()}
         try:
-            model = cls.model_validate({**spec, "graders": {}})
+            model = cls.model_validate({**spec, "graders": {}}, strict=True)
         except ValidationError as err:
             raise from_pydantic(err, prefix) from None
         model.graders = children

@@ -423,6 +423,13 @@ CASES: list[Case] = [
     ("job-unknown", lambda f: ("GET", "/fine_tuning/jobs/ftjob-nope", {}), 404, None, "ftjob-nope"),
     ("job-cancel-unknown", lambda f: ("POST", "/fine_tuning/jobs/ftjob-nope/cancel", {}), 404, None, "ftjob-nope"),
     ("job-events-unknown", lambda f: ("GET", "/fine_tuning/jobs/ftjob-nope/events", {}), 404, None, "ftjob-nope"),
+    ("job-rollouts-unknown", lambda f: ("GET", "/fine_tuning/jobs/ftjob-nope/rollouts", {}), 404, None, "ftjob-nope"),
+    ("rollouts-unknown-split", lambda f: ("GET", "/fine_tuning/jobs/ftjob-nope/rollouts?split=test", {}), 400,
+     "split", "'train' or 'validation'"),
+    ("rollouts-bad-step", lambda f: ("GET", "/fine_tuning/jobs/ftjob-nope/rollouts?step=-1", {}), 400, "step",
+     "greater than or equal to 0"),
+    ("rollouts-bad-reward", lambda f: ("GET", "/fine_tuning/jobs/ftjob-nope/rollouts?max_reward=top", {}), 400,
+     "max_reward", "number"),
     ("jobs-limit-huge", lambda f: ("GET", "/fine_tuning/jobs?limit=100000", {}), 400, "limit", "between"),
     (
         "permissions-unknown-checkpoint",
