@@ -12,12 +12,16 @@ SDK3_DIR := $(VENV)/sdk-openai3
 SDK3_VERSION := 3.54.0
 TINY_MODEL := $(VRFT_HOME)/models/tiny-qwen2-vl
 
-.PHONY: install serve test test-fast ml model sdk3 sysdeps clean-venv
+.PHONY: install serve test test-fast ml model sdk3 sysdeps testdeps clean-venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # bubblewrap: the python grader sandbox (Debian package).
 sysdeps:
 	@command -v bwrap >/dev/null || { echo "installing bubblewrap"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq bubblewrap >/dev/null; }
+
+# chromium and chromium-driver: the dashboard's browser tests (tests/ui; Debian packages), for `make test` only.
+testdeps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { echo "installing chromium and chromium-driver"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 $(VENV)/.stamp-base: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -45,7 +49,7 @@ serve: install
 
 # The linter (ruff: pyproject.toml), the whole suite with the venv's openai 2.x, then the SDK-driven tests
 # again with openai 3.x.
-test: install
+test: install testdeps
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 	PYTHONPATH=$(CURDIR)/$(SDK3_DIR) $(PY) -m pytest -q -m sdk -p no:cacheprovider

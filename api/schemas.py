@@ -7,8 +7,18 @@ import re
 from dataclasses import is_dataclass
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    create_model,
+    field_validator,
+)
 
+from grader.wire import GraderObject
 from trainer.hparams import GRPOConfig, Setting, SFTConfig, check, settings
 
 T = TypeVar("T")
@@ -102,6 +112,42 @@ class FineTuningJobCheckpoint(BaseModel):
     step_number: int
 
 
+class FineTuningJobRollout(BaseModel):
+    """One rollout record, our extension (GET /v1/fine_tuning/jobs/{id}/rollouts): a completion the model sampled
+    at a training step or an evaluation, with each grader's score and its advantage."""
+
+    id: str
+    created_at: int
+    fine_tuning_job_id: str
+    object: Literal["fine_tuning.job.rollout"] = "fine_tuning.job.rollout"
+    step: int
+    """The optimizer step it was sampled at (an evaluation's: the step after which it ran)."""
+    split: Literal["train", "validation"]
+    file_id: str | None = None
+    """The training or validation file of the prompt."""
+    line: int | None = None
+    """The prompt's line in that file."""
+    group: int
+    """The prompt's place in the step's batch, or in the evaluation's prompts."""
+    sample: int
+    """The completion's place among the prompt's completions (its group of G)."""
+    completion: str
+    """The completion's text."""
+    reward: float | None = None
+    """The grader's reward (a multi grader's combined one)."""
+    sub_rewards: dict[str, float | None]
+    """Each grader's score: a multi grader's keys, else the grader's name."""
+    advantage: float | None = None
+    """The GRPO advantage of the completion in its group (train); null for validation."""
+    errors: list[str]
+    """The grader's error flags set for this sample (`sample_parse_error`, ...)."""
+    error_message: str | None = None
+    """Why the grader failed on it, in words."""
+    completion_tokens: int
+    truncated: bool
+    """Whether it was cut by max_completion_length."""
+
+
 class CheckpointPermissionObject(BaseModel):
     id: str
     created_at: int
@@ -122,6 +168,31 @@ class ModelObject(BaseModel):
     owned_by: str
 
 
+class ModelDeleted(BaseModel):
+    id: str
+    deleted: bool
+    object: Literal["model"] = "model"
+
+
+class UploadObject(BaseModel):
+    id: str
+    bytes: int
+    created_at: int
+    expires_at: int
+    filename: str
+    object: Literal["upload"] = "upload"
+    purpose: str
+    status: Literal["pending", "completed", "cancelled", "expired"]
+    file: FileObject | None = None
+
+
+class UploadPartObject(BaseModel):
+    id: str
+    created_at: int
+    object: Literal["upload.part"] = "upload.part"
+    upload_id: str
+
+
 # ---------------------------------------------------------------- requests
 
 
@@ -129,11 +200,34 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+_BOOL_STRINGS = "^([tT][rR][uU][eE]|[fF][aA][lL][sS][eE]|[01])$"
+_JSON_TYPES = {int: "integer", float: "number", str: "string"}
+
+
+def _json_schema(s: Setting, auto: bool) -> dict[str, Any]:
+    """The JSON schema of what `check(s, v, capped=True)` accepts, "auto" when `auto`, and null (the
+    document shows what the declaration checks, from the same declaration)."""
+    if s.choices is not None:
+        value: list[dict[str, Any]] = [{"enum": list(s.choices)}]
+    elif s.kind is bool:  # check() also takes 0 and 1, and "true"/"false"/"1"/"0" in any case
+        value = [{"type": "boolean"}, {"type": "integer", "enum": [0, 1]}, {"type": "string", "pattern": _BOOL_STRINGS}]
+    elif s.kind is list:
+        value = [{"type": "array", "items": {"type": "string"}}]
+    else:
+        one: dict[str, Any] = {"type": _JSON_TYPES[s.kind]}
+        highs = [b for b in (s.le, s.cap) if b is not None]
+        bounds = {"minimum": s.ge, "exclusiveMinimum": s.gt, "maximum": min(highs) if highs else None}
+        one.update({k: int(b) if float(b).is_integer() else b for k, b in bounds.items() if b is not None})
+        value = [one]
+    return {"anyOf": ([{"type": "string", "enum": ["auto"]}] if auto else []) + value + [{"type": "null"}]}
+
+
 def _checked(s: Setting, auto: bool = True):  # noqa: ANN202
     """A value as the trainer's declaration checks it (type, bounds, the service's cap; or "auto" when `auto`),
     with one clear message instead of pydantic's union noise."""
     return Annotated[Any, BeforeValidator(
-        lambda v: v if v is None or (auto and v == "auto") else check(s, v, capped=True, auto=auto))]
+        lambda v: v if v is None or (auto and v == "auto") else check(s, v, capped=True, auto=auto)),
+        WithJsonSchema(_json_schema(s, auto))]
 
 
 def _hyperparameters(config: type, name: str, method: str = "") -> type[BaseModel]:
@@ -159,7 +253,7 @@ class SupervisedMethod(_Strict):
 
 
 class ReinforcementMethod(_Strict):
-    grader: dict[str, Any]
+    grader: GraderObject
     hyperparameters: ReinforcementHyperparameters = Field(default_factory=ReinforcementHyperparameters)
     response_format: dict[str, Any] | None = None
 
@@ -222,3 +316,33 @@ class JobCreate(_Strict):
 
 class PermissionCreate(_Strict):
     project_ids: list[str] = Field(min_length=1, max_length=100)
+
+
+UPLOAD_MAX_BYTES = 8 * 1024**3
+"""OpenAI's limit on one upload (8 GB), its parts together."""
+UPLOAD_PART_MAX_BYTES = 64 * 1024**2
+"""OpenAI's limit on one part (64 MB; the SDK's `upload_file_chunked` sends parts of exactly this size)."""
+UPLOAD_EXPIRES_SECONDS = 3600
+"""An upload not completed an hour after its creation expires, and its parts are deleted."""
+
+
+class FileExpiresAfter(_Strict):
+    anchor: Literal["created_at"]
+    seconds: int = Field(ge=3600, le=2_592_000)
+
+
+class UploadCreate(_Strict):
+    bytes: int = Field(ge=0, le=UPLOAD_MAX_BYTES)
+    """The size of the whole file: the parts named at completion must add up to it."""
+    filename: str = Field(min_length=1, max_length=1024)
+    mime_type: str = Field(min_length=1, max_length=255)
+    purpose: str = Field(json_schema_extra={"enum": list(FILE_PURPOSES)})  # the service's message names the values
+    expires_after: FileExpiresAfter | None = None
+    """The expiry of the File the upload becomes."""
+
+
+class UploadComplete(_Strict):
+    part_ids: list[str]
+    """The parts in the order their bytes make the file."""
+    md5: str | None = Field(None, json_schema_extra={"pattern": "^[0-9a-fA-F]{32}$"})  # checked by the service
+    """The md5 of the whole file (hex); the completion is refused when the assembled bytes differ."""
