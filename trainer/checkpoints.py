@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from trainer.export import base_model, export_weights
+from trainer.export import base_model, export_weights, write_rank_digest
 from trainer.job_spec import TrainerError
 from trainer.process import Dist, barrier
 
@@ -167,6 +167,23 @@ class Checkpointer:
                 self.events.checkpoint_deleted(c["step"], str(c["dir"].relative_to(self.output_dir)))
         barrier()
         return final
+
+    def end_step(self, engine, state: TrainState, metrics: dict, *, save: bool, pause: bool) -> bool:
+        """The end of a step that is not the last: a checkpoint when `save` (an epoch's end, an evaluation), and
+        when the user asked to pause, the checkpoint the `paused` event names (the one just saved, unless
+        retention removed it at once). True when paused: the trainer returns."""
+        path = self.save(engine, state, metrics) if save else None
+        if pause:
+            if path is None or not path.exists():
+                path = self.save(engine, state, metrics, emit=False)
+            self.events.paused(state.step, str(path.relative_to(self.output_dir)))
+        return pause
+
+    def finish(self, engine, state: TrainState, metrics: dict) -> None:
+        """After the last step: the ranks' weight digests, the final model and the `final` event."""
+        write_rank_digest(self.output_dir, engine, self.zero_stage, state.step)
+        final = self.save_final(engine)
+        self.events.final(state.step, str(final.relative_to(self.output_dir)), state.trained_tokens, metrics)
 
     def save_final(self, engine) -> Path:
         final = self.output_dir / "final"

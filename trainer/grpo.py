@@ -33,7 +33,7 @@ from trainer.accelerator import planned_bytes
 from trainer.checkpoints import Checkpointer
 from trainer.data import ChatData, Prompt, cat_mm, pack_prompts
 from trainer.engine import lr_at, make_reference, prepare_policy, set_lr
-from trainer.export import export_weights, write_rank_digest
+from trainer.export import export_weights
 from trainer.families import family_of
 from trainer.hparams import GRPOConfig
 from trainer.job_spec import TrainerError
@@ -436,26 +436,14 @@ def main(job, events, dist, signals) -> str:
             events.rollouts(step, "validation", valid_scores["records"])
 
         pause = signals.should_pause(dist.device)
-        saved = False
-        if evaluated and step != cfg.total_steps:
-            metrics = {"step": step, "train_reward_mean": data["train_mean_reward"]}
-            if valid_scores is not None:
-                metrics["valid_reward_mean"] = valid_scores["valid_reward_mean"]
-            ckpt.save(engine, state, metrics)
-            saved = True
-        if pause and step != cfg.total_steps:
-            path = ckpt.save(engine, state, {"step": step, "train_reward_mean": data["train_mean_reward"]},
-                             emit=False) if not saved else output_dir / "checkpoints" / f"step-{step}"
-            events.paused(step, str(path.relative_to(output_dir)))
+        scores = {"step": step, "train_reward_mean": data["train_mean_reward"]}
+        if valid_scores is not None:
+            scores["valid_reward_mean"] = valid_scores["valid_reward_mean"]
+        if step != cfg.total_steps and ckpt.end_step(engine, state, scores, save=evaluated, pause=pause):
             rollout.close()
             return "paused"
 
-    write_rank_digest(output_dir, engine, cfg.zero_stage, state.step)
-    final = ckpt.save_final(engine)
-    final_metrics = {"step": state.step, "train_reward_mean": data.get("train_mean_reward")}
-    if valid_scores is not None:
-        final_metrics["valid_reward_mean"] = valid_scores["valid_reward_mean"]
-    events.final(state.step, str(final.relative_to(output_dir)), state.trained_tokens, final_metrics)
+    ckpt.finish(engine, state, scores)
     rollout.close()
     if hasattr(grader, "close"):
         grader.close()

@@ -19,7 +19,6 @@ import torch
 from trainer.checkpoints import Checkpointer
 from trainer.data import ChatData, cat_mm, pad_per_token
 from trainer.engine import lr_at, prepare_policy, set_lr
-from trainer.export import write_rank_digest
 from trainer.hparams import SFTConfig
 from trainer.job_spec import TrainerError
 from trainer.model import load_job_data
@@ -128,22 +127,11 @@ def main(job, events, dist, signals) -> str:
 
         pause = signals.should_pause(dist.device)
         epoch_end = math.floor(step / steps_per_epoch) > math.floor((step - 1) / steps_per_epoch)
-        ckpt_metrics = {
-            k: v for k, v in metrics.items() if k not in ("timing", "learning_rate", "total_steps", "memory")
-        }
-        if epoch_end and not last:
-            ckpt.save(engine, state, ckpt_metrics)
-        if pause and not last:
-            path = output_dir / "checkpoints" / f"step-{step}"
-            if not (epoch_end and path.exists()):
-                path = ckpt.save(engine, state, ckpt_metrics, emit=False)
-            events.paused(step, str(path.relative_to(output_dir)))
+        scores = {k: v for k, v in metrics.items() if k not in ("timing", "learning_rate", "total_steps", "memory")}
+        if not last and ckpt.end_step(engine, state, scores, save=epoch_end, pause=pause):
             return "paused"
 
-    write_rank_digest(output_dir, engine, cfg.zero_stage, state.step)
-    final = ckpt.save_final(engine)
-    events.final(state.step, str(final.relative_to(output_dir)), state.trained_tokens,
-                 {k: v for k, v in metrics.items() if k not in ("timing", "learning_rate", "total_steps", "memory")})
+    ckpt.finish(engine, state, scores)
     return "finished"
 
 
