@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from api import hub
+from api import hub, integrations
 from api.db import session_scope
 from api.errors import APIError
 from api.ids import new_id, now
@@ -70,6 +70,9 @@ class JobRunner:
         self._events_read: dict[str, int] = {}
         """Bytes of each events.jsonl already applied: a poll reads only what came since (rollout records make
         the file long). The `seq` check below stays the guarantee; this only saves re-reading."""
+        self.reports: integrations.JobIntegrations | None = None
+        """The job's integrations (W&B, TensorBoard), when it has any: fed the events kept, once committed."""
+        self._to_report: list[dict] = []
 
     # ------------------------------------------------------------ the run
 
@@ -78,6 +81,14 @@ class JobRunner:
         job_dir = st.jobs_dir / job_id
         out_dir = job_dir / "output"
         out_dir.mkdir(parents=True, exist_ok=True)
+        with session_scope(st) as s:  # a worker of its own (`vrft worker`) may lack what the API checked
+            job = self._job(s, job_id)
+            try:
+                integrations.check_integrations(job.integrations)
+            except APIError as e:
+                self._fail(s, job, "invalid_integration", e.message)
+                svc.release(s, job, worker_id=self.worker_id)
+                return
         # No database session is held while the data stages: downloads can take minutes.
         try:
             spec = self._prepare(job_id, job_dir)
@@ -108,6 +119,9 @@ class JobRunner:
                     level="warn",
                 )
                 s.commit()
+            if job.integrations:
+                self.reports = integrations.JobIntegrations(
+                    job, job_dir, self.storage, floor=(job.progress or {}).get("metrics_step", 0))
         spec.write(job_dir / "JOB.json")
         proc = self._launch(job_dir)
         outcome = self._watch(job_id, proc, out_dir)
@@ -299,6 +313,7 @@ class JobRunner:
             pass
 
     def _apply_events(self, job_id: str, out_dir: Path) -> None:
+        self._report_warnings(job_id)
         path = out_dir / "events.jsonl"
         if not path.exists():
             return
@@ -327,20 +342,55 @@ class JobRunner:
                             progress["metrics_step"] = max(progress.get("metrics_step", 0), ev["step"])
                         job.progress = progress
                         s.add(job)
+                self._report(self._to_report)  # once committed: the integrations never hold what the job does not
                 done = ev["seq"]
             read += len(line)
             self._events_read[key] = read
 
+    def _report(self, events: list[dict]) -> None:
+        while events:
+            ev = events.pop(0)
+            if self.reports is None:
+                continue
+            if ev["type"] == "metrics":
+                self.reports.metrics(ev["step"], ev["data"])
+            else:
+                self.reports.rollouts(ev["step"], ev["split"], ev["records"])
+
+    def _report_warnings(self, job_id: str) -> None:
+        """The integrations' troubles, as warning events of the job (never its failure)."""
+        if self.reports is None or not (warnings := self.reports.drain_warnings()):
+            return
+        with session_scope(self.settings) as s:
+            job = self._job(s, job_id)
+            for message in warnings:
+                svc.add_event(s, job, message, level="warn")
+
+    def _close_reports(self, job_id: str) -> None:
+        """At the job's end: store the TensorBoard files, finish the W&B runs (waiting a third of a lease, renewed
+        first; a run still sending then finishes in the background)."""
+        if self.reports is None:
+            return
+        with session_scope(self.settings) as s:
+            job = self._job(s, job_id)
+            svc.renew_lease(s, job, worker_id=self.worker_id, lease_seconds=self.settings.job_lease_seconds)
+            failed = job.status in ("failed", "cancelled")  # a paused job's run resumes with the job
+        self.reports.close(exit_code=1 if failed else 0, timeout=self.settings.job_lease_seconds / 3)
+        self._report_warnings(job_id)
+
     def _apply(self, s: Session, job: Job, ev: dict, out_dir: Path) -> None:
         kind = ev["type"]
+        self._to_report.clear()
         if kind == "message":
             svc.add_event(s, job, ev["message"], level=ev.get("level", "info"))
         elif kind == "metrics":
             if ev["step"] <= (job.progress or {}).get("metrics_step", 0):
                 return  # the step was re-run after a resume from an earlier checkpoint: keep the first report
             svc.add_event(s, job, _metrics_message(ev), type="metrics", data=ev["data"])
+            self._to_report.append(ev)
         elif kind == "rollouts":  # a sample of the step's completions and grades (trainer/rollout_records.py)
-            rollouts.add_rollouts(s, job, step=ev["step"], split=ev["split"], records=ev["records"])
+            if rollouts.add_rollouts(s, job, step=ev["step"], split=ev["split"], records=ev["records"]):
+                self._to_report.append(ev)
         elif kind == "checkpoint":
             self._register_checkpoint(s, job, ev["step"], out_dir / ev["path"], ev.get("metrics", {}))
         elif kind == "checkpoint_deleted":
@@ -377,6 +427,8 @@ class JobRunner:
             delete_tree(self.storage, f"{key}/trainer_state")
         project = s.exec(select(Project).where(Project.id == job.project_id)).one()
         svc.register_checkpoint(s, job, project, step=step, metrics=metrics, storage_key=key)
+        if self.reports is not None:
+            self.reports.save()  # the TensorBoard files, stored with each checkpoint
 
     # ------------------------------------------------------------ endings
 
@@ -388,6 +440,8 @@ class JobRunner:
         job.fine_tuned_model = svc.fine_tuned_model_name(job, project)
         job.trained_tokens = ev.get("trained_tokens")
         job.result_files = [self._results_file(s, job).id]
+        if self.reports is not None:  # the TensorBoard event files, downloadable like the metrics CSV
+            job.result_files += [self._result_file(s, job, p.name, p.read_bytes()).id for p in self.reports.save()]
         s.add(job)
         s.flush()
         svc.add_event(s, job, f"New fine-tuned model created: {job.fine_tuned_model}")
@@ -412,17 +466,19 @@ class JobRunner:
         w = csv.DictWriter(buf, fieldnames=columns)
         w.writeheader()
         w.writerows(flat)
-        data = buf.getvalue().encode()
-        tmp = self.settings.tmp_dir / f"results-{job.id}.csv"
+        return self._result_file(s, job, "step_metrics.csv", buf.getvalue().encode())
+
+    def _result_file(self, s: Session, job: Job, filename: str, data: bytes) -> File:
+        file_id = new_id("file-")
+        tmp = self.settings.tmp_dir / f"results-{file_id}"
         self.settings.tmp_dir.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(data)
-        file_id = new_id("file-")
         key = f"files/{job.project_id}/{file_id}"
         self.storage.put_file(key, tmp)
         f = File(
             id=file_id,
             project_id=job.project_id,
-            filename="step_metrics.csv",
+            filename=filename,
             purpose="fine-tune-results",
             bytes=len(data),
             created_at=now(),
@@ -446,6 +502,7 @@ class JobRunner:
     def _finish(self, job_id: str, proc: subprocess.Popen, out_dir: Path, job_dir: Path, outcome: str) -> None:
         code = proc.wait()
         self._apply_events(job_id, out_dir)
+        self._close_reports(job_id)
         with session_scope(self.settings) as s:
             job = self._job(s, job_id)
             if outcome == "lost":

@@ -16,10 +16,11 @@ from pydantic import (
     WithJsonSchema,
     create_model,
     field_validator,
+    model_validator,
 )
 
 from grader.wire import GraderObject
-from trainer.hparams import GRPOConfig, Setting, SFTConfig, check, settings
+from trainer.hparams import DPOConfig, GRPOConfig, Setting, SFTConfig, check, settings
 
 T = TypeVar("T")
 
@@ -246,10 +247,15 @@ def _hyperparameters(config: type, name: str, method: str = "") -> type[BaseMode
 
 SupervisedHyperparameters = _hyperparameters(SFTConfig, "SupervisedHyperparameters", SFTConfig.method)
 ReinforcementHyperparameters = _hyperparameters(GRPOConfig, "ReinforcementHyperparameters", GRPOConfig.method)
+DpoHyperparameters = _hyperparameters(DPOConfig, "DpoHyperparameters", DPOConfig.method)
 
 
 class SupervisedMethod(_Strict):
     hyperparameters: SupervisedHyperparameters = Field(default_factory=SupervisedHyperparameters)
+
+
+class DpoMethod(_Strict):
+    hyperparameters: DpoHyperparameters = Field(default_factory=DpoHyperparameters)
 
 
 class ReinforcementMethod(_Strict):
@@ -261,7 +267,7 @@ class ReinforcementMethod(_Strict):
 class Method(_Strict):
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
-    dpo: dict[str, Any] | None = None
+    dpo: DpoMethod | None = None
     reinforcement: ReinforcementMethod | None = None
 
 
@@ -273,8 +279,20 @@ class WandbIntegration(_Strict):
 
 
 class Integration(_Strict):
-    type: Literal["wandb"]
-    wandb: WandbIntegration
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [  # what the validator below checks
+        {"properties": {"type": {"const": "wandb"}, "wandb": {"type": "object"}}, "required": ["wandb"]},
+        {"properties": {"type": {"const": "tensorboard"}, "wandb": {"type": "null"}}},
+    ]})
+    type: Literal["wandb", "tensorboard"]
+    """`wandb` (OpenAI's), or `tensorboard` (our extension: event files stored with the checkpoints)."""
+    wandb: WandbIntegration | None = None
+    """The W&B settings: required for `wandb`, refused for `tensorboard`."""
+
+    @model_validator(mode="after")
+    def _settings_match_type(self) -> Integration:
+        if (self.type == "wandb") != (self.wandb is not None):
+            raise ValueError("'wandb' settings are required for type 'wandb' and allowed only for it")
+        return self
 
 
 def _check_metadata(v: dict[str, str] | None) -> dict[str, str] | None:

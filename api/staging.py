@@ -111,13 +111,17 @@ class Stager:
 
 
 def image_parts(row: dict) -> Iterator[tuple[str, dict]]:
-    """(`messages[i].content[j].image_url.url`, the part) for each image part of a validated row."""
-    for i, msg in enumerate(row.get("messages", [])):
+    """(`messages[i].content[j].image_url.url`, the part) for each image part of a validated row (a preference
+    row: of `input.messages`)."""
+    messages, where = row.get("messages"), "messages"
+    if messages is None and isinstance(row.get("input"), dict):
+        messages, where = row["input"].get("messages"), "input.messages"
+    for i, msg in enumerate(messages or []):
         content = msg.get("content")
         if isinstance(content, list):
             for j, part in enumerate(content):
                 if isinstance(part, dict) and part.get("type") == "image_url":
-                    yield f"messages[{i}].content[{j}].image_url.url", part
+                    yield f"{where}[{i}].content[{j}].image_url.url", part
 
 
 def local_model_path(session: Session, settings: Settings, storage: Storage, project_id: str, model_id: str) -> Path:

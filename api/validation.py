@@ -3,6 +3,8 @@
 A row is a JSON object with `messages` (OpenAI chat format; text and `image_url` parts, images as data URLs
 or http(s) URLs), optional `tools`, and any other keys, which are kept for graders. The last message is the
 user's (a reinforcement row: the model answers it) or the assistant's (a supervised row: the answer to learn).
+A DPO row is OpenAI's preference row instead: `input` {messages, tools?}, `preferred_output` and
+`non_preferred_output` (one assistant message each).
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class ValidationReport:
     """rows whose last message is the user's (usable for reinforcement)"""
     sft_rows: int = 0
     """rows whose last message is the assistant's (usable for supervised training)"""
+    dpo_rows: int = 0
+    """preference rows (`input`, `preferred_output`, `non_preferred_output`: usable for DPO)"""
     images: int = 0
     image_urls: int = 0
     """images given as http(s) URLs (downloaded when a job stages the file)"""
@@ -71,7 +75,8 @@ class ValidationReport:
         return f"{self.error_count} invalid line(s): " + "; ".join(self.errors) + tail
 
     def stats(self) -> dict:
-        return {"rows": self.rows, "rl_rows": self.rl_rows, "sft_rows": self.sft_rows, "images": self.images}
+        return {"rows": self.rows, "rl_rows": self.rl_rows, "sft_rows": self.sft_rows, "dpo_rows": self.dpo_rows,
+                "images": self.images}
 
 
 class LineTooLong(ValueError):
@@ -118,31 +123,29 @@ def _check_image(url: str, where: str, limits: DatasetLimits) -> bool:
     return False
 
 
-def check_row(row: object, limits: DatasetLimits) -> tuple[str, int, int]:
-    """Check one row; return its kind ('rl' or 'sft'), its image count and how many of its images are
-    http(s) URLs, or raise RowError."""
-    if not isinstance(row, dict):
-        raise RowError("each line must be a JSON object")
-    messages = row.get("messages")
+def check_messages(messages: object, limits: DatasetLimits, where: str = "messages",
+                   images: int = 0) -> tuple[int, int]:
+    """Check a list of chat messages (`where` names it in errors); return the row's image count so far (from
+    `images`) and how many of these images are http(s) URLs, or raise RowError."""
     if messages is None:
-        raise RowError("missing required key 'messages'")
+        raise RowError(f"missing required key '{where}'")
     if not isinstance(messages, list) or not messages:
-        raise RowError("'messages' must be a non-empty list")
-    images = urls = 0
+        raise RowError(f"'{where}' must be a non-empty list")
+    urls = 0
     for i, msg in enumerate(messages):
-        where = f"messages[{i}]"
+        mw = f"{where}[{i}]"
         if not isinstance(msg, dict):
-            raise RowError(f"{where} must be an object")
+            raise RowError(f"{mw} must be an object")
         role = msg.get("role")
         if role not in ROLES:
-            raise RowError(f"{where}.role must be one of {', '.join(ROLES)}, got {shown(role)}")
+            raise RowError(f"{mw}.role must be one of {', '.join(ROLES)}, got {shown(role)}")
         content = msg.get("content")
         if isinstance(content, str) or (content is None and (role == "assistant" and msg.get("tool_calls"))):
             continue
         if not isinstance(content, list) or not content:
-            raise RowError(f"{where}.content must be a string or a non-empty list of content parts")
+            raise RowError(f"{mw}.content must be a string or a non-empty list of content parts")
         for j, part in enumerate(content):
-            pw = f"{where}.content[{j}]"
+            pw = f"{mw}.content[{j}]"
             if not isinstance(part, dict):
                 raise RowError(f"{pw} must be an object")
             kind = part.get("type")
@@ -162,6 +165,40 @@ def check_row(row: object, limits: DatasetLimits) -> tuple[str, int, int]:
                 urls += _check_image(url, f"{pw}.image_url.url", limits)
             else:
                 raise RowError(f"{pw}.type must be 'text' or 'image_url', got {shown(kind)}")
+    return images, urls
+
+
+def check_preference_row(row: dict, limits: DatasetLimits) -> tuple[str, int, int]:
+    """OpenAI's DPO row: `input` {messages (ending with the user's), tools?}, `preferred_output` and
+    `non_preferred_output` (each a list of one assistant message). Returns ('dpo', images, image URLs)."""
+    inp = row["input"]
+    if not isinstance(inp, dict):
+        raise RowError("'input' must be an object with 'messages'")
+    images, urls = check_messages(inp.get("messages"), limits, "input.messages")
+    if inp["messages"][-1]["role"] != "user":
+        raise RowError(f"input.messages must end with the user's message, got {shown(inp['messages'][-1]['role'])}")
+    if inp.get("tools") is not None and not isinstance(inp["tools"], list):
+        raise RowError("'input.tools' must be a list")
+    for key in ("preferred_output", "non_preferred_output"):
+        out = row.get(key)
+        if not isinstance(out, list) or len(out) != 1:
+            raise RowError(f"'{key}' must be a list of one assistant message")
+        images, more = check_messages(out, limits, key, images)
+        urls += more
+        if out[0]["role"] != "assistant":
+            raise RowError(f"{key}[0].role must be 'assistant', got {shown(out[0]['role'])}")
+    return "dpo", images, urls
+
+
+def check_row(row: object, limits: DatasetLimits) -> tuple[str, int, int]:
+    """Check one row; return its kind ('rl', 'sft' or 'dpo'), its image count and how many of its images are
+    http(s) URLs, or raise RowError."""
+    if not isinstance(row, dict):
+        raise RowError("each line must be a JSON object")
+    if "messages" not in row and "input" in row:
+        return check_preference_row(row, limits)
+    messages = row.get("messages")
+    images, urls = check_messages(messages, limits)
     tools = row.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise RowError("'tools' must be a list")
@@ -214,8 +251,10 @@ def validate_jsonl(chunks: Iterable[bytes], limits: DatasetLimits) -> Validation
                 break
             if kind == "rl":
                 report.rl_rows += 1
-            else:
+            elif kind == "sft":
                 report.sft_rows += 1
+            else:
+                report.dpo_rows += 1
     except LineTooLong as e:
         fail(lineno + 1, str(e))
     return report

@@ -15,9 +15,10 @@ API::
 
     rows = generate("detection", 64, seed=0)                  # RFT rows (last message: the user's)
     rows = generate("detection", 64, seed=0, sft=True)        # + the assistant's reference answer
+    rows = generate("grounding", 64, seed=0, dpo=True)        # DPO preference rows: a right box against a wrong one
     spec = grader_spec("detection")                           # a grader dict for method.reinforcement.grader
     paths = write_task("out/", "detection", 64, seed=0)       # JSONL + grader JSON files
-    python -m synthetic --task detection --n 64 --seed 0 --out DIR [--sft] [--short] [--coordinates norm1000]
+    python -m synthetic --task detection --n 64 --seed 0 --out DIR [--sft | --dpo] [--short] [--coordinates norm1000]
 
 Everything is a function of (task, split, seed, row index, options): row i of a split is the same whatever
 ``n`` is, the bytes are identical from run to run, and ``split`` names independent streams (train / valid).
@@ -643,14 +644,52 @@ def answer_text(task: str, info: dict, width: int, height: int, opts: Options) -
     return solution, body if opts.short else f"<think>{opts.reasoning(task, info, width, height)}</think>{body}"
 
 
+WRONG_ANSWERS = ("other", "space")
+"""What a DPO pair's non-preferred answer gets wrong: `other` the box of another object, `space` the right box in
+another coordinate space than the prompt asks (norm1000 for pixels, else pixels)"""
+
+
+def wrong_answer_text(task: str, info: dict, objects: Sequence[Obj], width: int, height: int, opts: Options,
+                      correct: str, rng: random.Random, wrong: str = "other") -> str:
+    """A wrong assistant answer, the correct one with only its solution replaced (a DPO pair's non-preferred
+    answer). `wrong="other"`: grounding the anchor's box (the object the sentence names beside the target);
+    detection the boxes of the other objects when there are targets, else every object's box. `wrong="space"`:
+    the right boxes in another coordinate space (`WRONG_ANSWERS`; detection without targets as "other").
+    Classification, either way: another class."""
+    check_choice("wrong", wrong, WRONG_ANSWERS)
+    c = opts.coordinates
+    if wrong == "space" and task != "classification" and info["boxes"]:
+        other_space = "norm1000" if c == "pixel" else "pixel"
+        right = answer_text(task, info, width, height, replace(opts, coordinates=other_space))[0]
+        return correct.replace(f"<answer>{answer_text(task, info, width, height, opts)[0]}</answer>",
+                               f"<answer>{right}</answer>")
+    if task == "grounding":
+        wrong = str(to_space(info["anchor_box"], width, height, c))
+    elif task == "detection":
+        category = info["category"]
+        boxes = [o.box for o in objects if o.name != category] if info["boxes"] else [o.box for o in objects]
+        boxes = sorted(boxes, key=lambda b: (b[1], b[0]))
+        wrong = "[" + ", ".join(f"{{'Position': {to_space(b, width, height, c)}, 'Confidence': 1}}"
+                                for b in boxes) + "]" if boxes else NO_OBJECTS
+    else:
+        colour, shape = _distinct(rng, opts, {info["label"]})
+        wrong = f"{colour} {shape}"
+    return correct.replace(f"<answer>{answer_text(task, info, width, height, opts)[0]}</answer>",
+                           f"<answer>{wrong}</answer>")
+
+
 # ------------------------------------------------------------------------------------------ rows
 
 
 def make_row(task: str, index: int, seed: int = 0, *, sft: bool = False, split: str = "train",
-             opts: Options | None = None, **options: Any) -> dict:
+             opts: Options | None = None, dpo: bool = False, wrong: str = "other", **options: Any) -> dict:
     """Row `index` of (task, split, seed): the same whatever else is generated. Options as `generate`'s
-    keyword arguments, or an `Options` as `opts`."""
+    keyword arguments, or an `Options` as `opts`. `dpo`: OpenAI's preference row instead of a chat row:
+    `input.messages` (the prompt), `preferred_output` (the reference answer) and `non_preferred_output` (a wrong
+    one, `wrong_answer_text(..., wrong)`), with the same other fields."""
     check_choice("task", task, TASKS)
+    if sft and dpo:
+        raise ValueError("a row is either a supervised row (sft) or a preference row (dpo)")
     opts = _options(options, opts)
     rng = random.Random(f"vrft-synthetic:{task}:{split}:{seed}:{index}")
     scene, info = _BUILDERS[task](rng, opts)
@@ -686,16 +725,22 @@ def make_row(task: str, index: int, seed: int = 0, *, sft: bool = False, split: 
                    relation=info["relation"])
     else:
         row.update(label=info["label"], colour=info["colour"], shape=info["shape"])
+    if dpo:
+        wrong_rng = random.Random(f"vrft-synthetic-dpo:{task}:{split}:{seed}:{index}")
+        bad = wrong_answer_text(task, info, scene.objects, w, h, opts, answer, wrong_rng, wrong)
+        row = {"input": {"messages": row.pop("messages")},
+               "preferred_output": [{"role": "assistant", "content": answer}],
+               "non_preferred_output": [{"role": "assistant", "content": bad}], **row}
     return row
 
 
 def generate(task: str, n: int, seed: int = 0, *, sft: bool = False, split: str = "train",
-             opts: Options | None = None, **options: Any) -> list[dict]:
+             opts: Options | None = None, dpo: bool = False, wrong: str = "other", **options: Any) -> list[dict]:
     """`n` rows of `task` (see the module docstring for the fields). `options`: fields of `Options`
     (short, coordinates, system, sizes, min_objects, max_objects, max_targets, empty_prob, noise_prob,
     overlap, colours, shapes, list_classes), set over `opts` (default: ``Options()``; a subclass for a study)."""
     opts = _options(options, opts)
-    return [make_row(task, i, seed, sft=sft, split=split, opts=opts) for i in range(n)]
+    return [make_row(task, i, seed, sft=sft, split=split, opts=opts, dpo=dpo, wrong=wrong) for i in range(n)]
 
 
 def _options(options: dict, base: Options | None = None) -> Options:
@@ -717,7 +762,9 @@ def to_jsonl(rows: Iterable[dict]) -> bytes:
 
 
 def answer_of(row: dict) -> str:
-    """The reference assistant answer of a row, in the row's own style and coordinates (RFT rows too)."""
+    """The reference assistant answer of a row, in the row's own style and coordinates (RFT and DPO rows too)."""
+    if "preferred_output" in row:
+        return row["preferred_output"][0]["content"]
     if row["messages"][-1]["role"] == "assistant":
         return row["messages"][-1]["content"]
     text = row["messages"][-1]["content"][-1]["text"]
@@ -770,15 +817,16 @@ def file_stem(task: str, *, short: bool = False, coordinates: str = "pixel") -> 
 
 
 def write_task(out_dir: str | Path, task: str, n: int, seed: int = 0, *, sft: bool = False, split: str = "train",
-               opts: Options | None = None, **options: Any) -> dict[str, Path]:
-    """Write ``{stem}.{split}[.sft].jsonl`` and ``{stem}.grader.json`` into `out_dir` (created);
+               opts: Options | None = None, dpo: bool = False, wrong: str = "other",
+               **options: Any) -> dict[str, Path]:
+    """Write ``{stem}.{split}[.sft|.dpo].jsonl`` and ``{stem}.grader.json`` into `out_dir` (created);
     stem = task [+ "_short"] [+ "_" + coordinates]. Options as `generate`'s. Returns {"data": path, "grader": path}."""
     opts = _options(options, opts)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = file_stem(task, short=opts.short, coordinates=opts.coordinates)
-    data = out / f"{stem}.{split}{'.sft' if sft else ''}.jsonl"
-    rows = (make_row(task, i, seed, sft=sft, split=split, opts=opts) for i in range(n))
+    data = out / f"{stem}.{split}{'.sft' if sft else '.dpo' if dpo else ''}.jsonl"
+    rows = (make_row(task, i, seed, sft=sft, split=split, opts=opts, dpo=dpo, wrong=wrong) for i in range(n))
     tmp = data.with_name(data.name + ".tmp")
     with open(tmp, "wb") as f:
         for row in rows:

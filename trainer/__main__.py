@@ -1,4 +1,4 @@
-"""`python -m trainer JOB.json`: run one fine-tuning job (SFT or GRPO) described by a JobSpec.
+"""`python -m trainer JOB.json`: run one fine-tuning job (SFT, DPO or GRPO) described by a JobSpec.
 
 Launched by DeepSpeed's launcher (`deepspeed --num_gpus N -m trainer JOB.json`, `--hostfile` for several
 machines) or alone for one rank. Exit codes: 0 finished (`final` event) or paused (`paused` event),
@@ -73,8 +73,11 @@ def main(argv: list[str] | None = None) -> int:
             from trainer import grpo as algo
         elif job.method == "supervised":
             from trainer import sft as algo
+        elif job.method == "dpo":
+            from trainer import dpo as algo
         else:
-            raise TrainerError("invalid_method", f"method {job.method!r} is not supported (supervised, reinforcement)")
+            raise TrainerError("invalid_method",
+                               f"method {job.method!r} is not supported (supervised, dpo, reinforcement)")
         outcome = algo.main(job, events, dist, signals)
         code = EXIT_OK
     except (Cancelled, KeyboardInterrupt):

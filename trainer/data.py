@@ -1,6 +1,8 @@
 """Dataset rows (OpenAI chat JSONL) -> model inputs, for vision-language models and plain causal LMs.
 
-A row is `{"messages": [...], <other keys>}`. Message content is a string or a list of parts:
+A row is `{"messages": [...], <other keys>}`, or for DPO OpenAI's preference row `{"input": {"messages": [...],
+"tools"?: [...]}, "preferred_output": [assistant message], "non_preferred_output": [assistant message]}`.
+Message content is a string or a list of parts:
 `{"type": "text", "text": ...}` and `{"type": "image_url", "image_url": {"url": ...}}` where the url is a
 `file://` path (what the job runner writes after staging), a plain absolute path, or a `data:` URL.
 
@@ -37,13 +39,21 @@ def read_jsonl(path: str | Path, what: str = "training file") -> tuple[list[dict
                 row = json.loads(line)
             except ValueError as e:
                 raise DataError(f"{what} line {n}: not valid JSON ({e})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("messages"), list) or not row["messages"]:
-                raise DataError(f"{what} line {n}: a row must be an object with a non-empty `messages` list")
+            if not isinstance(row, dict) or not isinstance(row_messages(row), list) or not row_messages(row):
+                raise DataError(f"{what} line {n}: a row must be an object with a non-empty `messages` list "
+                                "(a preference row: `input.messages`)")
             rows.append(row)
             lines.append(n)
     if not rows:
         raise DataError(f"{what} has no rows")
     return rows, lines
+
+
+def row_messages(row: dict) -> list | None:
+    """The conversation of a row: its `messages`, or a preference row's `input.messages`."""
+    if "messages" in row or not isinstance(row.get("input"), dict):
+        return row.get("messages")
+    return row["input"].get("messages")
 
 
 def load_image(url: str):
@@ -180,7 +190,7 @@ class ChatData:
 
     def _render_prompt(self, i: int) -> Prompt:
         where = self._where(i)
-        messages = self.rows[i]["messages"]
+        messages = row_messages(self.rows[i])
         last_user = max((k for k, m in enumerate(messages) if m.get("role") == "user"), default=None)
         if last_user is None:
             raise DataError(f"{where}: no user message to answer")
@@ -230,6 +240,39 @@ class ChatData:
                 raise DataError(f"{where}: tokenisation of the conversation is not prefix-stable")
             labels[start:end] = ids[start:end]
         return ids, labels, mm, per_token
+
+
+    def preference(self, i: int) -> tuple[Prompt, list[int], list[int]]:
+        """(the prompt, the preferred answer's tokens, the non-preferred answer's tokens) of preference row i.
+
+        The prompt is the row's `input.messages` (ending with the user's) with a generation prompt, as
+        `prompt(i)` renders it; an answer's tokens are those the chat template puts after it for that assistant
+        message (its content and end-of-turn tokens), found by rendering the conversation with the answer and
+        checking that the prompt's tokens are its prefix (image placeholders unexpanded: tokenizer only)."""
+        where = self._where(i)
+        row = self.rows[i]
+        messages = row_messages(row)
+        if not messages or messages[-1].get("role") != "user":
+            raise DataError(f"{where}: a preference row's input.messages must end with the user's message")
+        p = self.prompt(i)
+        msgs, _ = to_template_messages(messages, where, self.vision)
+        prompt_ids = self.tokenizer(p.text, add_special_tokens=False)["input_ids"]
+        answers = []
+        for key in ("preferred_output", "non_preferred_output"):
+            out = row.get(key)
+            if not isinstance(out, list) or len(out) != 1 or not isinstance(out[0], dict) \
+                    or out[0].get("role") != "assistant":
+                raise DataError(f"{where}: `{key}` must be a list of one assistant message")
+            answer, _ = to_template_messages(out, f"{where}, {key}", self.vision)
+            text = self._chat(msgs + answer, add_generation_prompt=False)
+            if not text.startswith(p.text):
+                raise DataError(f"{where}: the chat template is not prefix-stable; cannot locate the answer")
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if ids[:len(prompt_ids)] != prompt_ids or len(ids) == len(prompt_ids):
+                raise DataError(f"{where}: `{key}` has no tokens after the prompt, or its tokenisation is not "
+                                "prefix-stable")
+            answers.append(ids[len(prompt_ids):])
+        return p, answers[0], answers[1]
 
 
 def pack_prompts(prompts: list[Prompt], pad_id: int):

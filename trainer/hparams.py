@@ -1,5 +1,6 @@
-"""The hyperparameters, declared once: the fields of `TrainingConfig` (both methods), `SFTConfig` and `GRPOConfig`,
-each with its type, default, bounds and "auto" rule in `setting(...)` and one line of doc in the docstring under it.
+"""The hyperparameters, declared once: the fields of `TrainingConfig` (all methods), `SFTConfig`, `DPOConfig` and
+`GRPOConfig`, each with its type, default, bounds and "auto" rule in `setting(...)` and one line of doc in the
+docstring under it.
 The API's request models (api/schemas.py), the trainer's resolution (`resolve`: what the job gave, checked; "auto"
 or nothing resolved from the dataset size and the rank count) and the table of trainer/README.md (`python -m
 trainer.hparams --markdown`; tests/trainer/test_hparams.py) come from them. Torch-free: the API imports it."""
@@ -23,7 +24,8 @@ from trainer.families import LM_PROJECTIONS
 from trainer.job_spec import TrainerError
 
 REASONING_EFFORT_TOKENS = {"low": 128, "medium": 256, "default": 256, "high": 1024}
-BOTH, RFT = ("supervised", "reinforcement"), ("reinforcement",)
+ALL, RFT, DPO = ("supervised", "dpo", "reinforcement"), ("reinforcement",), ("dpo",)
+METHOD_NAMES = {"supervised": "SFT", "dpo": "DPO", "reinforcement": "RFT"}
 
 
 @dataclass(frozen=True)
@@ -156,14 +158,14 @@ def resolve_into(obj: Any, hp: dict, rows: int, world: int, where: str = "") -> 
 # ---------------------------------------------------------------------------------------- "auto" rules
 
 def auto_batch_size(c: TrainingConfig, rows: int, world: int) -> int:
-    """SFT: 0.2% of the rows, 1..256; RFT: a quarter of the rows, 1..8; then a multiple of the rank count"""
-    b = min(256, max(1, round(0.002 * rows))) if c.method == "supervised" else min(8, max(1, rows // 4))
+    """SFT, DPO: 0.2% of the rows, 1..256; RFT: a quarter of the rows, 1..8; then a multiple of the rank count"""
+    b = min(256, max(1, round(0.002 * rows))) if c.method != "reinforcement" else min(8, max(1, rows // 4))
     return max(world, int(math.ceil(b / world)) * world)
 
 
 def auto_epochs(c: TrainingConfig, rows: int, world: int) -> int:
-    """SFT: 3 (100 rows or more), else ceil(100 / rows) up to 25; RFT: ceil(200 x batch_size / rows), 1..10"""
-    if c.method == "supervised":
+    """SFT, DPO: 3 (100 rows or more), else ceil(100 / rows) up to 25; RFT: ceil(200 x batch_size / rows), 1..10"""
+    if c.method != "reinforcement":
         return min(25, max(1, math.ceil(100 / rows))) if rows < 100 else 3
     return min(10, max(1, math.ceil(200 * c.batch_size / rows)))
 
@@ -208,18 +210,20 @@ class LoraSpec:
 
 @dataclass
 class TrainingConfig:
-    """The settings SFT and GRPO share; `SFTConfig` and `GRPOConfig` add their own."""
+    """The settings SFT, DPO and GRPO share; `SFTConfig`, `DPOConfig` and `GRPOConfig` add their own."""
 
     method: ClassVar[str] = ""
     # ---- OpenAI's hyperparameters
-    batch_size: int = setting(0, auto=auto_batch_size, ge=1, cap=4096, openai=BOTH)
-    """prompts (RFT) or examples (SFT) per optimizer step, all ranks together (a multiple of the rank count)"""
-    n_epochs: int = setting(0, auto=auto_epochs, ge=1, cap=100, openai=BOTH)
+    batch_size: int = setting(0, auto=auto_batch_size, ge=1, cap=4096, openai=ALL)
+    """prompts (RFT), examples (SFT) or preference pairs (DPO) per optimizer step, all ranks together (a multiple
+    of the rank count)"""
+    n_epochs: int = setting(0, auto=auto_epochs, ge=1, cap=100, openai=ALL)
     """passes over the training file, its rows shuffled anew each epoch (by the seed)"""
-    learning_rate_multiplier: float = setting(1.0, gt=0, cap=100, openai=BOTH)
+    learning_rate_multiplier: float = setting(1.0, gt=0, cap=100, openai=ALL)
     """peak learning rate = this x the base rate of the method and the model's size (below)"""
     eval_interval: int = setting(0, auto=auto_eval_interval, ge=1, openai=RFT)
-    """optimizer steps between evaluations on the validation file (SFT: valid_loss)"""
+    """optimizer steps between evaluations on the validation file (SFT: valid_loss; DPO: valid loss, reward margin
+    and accuracy)"""
     # ---- ours
     learning_rate: float | None = setting(None, gt=0, cap=1)
     """an absolute peak learning rate, instead of the multiplier's"""
@@ -248,7 +252,7 @@ class TrainingConfig:
     dtype: str = setting("auto", choices=("auto", "float32", "bfloat16"), api=False)
     """auto: bfloat16 on GPUs that have it, float32 on CPU"""
     keep_checkpoints: int = setting(3, ge=1, api=False)
-    """checkpoints kept: RFT the best by valid reward plus the last; SFT the last"""
+    """checkpoints kept: RFT the best by valid reward plus the last; SFT and DPO the last"""
     total_steps: int = field(default=0, repr=False)
     """optimizer steps of the whole job"""
 
@@ -270,6 +274,20 @@ class SFTConfig(TrainingConfig):
     """tokens of an example, at most: longer ones are cut (their trailing tokens are not trained)"""
     max_eval_examples: int = setting(64, ge=1)
     """validation examples for the periodic valid_loss, a subset fixed by the seed (all of them at the end)"""
+
+
+@dataclass
+class DPOConfig(TrainingConfig):
+    method: ClassVar[str] = "dpo"
+    # ---- OpenAI's DPO hyperparameter
+    beta: float = setting(0.1, gt=0, cap=100, openai=DPO)
+    """the DPO temperature: loss = -log sigmoid(beta x (chosen - rejected log-ratio to the reference)); higher keeps
+    the model closer to the reference (0.1: Rafailov et al. 2023, TRL)"""
+    # ---- DPO
+    max_length: int = setting(4096, ge=1)
+    """tokens of a prompt and one of its answers, at most: longer answers are cut to fit"""
+    max_eval_examples: int = setting(64, ge=1)
+    """validation pairs for the periodic evaluation, a subset fixed by the seed (all of them at the end)"""
 
 
 @dataclass
@@ -321,13 +339,17 @@ class GRPOConfig(TrainingConfig):
         return c
 
 
+CONFIGS: dict[str, type[TrainingConfig]] = {c.method: c for c in (SFTConfig, DPOConfig, GRPOConfig)}
+"""the config class of each `method.type`"""
+
+
 # ---------------------------------------------------------------------------------------- the README table
 
 def markdown() -> str:
     """The hyperparameter table of trainer/README.md, from the declaration above."""
     shared = settings(TrainingConfig)
-    groups = [("SFT, RFT", shared), ("RFT", settings(GRPOConfig)[len(shared):]),
-              ("SFT", settings(SFTConfig)[len(shared):])]
+    groups = [("SFT, DPO, RFT", shared), ("RFT", settings(GRPOConfig)[len(shared):]),
+              ("SFT", settings(SFTConfig)[len(shared):]), ("DPO", settings(DPOConfig)[len(shared):])]
     out = ['| field | for | OpenAI\'s in | values | "auto" or not given | meaning |', "|---|---|---|---|---|---|"]
     for where, group in groups:
         for s in group:
@@ -336,11 +358,11 @@ def markdown() -> str:
             nested = [(f"{s.name}.{x.name}", x) for x in settings(s.kind)] if is_dataclass(s.kind) else []
             for name, x in [(s.name, s), *nested]:
                 auto = x.auto.__doc__ if x.auto else json.dumps(x.default)
-                openai = ", ".join({"supervised": "SFT", "reinforcement": "RFT"}[m] for m in x.openai)
+                openai = ", ".join(METHOD_NAMES[m] for m in x.openai)
                 values = describe(x, capped=False) + (f"; API: <= {x.cap}" if x.cap is not None else "")
                 cells = [f"`{name}`", where, openai, values, auto, x.doc]
                 out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    internal = [s.name for s in settings(GRPOConfig) + settings(SFTConfig) if not s.api]
+    internal = [s.name for s in settings(GRPOConfig) + settings(SFTConfig) + settings(DPOConfig) if not s.api]
     out.append("")
     out.append("A JOB.json also takes " + ", ".join(f"`{n}`" for n in dict.fromkeys(internal)) +
                " (the API does not; see `trainer/hparams.py`).")

@@ -10,7 +10,7 @@ talks back through files and its exit code:
 
 Event lines (`TrainerEvent` documents the fields):
     {"seq": 7, "type": "message", "level": "info", "message": "..."}
-    {"seq": 8, "type": "metrics", "step": 3, "data": {...}}      # OpenAI's metrics layout (RFT or SFT)
+    {"seq": 8, "type": "metrics", "step": 3, "data": {...}}      # OpenAI's metrics layout (RFT, SFT, DPO)
     {"seq": 9, "type": "rollouts", "step": 3, "split": "train", "records": [...]}  # trainer/rollout_records.py
     {"seq": 10, "type": "checkpoint", "step": 4, "path": "checkpoints/step-4", "metrics": {...}}
     {"seq": 11, "type": "checkpoint_deleted", "step": 2, "path": "checkpoints/step-2"}  # not in the best 3
@@ -45,11 +45,12 @@ class TrainerError(Exception):
 class JobSpec:
     job_id: str
     """The API's job id, for logs."""
-    method: Literal["supervised", "reinforcement"]
+    method: Literal["supervised", "dpo", "reinforcement"]
     model_path: str
     """Absolute path of the HF model folder to start from (a base model or a fine-tuned one)."""
     train_file: str
-    """Absolute path of the staged training JSONL: OpenAI chat rows, images rewritten to `file://` paths."""
+    """Absolute path of the staged training JSONL: OpenAI chat rows (DPO: preference rows), images rewritten to
+    `file://` paths."""
     output_dir: str
     """Absolute path the trainer writes into (events.jsonl, checkpoints/, final/)."""
     validation_file: str | None = None

@@ -354,9 +354,10 @@ def estimate(config: dict, job: Job) -> Estimate:
     if job.offload_optimizer and stage >= 1:
         offloaded, optimizer = offloaded + optimizer, 0
 
-    # The frozen reference for the KL term (beta > 0): the weights again, sharded (not offloaded) under ZeRO-3.
+    # The frozen reference (RFT: for the KL term, beta > 0; DPO: without LoRA): the weights again, sharded (not
+    # offloaded) under ZeRO-3.
     reference = 0
-    if job.method == "reinforcement" and job.beta > 0:
+    if job.method in ("reinforcement", "dpo") and job.beta > 0:
         reference = n.total * b
         if stage == 3:
             reference = math.ceil(reference / N) + ZERO3_LIVE_LAYERS * n.largest_layer * b
@@ -523,14 +524,16 @@ def job_from_hyperparameters(config: dict, method: str, hp: dict, ranks: int = 1
     """A `Job` from the job's hyperparameters as given (resolved as the trainer resolves them: trainer/hparams.py).
     `rows`: the training file's rows (for batch_size "auto"; unknown: 4096, so RFT's 8 and SFT's 8).
     `prompt_tokens`: text tokens of a prompt (SFT: of the whole example: then completion_tokens is 0)."""
-    from trainer.hparams import GRPOConfig, SFTConfig
+    from trainer.hparams import CONFIGS
 
-    cls = GRPOConfig if method == "reinforcement" else SFTConfig
-    cfg = cls.resolve(dict(hp), rows or 4096, ranks)
+    cfg = CONFIGS[method].resolve(dict(hp), rows or 4096, ranks)
     dtype_bytes = 4 if cfg.dtype == "float32" or (cfg.dtype == "auto" and device == "cpu") else 2
     vision = bool(config.get("vision_config"))
     n_images = (1 if vision else 0) if images is None else images
-    per_rank = cfg.batch_size // ranks * (cfg.num_generations if method == "reinforcement" else 1)
+    # sequences per rank: RFT G completions per prompt, DPO two answers per pair (a frozen copy as the reference
+    # unless LoRA, whose reference is the base weights under the adapters)
+    per_rank = cfg.batch_size // ranks * (cfg.num_generations if method == "reinforcement" else
+                                          2 if method == "dpo" else 1)
     micro = cfg.micro_batch_size or per_rank
     rl = method == "reinforcement"
     completion = cfg.max_completion_length if rl else 0
@@ -545,7 +548,8 @@ def job_from_hyperparameters(config: dict, method: str, hp: dict, ranks: int = 1
         offload_params=cfg.offload_params, dtype_bytes=dtype_bytes, micro_batch=micro,
         num_generations=cfg.num_generations if rl else 1, prompt_tokens=prompt_tokens, completion_tokens=completion,
         images=n_images, image_tokens=image_tokens(config, *image_size) if vision else 0,
-        gradient_checkpointing=cfg.gradient_checkpointing, beta=cfg.beta if rl else 0.0,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        beta=cfg.beta if rl or (method == "dpo" and cfg.lora is None) else 0.0,
         rollout_engine=rollout_engine,
         rollout_seqs=min(8, cfg.batch_size // ranks) * (cfg.num_generations if rl else 1),
         # trainer/rollout.py kv_cache_bytes: x2 slack, at least 64 MiB (in tokens here)

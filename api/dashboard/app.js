@@ -347,6 +347,8 @@ function chartSpecs(state) {
     for (const [id, title, keys] of [
       ["loss", "Loss", ["train_loss", "valid_loss", "full_valid_loss"]],
       ["accuracy", "Token accuracy", ["train_mean_token_accuracy", "valid_mean_token_accuracy", "full_valid_mean_token_accuracy"]],
+      ["reward_margin", "DPO reward margin", ["train_reward_margin", "valid_reward_margin", "full_valid_reward_margin"]],
+      ["reward_accuracy", "DPO reward accuracy", ["train_reward_accuracy", "valid_reward_accuracy", "full_valid_reward_accuracy"]],
       ["learning_rate", "Learning rate", ["learning_rate"]],
     ]) charts.push({ id, title, series: keys.map((k) => series(k, (m) => get(m, k))) });
   }

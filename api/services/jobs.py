@@ -13,10 +13,11 @@ from typing import Any
 from sqlalchemy import or_, update
 from sqlmodel import Session, select
 
-from api import hub, models_registry
+from api import hub, integrations, models_registry
 from api.errors import APIError, not_found, shown
 from api.ids import new_id, now
 from api.schemas import (
+    DpoMethod,
     FineTuningJob,
     FineTuningJobCheckpoint,
     FineTuningJobEvent,
@@ -122,6 +123,14 @@ def _check_training_file(session: Session, project: Project, file_id: str, param
             param=param,
             code="invalid_file",
         )
+    if method == "dpo" and stats.get("dpo_rows", 0) != rows:
+        raise APIError(
+            400,
+            f"File '{file_id}' has {rows - stats.get('dpo_rows', 0)} row(s) that are not preference rows; DPO rows "
+            "are {'input': {'messages': [...]}, 'preferred_output': [...], 'non_preferred_output': [...]}.",
+            param=param,
+            code="invalid_file",
+        )
     return f
 
 
@@ -142,12 +151,7 @@ def _resolve_method(body: JobCreate, settings: Settings) -> dict[str, Any]:
                 400, f"'method.{other}' was given but method.type is '{method.type}'.", param=f"method.{other}"
             )
     if method.type == "dpo":
-        raise APIError(
-            400,
-            "DPO fine-tuning is not supported by this server yet; use 'supervised' or 'reinforcement'.",
-            param="method.type",
-            code="unsupported_method",
-        )
+        return {"type": "dpo", "dpo": (method.dpo or DpoMethod()).model_dump(exclude_none=True)}
     if method.type == "supervised":
         sup = method.supervised or SupervisedMethod()
         return {"type": "supervised", "supervised": sup.model_dump(exclude_none=True)}
@@ -260,6 +264,7 @@ def create_job(session: Session, settings: Settings, project: Project, body: Job
             param="model",
             code="model_not_found",
         )
+    integrations.check_integrations([i.model_dump() for i in body.integrations or ()])  # W&B needs the worker's key
     _check_training_file(session, project, body.training_file, "training_file", method["type"])
     if body.validation_file:
         _check_training_file(session, project, body.validation_file, "validation_file", method["type"])
@@ -293,12 +298,7 @@ def create_job(session: Session, settings: Settings, project: Project, body: Job
     if memory is not None:
         add_event(session, job, f"Memory plan: {memory.message}", data={"memory_plan": memory.estimate.gib()})
     if job.integrations:
-        add_event(
-            session,
-            job,
-            "Integrations are recorded but not reported to: this server sends no metrics to W&B.",
-            level="warn",
-        )
+        add_event(session, job, "Reporting to: " + ", ".join(i["type"] for i in job.integrations))
     session.commit()
     return job
 

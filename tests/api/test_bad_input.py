@@ -194,11 +194,19 @@ CASES: list[Case] = [
         "assistant",
     ),
     (
-        "job-dpo",
+        "job-dpo-on-rft-file",
         lambda f: ("POST", "/fine_tuning/jobs", {"json": job(f, method={"type": "dpo"})}),
         400,
-        "method.type",
-        "not supported",
+        "training_file",
+        "not preference rows",
+    ),
+    (
+        "job-dpo-bad-beta",
+        lambda f: ("POST", "/fine_tuning/jobs",
+                   {"json": job(f, method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}})}),
+        400,
+        "method.dpo.hyperparameters.beta",
+        "beta",
     ),
     (
         "job-bad-method-type",

@@ -44,6 +44,42 @@ def test_written_files_pass_the_service_validation(tmp_path, task, sft):
     grader.validate_grader(spec)
 
 
+@pytest.mark.parametrize("task", ["detection", "grounding", "classification"])
+def test_written_dpo_files_pass_the_service_validation(tmp_path, task):
+    paths = write_task(tmp_path, task, 6, seed=31, dpo=True, wrong="space")
+    assert paths["data"].name == f"{task}.train.dpo.jsonl"
+    report = validate(paths["data"])
+    assert report.ok and (report.rows, report.dpo_rows, report.rl_rows, report.sft_rows, report.images) == \
+        (6, 6, 0, 0, 6)
+    assert report.stats()["dpo_rows"] == 6
+    assert paths["data"].read_bytes() == to_jsonl(generate(task, 6, seed=31, dpo=True, wrong="space"))
+
+
+def test_preference_rows_are_checked_field_by_field(tmp_path):
+    row = generate("grounding", 1, seed=2, short=True, dpo=True)[0]
+    image = row["input"]["messages"][-1]["content"][0]
+    cases = {
+        "'input' must be an object": {**row, "input": []},
+        "missing required key 'input.messages'": {**row, "input": {}},
+        "input.messages must end with the user's message": {**row, "input": {"messages": [
+            *row["input"]["messages"], {"role": "assistant", "content": "x"}]}},
+        "'preferred_output' must be a list of one assistant message": {**row, "preferred_output": []},
+        "'non_preferred_output' must be a list of one assistant message": {
+            k: v for k, v in row.items() if k != "non_preferred_output"},
+        "non_preferred_output[0].role must be 'assistant'": {
+            **row, "non_preferred_output": [{"role": "user", "content": "x"}]},
+        "preferred_output[0].content[0]: images are only allowed in user messages": {
+            **row, "preferred_output": [{"role": "assistant", "content": [image]}]},
+        "'input.tools' must be a list": {**row, "input": {**row["input"], "tools": "x"}},
+    }
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(to_jsonl([row, *cases.values()]))
+    report = validate(path)
+    assert report.error_count == len(cases) and report.dpo_rows == 1
+    for n, (message, _) in enumerate(cases.items(), start=2):
+        assert any(e.startswith(f"line {n}: ") and message in e for e in report.errors), (message, report.errors)
+
+
 def test_short_normalised_variant_names_and_grader(tmp_path):
     paths = write_task(tmp_path, "detection", 5, seed=1, sft=True, short=True, coordinates="norm1000", split="valid")
     assert paths["data"].name == "detection_short_norm1000.valid.sft.jsonl"
@@ -82,6 +118,18 @@ def test_cli_writes_train_valid_and_grader(tmp_path):
     assert sft.returncode == 0, sft.stderr
     report = validate(Path(json.loads(sft.stdout)["train"]))
     assert report.ok and report.sft_rows == 3
+
+    dpo = subprocess.run(
+        [sys.executable, "-m", "synthetic", "--task", "grounding", "--n", "3", "--out", str(out), "--short",
+         "--dpo", "space", "--valid", "2"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert dpo.returncode == 0, dpo.stderr
+    info = json.loads(dpo.stdout)
+    assert Path(info["train"]).read_bytes() == to_jsonl(generate("grounding", 3, seed=0, short=True, dpo=True,
+                                                                 wrong="space"))
+    assert validate(Path(info["valid"])).dpo_rows == 2
+    both = subprocess.run([sys.executable, "-m", "synthetic", "--task", "grounding", "--out", str(out), "--sft",
+                           "--dpo"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert both.returncode == 2 and "exclude each other" in both.stderr
 
     bad = subprocess.run([sys.executable, "-m", "synthetic", "--task", "segmentation", "--out", str(out)],
                          cwd=REPO, capture_output=True, text=True, timeout=60)

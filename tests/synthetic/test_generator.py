@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from synthetic import COLOURS, generate, make_row, referents, to_jsonl
+from synthetic import COLOURS, generate, grader_spec, make_row, referents, to_jsonl
 from synthetic.shapes import (
     RELATIONS,
     SIZES,
@@ -177,6 +177,38 @@ def test_sft_rows_are_rft_rows_plus_the_answer():
         short = make_row(task, 4, 7, sft=True, short=True)
         assert short["messages"][-1]["content"] == f"<answer>{rl['solution']}</answer>"
         assert "<think>" not in short["messages"][-2]["content"][1]["text"]
+
+
+@pytest.mark.parametrize("wrong", ["other", "space"])
+def test_dpo_rows_prefer_the_reference_answer_to_a_wrong_one(wrong):
+    """A preference row is the RFT row's prompt, the SFT row's answer preferred, and a wrong answer that differs
+    only inside <answer> and that the task's grader scores lower, every time."""
+    import grader
+
+    for task in TASKS:
+        for short in (True, False):
+            rows = [make_row(task, i, 7, short=short, dpo=True, wrong=wrong) for i in range(12)]
+            for i, row in enumerate(rows):
+                rl, sft = make_row(task, i, 7, short=short), make_row(task, i, 7, short=short, sft=True)
+                assert row["input"] == {"messages": rl["messages"]}
+                assert row["preferred_output"] == sft["messages"][-1:]
+                assert {k: v for k, v in row.items() if k not in ("input", "preferred_output",
+                                                                 "non_preferred_output")} == \
+                    {k: v for k, v in rl.items() if k != "messages"}
+                [bad] = row["non_preferred_output"]
+                good = row["preferred_output"][0]["content"]
+                assert bad["role"] == "assistant" and bad["content"] != good
+                assert bad["content"].split("<answer>")[0] == good.split("<answer>")[0]  # same reasoning
+            g = grader.compile(grader_spec(task, short=short))
+            good = g.grade([r["preferred_output"][0]["content"] for r in rows], rows).rewards
+            bad = g.grade([r["non_preferred_output"][0]["content"] for r in rows], rows).rewards
+            assert all(b < w for w, b in zip(good, bad)), (task, short, good, bad)
+            assert min(good) >= 0.98
+    space = make_row("grounding", 0, 7, short=True, dpo=True, wrong="space")
+    norm = make_row("grounding", 0, 7, short=True, opts=Options(coordinates="norm1000"))
+    assert space["non_preferred_output"][0]["content"] == f"<answer>{norm['solution']}</answer>"
+    with pytest.raises(ValueError, match="sft"):
+        make_row("grounding", 0, 7, sft=True, dpo=True)
 
 
 def test_coordinates_option_changes_prompt_and_solution_not_boxes():

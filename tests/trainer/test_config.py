@@ -10,7 +10,7 @@ import pytest
 from trainer.checkpoints import retention
 from trainer.engine import lr_at
 from trainer.events import EventLog
-from trainer.hparams import GRPOConfig, SFTConfig
+from trainer.hparams import DPOConfig, GRPOConfig, SFTConfig
 from trainer.job_spec import TrainerError
 
 
@@ -54,6 +54,18 @@ def test_sft_auto():
     assert c.batch_size == 2 and c.n_epochs == 3 and c.total_steps == 1500
     small = SFTConfig.resolve({}, rows=10, world=2)
     assert small.batch_size == 2 and small.n_epochs == 10
+
+
+def test_dpo_auto():
+    """OpenAI's "auto" for DPO: batch size and epochs as SFT's, beta 0.1; our SFT-style extras resolve too."""
+    c = DPOConfig.resolve({"beta": "auto"}, rows=1000, world=1)
+    assert (c.batch_size, c.n_epochs, c.total_steps, c.beta) == (2, 3, 1500, 0.1)
+    small = DPOConfig.resolve({"beta": 0.5, "lora": {}, "freeze_vision": True}, rows=10, world=2)
+    assert (small.batch_size, small.n_epochs, small.beta, small.lora.r, small.freeze_vision) == (2, 10, 0.5, 8, True)
+    with pytest.raises(TrainerError, match="beta"):
+        DPOConfig.resolve({"beta": 0}, rows=10, world=1)
+    with pytest.raises(TrainerError, match="num_generations"):
+        DPOConfig.resolve({"num_generations": 4}, rows=10, world=1)  # an RFT setting
 
 
 def test_lr_schedule_is_a_pure_function_of_the_step():

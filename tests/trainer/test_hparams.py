@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from api.schemas import ReinforcementHyperparameters, SupervisedHyperparameters
-from trainer.hparams import GRPOConfig, SFTConfig, markdown, settings
+from api.schemas import DpoHyperparameters, ReinforcementHyperparameters, SupervisedHyperparameters
+from trainer.hparams import DPOConfig, GRPOConfig, SFTConfig, markdown, settings
 from trainer.job_spec import TrainerError
 
 REPO = Path(__file__).resolve().parents[2]
-MODELS = {SFTConfig: SupervisedHyperparameters, GRPOConfig: ReinforcementHyperparameters}
+MODELS = {SFTConfig: SupervisedHyperparameters, GRPOConfig: ReinforcementHyperparameters,
+          DPOConfig: DpoHyperparameters}
 
 
 def test_the_readme_table_is_the_declaration():

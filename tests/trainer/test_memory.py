@@ -237,6 +237,18 @@ def test_check_job_from_hyperparameters():
     assert lora.fits and lora.changes == {} and lora.estimate.trainable < lora.estimate.parameters / 100
 
 
+def test_dpo_plans_two_answers_per_pair_and_a_reference_without_lora():
+    full = memory.job_from_hyperparameters(QWEN25_VL_3B, "dpo", {"batch_size": 4, "beta": 0.2}, 1)
+    assert full.micro_batch == 8 and full.beta == 0.2  # chosen + rejected per pair; a frozen copy
+    lora = memory.job_from_hyperparameters(QWEN25_VL_3B, "dpo", {"batch_size": 4, "lora": {}}, 1)
+    assert lora.beta == 0.0  # the reference is the base weights under the adapters: no copy
+    sft = memory.job_from_hyperparameters(QWEN25_VL_3B, "supervised", {"batch_size": 8}, 1)
+    assert estimate(QWEN25_VL_3B, full).total > estimate(QWEN25_VL_3B, replace(full, beta=0.0)).total
+    assert estimate(QWEN25_VL_3B, replace(full, beta=0.0)).total == estimate(QWEN25_VL_3B, replace(
+        sft, method="dpo")).total  # 4 pairs = 8 sequences, as 8 SFT examples
+    assert check_job(QWEN25_VL_3B, "dpo", {"batch_size": 4}, device_gib=80, ranks=1, device="gpu").fits
+
+
 def test_a_trainer_started_from_a_large_parent_reports_its_own_peak(tmp_path):
     """memory_stats (the metrics events' rss_peak_mb, which the memory plan is checked against) is the trainer's
     own peak: a 1 GiB parent that starts it (as a test runner holding a model does) does not leak into it."""
