@@ -118,8 +118,8 @@ OPERATIONS: dict[str, dict[str, Any]] = {
     "DELETE /v1/fine_tuning/checkpoints/{fine_tuned_model_checkpoint}/permissions/{permission_id}": {
         "operationId": "deleteFineTuningCheckpointPermission"},
     "GET /v1/models": {"operationId": "listModels"},
-    "GET /v1/models/{model_id}": {"operationId": "retrieveModel"},
-    "DELETE /v1/models/{model_id}": {"operationId": "deleteModel", "errors": {403}},
+    "GET /v1/models/{model}": {"operationId": "retrieveModel"},
+    "DELETE /v1/models/{model}": {"operationId": "deleteModel", "errors": {403}},
     "POST /v1/uploads": {"operationId": "createUpload"},
     "POST /v1/uploads/{upload_id}/parts": {
         "operationId": "addUploadPart",
@@ -200,6 +200,7 @@ RENAMES = {
     "ListPage_FineTuningJobCheckpoint_": "ListFineTuningJobCheckpointsResponse",
     "ListPage_CheckpointPermissionObject_": "ListFineTuningCheckpointPermissionResponse",
     "ListPage_ModelObject_": "ListModelsResponse",
+    "ListPage_FineTuningJobRollout_": "ListFineTuningJobRolloutsResponse",
 }
 """Our model names -> OpenAI's component names (the grader specs are renamed by rule, in `renames()`)."""
 

@@ -1,11 +1,14 @@
-"""The request bodies of OpenAI's grader endpoints (openai-python's `GraderRunParams`, `GraderValidateParams`),
-shared by the API (api/routes/graders.py) and the standalone grader service (grader/service.py)."""
+"""The request and response bodies of OpenAI's grader endpoints (openai-python's `GraderRunParams`,
+`GraderValidateParams`, `GraderRunResponse`, `GraderValidateResponse`), shared by the API
+(api/routes/graders.py) and the standalone grader service (grader/service.py)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Callable, Optional
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
+
+from grader.errors import ERROR_DETAILS, ERROR_FLAGS
 
 
 class JsonSchemaOf:
@@ -47,3 +50,38 @@ class GraderValidateRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     grader: GraderObject
+
+
+class ValidateGraderResponse(BaseModel):
+    """The validated grader (multi graders in their canonical dict form)."""
+
+    grader: GraderObject
+
+
+RunGraderErrors = create_model(
+    "RunGraderErrors",
+    __doc__="What went wrong grading the sample: a flag per failure kind, details where OpenAI has them.",
+    **{k: (Optional[str], None) if k in ERROR_DETAILS else (bool, False) for k in sorted(ERROR_FLAGS + ERROR_DETAILS)},
+)
+
+
+class RunGraderMetadata(BaseModel):
+    name: str
+    type: str
+    errors: RunGraderErrors  # type: ignore[valid-type]
+    execution_time: float
+    """Seconds the run took."""
+    scores: dict[str, Any]
+    """Sub-rewards (multi) and the grader's components, e.g. an IoU grader's matched boxes."""
+    token_usage: Optional[dict[str, int]] = Field(default=None, description=(
+        "A judge model's token usage, as an object as the live API returns it (openai-python types it as an "
+        "integer); null for graders without a model."))
+    sampled_model_name: Optional[str] = None
+
+
+class RunGraderResponse(BaseModel):
+    reward: float
+    metadata: RunGraderMetadata
+    sub_rewards: dict[str, Any]
+    """A multi grader's reward per sub-grader."""
+    model_grader_token_usage_per_model: dict[str, Any]

@@ -26,7 +26,7 @@ import grader
 from api.deps import ProjectDep, SettingsDep
 from api.errors import APIError
 from api.settings import Settings
-from grader.wire import GraderRunRequest, GraderValidateRequest
+from grader.wire import GraderRunRequest, GraderValidateRequest, RunGraderResponse, ValidateGraderResponse
 
 router = APIRouter(tags=["graders"])
 
@@ -111,14 +111,14 @@ def _validated(spec: dict[str, Any]) -> grader.GraderSpec:
         raise APIError(400, e.message, param=e.prefixed("grader").param, code="invalid_grader") from None
 
 
-@router.post("/fine_tuning/alpha/graders/validate")
+@router.post("/fine_tuning/alpha/graders/validate", response_model=ValidateGraderResponse)
 def validate_grader(body: GraderValidateRequest, project: ProjectDep) -> dict[str, Any]:
     """Validate a grader; the response echoes it (multi graders in their canonical dict form)."""
     spec = _validated(body.grader)
     return {"grader": spec.model_dump(mode="json", exclude_none=True)}
 
 
-@router.post("/fine_tuning/alpha/graders/run")
+@router.post("/fine_tuning/alpha/graders/run", response_model=RunGraderResponse)
 async def run_grader(body: GraderRunRequest, request: Request, project: ProjectDep,
                      settings: SettingsDep) -> dict[str, Any]:
     """Run a grader on one sample: {reward, metadata, sub_rewards, model_grader_token_usage_per_model}."""

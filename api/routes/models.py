@@ -19,25 +19,25 @@ def list_models(session: SessionDep, settings: SettingsDep, project: ProjectDep)
     return ListPage(data=models_registry.list_models(session, settings, project), has_more=False)
 
 
-@router.get("/models/{model_id:path}", response_model=ModelObject)
-def retrieve_model(model_id: str, session: SessionDep, settings: SettingsDep, project: ProjectDep) -> ModelObject:
-    model = models_registry.get_model(session, settings, project, model_id)
-    if model is None:
+@router.get("/models/{model:path}", response_model=ModelObject)
+def retrieve_model(model: str, session: SessionDep, settings: SettingsDep, project: ProjectDep) -> ModelObject:
+    found = models_registry.get_model(session, settings, project, model)
+    if found is None:
         raise APIError(
             404,
-            f"The model {shown(model_id, 200)} does not exist or you do not have access to it.",
+            f"The model {shown(model, 200)} does not exist or you do not have access to it.",
             param="model",
             code="model_not_found",
         )
-    return model
+    return found
 
 
-@router.delete("/models/{model_id:path}", response_model=ModelDeleted)
-async def delete_model(model_id: str, request: Request, session: SessionDep, settings: SettingsDep,
+@router.delete("/models/{model:path}", response_model=ModelDeleted)
+async def delete_model(model: str, request: Request, session: SessionDep, settings: SettingsDep,
                        storage: StorageDep, project: ProjectDep) -> ModelDeleted:
     """One of the project's fine-tuned models or checkpoints: its engines stop, its weights leave storage."""
-    prefix = await run_in_threadpool(model_access.delete_model, session, settings, project, model_id)
+    prefix = await run_in_threadpool(model_access.delete_model, session, settings, project, model)
     request.app.state.model_access.forget()
-    await request.app.state.serving.unload(model_id, model_access.cache_folder(settings, model_id).resolve())
-    await run_in_threadpool(model_access.remove_weights, settings, storage, model_id, prefix)
-    return ModelDeleted(id=model_id, deleted=True)
+    await request.app.state.serving.unload(model, model_access.cache_folder(settings, model).resolve())
+    await run_in_threadpool(model_access.remove_weights, settings, storage, model, prefix)
+    return ModelDeleted(id=model, deleted=True)

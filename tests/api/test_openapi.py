@@ -35,7 +35,7 @@ STATUSES = {
     "GET /v1/fine_tuning/checkpoints/{fine_tuned_model_checkpoint}/permissions": {200, 400, 401, 404},
     "DELETE /v1/fine_tuning/checkpoints/{fine_tuned_model_checkpoint}/permissions/{permission_id}": {200, 401, 404},
     "GET /v1/models": {200, 401},
-    "GET /v1/models/{model_id}": {200, 401, 404},
+    "GET /v1/models/{model}": {200, 401, 404},
     "POST /v1/fine_tuning/alpha/graders/validate": {200, 400, 401, 413},
     "POST /v1/fine_tuning/alpha/graders/run": {200, 400, 401, 413, 429, 504},
     "POST /v1/chat/completions": {200, 400, 401, 404, 413, 501, 502, 503, 504},
@@ -51,7 +51,8 @@ OPENAI_COMPONENTS = {
     "ListPaginatedFineTuningJobsResponse", "ListFineTuningJobEventsResponse", "ListFineTuningJobCheckpointsResponse",
     "ListFineTuningCheckpointPermissionResponse", "CreateFineTuningCheckpointPermissionRequest",
     "DeleteFineTuningCheckpointPermissionResponse", "OpenAIFile", "ListFilesResponse", "DeleteFileResponse", "Model",
-    "ListModelsResponse", "RunGraderRequest", "ValidateGraderRequest", "Error", "ErrorResponse",
+    "ListModelsResponse", "RunGraderRequest", "ValidateGraderRequest", "RunGraderResponse", "ValidateGraderResponse",
+    "FineTuneDPOMethod", "FineTuneDPOHyperparameters", "DeleteModelResponse", "Error", "ErrorResponse",
     "GraderStringCheck", "GraderTextSimilarity", "GraderPython", "GraderScoreModel", "GraderLabelModel", "GraderMulti",
 }
 """Component names of OpenAI's published spec (openai/openai-openapi, openapi.json) for these endpoints."""
@@ -167,6 +168,11 @@ def test_method_objects_are_typed(doc: dict[str, Any]) -> None:
     hp = resolve(doc, schemas["FineTuneReinforcementMethod"]["properties"]["hyperparameters"])
     assert hp is schemas["FineTuneReinforcementHyperparameters"]
     assert {"batch_size", "learning_rate_multiplier", "n_epochs"} <= set(hp["properties"])
+    dpo = resolve(doc, method["properties"]["dpo"])
+    assert dpo is schemas["FineTuneDPOMethod"]
+    hp = resolve(doc, dpo["properties"]["hyperparameters"])
+    assert hp is schemas["FineTuneDPOHyperparameters"]
+    assert {"beta", "batch_size", "learning_rate_multiplier", "n_epochs"} <= set(hp["properties"])
 
 
 def test_request_bodies_validate_as_the_api_does(doc: dict[str, Any]) -> None:
@@ -184,6 +190,29 @@ def test_request_bodies_validate_as_the_api_does(doc: dict[str, Any]) -> None:
                              "method": {"type": "reinforcement", "reinforcement": {"grader": {"type": "nope"}}}})
     assert not job.is_valid({"model": "m", "training_file": "file-x",
                              "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": []}}}})
+    assert job.is_valid({"model": "m", "training_file": "file-x",
+                         "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": "auto"}}}})
+    assert not job.is_valid({"model": "m", "training_file": "file-x",
+                             "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": "much"}}}})
+
+
+def test_grader_responses_are_typed_and_what_the_library_returns(doc: dict[str, Any]) -> None:
+    """The run and validate answers are OpenAI's response objects, not free objects: the grader library's own
+    answer for a real sample validates against the document, and a wrong shape does not."""
+    import grader
+
+    ops = operations(doc)
+    for name, component in (("POST /v1/fine_tuning/alpha/graders/run", "RunGraderResponse"),
+                            ("POST /v1/fine_tuning/alpha/graders/validate", "ValidateGraderResponse")):
+        assert ops[name]["responses"]["200"]["content"]["application/json"]["schema"] == {"$ref": REF + component}
+    run = body_validator(doc, "RunGraderResponse")
+    answer = grader.run(MULTI_GRADER, "red", {"solution": "red"})
+    run.validate(answer)
+    errors = doc["components"]["schemas"]["RunGraderErrors"]["properties"]
+    assert set(errors) == set(answer["metadata"]["errors"])
+    assert not run.is_valid({**answer, "reward": "high"})
+    assert not run.is_valid({**answer, "metadata": {**answer["metadata"], "errors": {"other_error": "yes"}}})
+    body_validator(doc, "ValidateGraderResponse").validate({"grader": MULTI_GRADER})
 
 
 def test_names_match_openais_spec(doc: dict[str, Any]) -> None:

@@ -228,7 +228,7 @@ def test_openapi_lists_the_upload_operations(deployment) -> None:  # noqa: ANN00
     parts = doc["paths"]["/v1/uploads/{upload_id}/parts"]["post"]
     assert "data" in parts["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
     assert {"400", "404", "413"} <= set(parts["responses"])
-    assert "403" in doc["paths"]["/v1/models/{model_id}"]["delete"]["responses"]
+    assert "403" in doc["paths"]["/v1/models/{model}"]["delete"]["responses"]
 
 
 @pytest.mark.parametrize("kind", ["local", "s3"])
