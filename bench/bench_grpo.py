@@ -105,20 +105,17 @@ def run_ours(model: Path, train: Path, work: Path, args, engine: str) -> list[fl
     return times[:args.steps]
 
 
-def trl_worker(model: str, rows_file: str, out_file: str, steps: int, prompts: int, generations: int,
-               tokens: int, lr: float, threads: int) -> None:
-    """Run in a subprocess: TRL's GRPOTrainer on the same data and reward; write the step times."""
+def trl_peer_pieces(rows: list[dict], cuda: bool = False):
+    """What TRL's GRPOTrainer needs to run our task, for the peers measured beside our trainer (this script and
+    bench/gpu_check.py): the dataset of `rows` (`make_data`'s), the colour reward through our grader, the list
+    of step times and the callback that fills it (synchronising CUDA around a step when `cuda`)."""
     import torch
-
-    torch.set_num_threads(threads)
     from datasets import Dataset
     from PIL import Image
-    from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from transformers import TrainerCallback
 
     import grader
 
-    rows = json.loads(Path(rows_file).read_text())
     ds = Dataset.from_list([{
         "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}],
         "image": Image.open(r["image_path"]).convert("RGB"), "label": r["label"]} for r in rows])
@@ -132,10 +129,28 @@ def trl_worker(model: str, rows_file: str, out_file: str, steps: int, prompts: i
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
+            if cuda:
+                torch.cuda.synchronize()
             self.t = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
+            if cuda:
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - self.t)
+
+    return ds, colour_reward, times, StepTimer
+
+
+def trl_worker(model: str, rows_file: str, out_file: str, steps: int, prompts: int, generations: int,
+               tokens: int, lr: float, threads: int) -> None:
+    """Run in a subprocess: TRL's GRPOTrainer on the same data and reward; write the step times."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trl import GRPOConfig, GRPOTrainer
+
+    ds, colour_reward, times, StepTimer = trl_peer_pieces(json.loads(Path(rows_file).read_text()))
 
     config = GRPOConfig(
         output_dir=str(Path(out_file).parent / "trl-out"), per_device_train_batch_size=prompts * generations,

@@ -35,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.bench_grpo import GRADER, QUESTION, make_data  # noqa: E402
+from bench.bench_grpo import GRADER, make_data, trl_peer_pieces  # noqa: E402
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12}
 """Dense bf16 tensor-core peaks from NVIDIA's data sheets (SXM parts), by a substring of the device's name."""
@@ -160,38 +160,15 @@ def trl_worker(spec_file: str) -> None:
     """In its own process: TRL's GRPOTrainer on the same model, data and reward; writes step times and peak memory."""
     spec = json.loads(Path(spec_file).read_text())
     import torch
-    from datasets import Dataset
-    from PIL import Image
-    from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
+    from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import GRPOConfig, GRPOTrainer
 
-    import grader
     from trainer.process import memory_stats
 
     cuda = spec["device"] == "cuda"
     if not cuda:
         torch.set_num_threads(spec["threads"])
-    ds = Dataset.from_list([{
-        "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}],
-        "image": Image.open(r["image_path"]).convert("RGB"), "label": r["label"]} for r in spec["rows"]])
-    compiled = grader.compile(GRADER)
-
-    def colour_reward(prompts, completions, label, **kwargs):
-        texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
-        return compiled.grade(texts, [{"label": x} for x in label]).rewards
-
-    times: list[float] = []
-
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            if cuda:
-                torch.cuda.synchronize()
-            self.t = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            if cuda:
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - self.t)
+    ds, colour_reward, times, StepTimer = trl_peer_pieces(spec["rows"], cuda=cuda)
 
     g = spec["generations"]
     config = GRPOConfig(
