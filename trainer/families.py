@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import functools
 import importlib.util
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -185,6 +186,31 @@ def llava_vision_parameters(config: dict) -> int:
     return vit_vision_parameters(config) + _text(config)["hidden_size"]
 
 
+def merged_patch_tokens(config: dict, height: int, width: int) -> int:
+    """Qwen-VL: the image resized to multiples of patch x merge, merge^2 patches merged into one token (one token
+    per 28x28 pixels at patch 14, merge 2)."""
+    v = config.get("vision_config") or {}
+    unit = v.get("patch_size", 14) * v.get("spatial_merge_size", 2)
+    return max(1, round(height / unit)) * max(1, round(width / unit))
+
+
+def tiled_patch_tokens(config: dict, height: int, width: int) -> int:
+    """LLaVA-style anyres (approximate): one token per patch of each image_size tile, a base tile plus the grid."""
+    v = config.get("vision_config") or {}
+    side, patch = v.get("image_size", 384), v.get("patch_size", 14)
+    tiles = 1 + math.ceil(height / side) * math.ceil(width / side)
+    return tiles * (side // patch) ** 2
+
+
+def image_tokens_by_config(config: dict, height: int, width: int) -> int:
+    """A family we know nothing of: tiles when its vision config names a tile size and no merge, else merged
+    patches."""
+    v = config.get("vision_config") or {}
+    if "spatial_merge_size" not in v and v.get("image_size"):
+        return tiled_patch_tokens(config, height, width)
+    return merged_patch_tokens(config, height, width)
+
+
 @dataclass(frozen=True)
 class PixelLimits:
     """Smart-resize limits of a Qwen-style processor: sides multiples of `factor` (patch x merge), the area
@@ -226,6 +252,8 @@ class Family:
     """(config, dtype_bytes) -> KV-cache bytes per token"""
     vision_parameters: Callable = vit_vision_parameters
     """(config.json dict) -> parameters of the vision tower and projector, for the memory plan"""
+    image_tokens: Callable = image_tokens_by_config
+    """(config.json dict, height, width) -> language-model tokens of one image, for the memory plan"""
     vision: bool = True
     """False only for the plain causal-LM family"""
 
@@ -283,7 +311,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("qwen2_vl", ("Qwen2VLForConditionalGeneration",), ("visual",), ("merger",),
            placeholder_tokens=_QWEN_PLACEHOLDERS, position_ids=positions_mrope, pixels=_QWEN2_PIXELS,
            chat_template=_QWEN_TEMPLATE, box_convention=dict(NORM1000),
-           vision_parameters=qwen2_vl_vision_parameters),
+           vision_parameters=qwen2_vl_vision_parameters, image_tokens=merged_patch_tokens),
     # Qwen2.5-VL answers in absolute pixels of the image it saw, i.e. after smart_resize
     Family("qwen2_5_vl", ("Qwen2_5_VLForConditionalGeneration",), ("visual",), ("merger",),
            placeholder_tokens=_QWEN_PLACEHOLDERS, position_ids=positions_mrope, pixels=_QWEN2_PIXELS,
@@ -291,13 +319,13 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            box_convention={"box_format": "xyxy", "coordinates": "pixel",
                            "resize": {"factor": _QWEN2_PIXELS.factor, "min_pixels": _QWEN2_PIXELS.min_pixels,
                                       "max_pixels": _QWEN2_PIXELS.max_pixels}},
-           vision_parameters=qwen2_5_vl_vision_parameters),
+           vision_parameters=qwen2_5_vl_vision_parameters, image_tokens=merged_patch_tokens),
     # Qwen3-VL went back to relative 0..1000 coordinates; 16-pixel patches, 2x2 merge
     Family("qwen3_vl", ("Qwen3VLForConditionalGeneration",), ("visual",), ("merger", "deepstack_merger_list"),
            placeholder_tokens=_QWEN_PLACEHOLDERS, position_ids=positions_mrope,
            pixels=PixelLimits(min_pixels=65536, max_pixels=16777216, factor=32),
            chat_template=_QWEN_TEMPLATE + " (none for Qwen3-VL)", box_convention=dict(NORM1000),
-           vision_parameters=qwen3_vl_vision_parameters),
+           vision_parameters=qwen3_vl_vision_parameters, image_tokens=merged_patch_tokens),
     # SigLIP tower + 2-layer MLP projector + Qwen2; anyres tiles, not smart_resize. `image_newline` (the
     # learnt row separator between image features) sits beside the projector and trains with it.
     Family("llava_onevision", ("LlavaOnevisionForConditionalGeneration",), ("vision_tower",),
@@ -306,7 +334,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            chat_template=("llava-hf's template writes 'role ' + '\\n' before a turn's text, so an assistant turn "
                           "does not start with the generation prompt: label masking needs a prefix-stable one "
                           "(ChatML, images first)"),
-           box_convention=dict(NORM1), vision_parameters=llava_vision_parameters),
+           box_convention=dict(NORM1), vision_parameters=llava_vision_parameters, image_tokens=tiled_patch_tokens),
 )}
 
 GENERIC = Family("generic", (), GENERIC_VISION_MODULES, GENERIC_PROJECTOR_MODULES)

@@ -187,17 +187,13 @@ def kv_bytes_per_token(config: dict, dtype_bytes: int) -> int:
 
 
 def image_tokens(config: dict, height: int, width: int) -> int:
-    """Language-model tokens of one image: Qwen-VL resizes to multiples of patch x merge and merges merge^2
-    patches into one token (one token per 28x28 pixels at patch 14, merge 2)."""
-    v = config.get("vision_config") or {}
-    patch = v.get("patch_size", 14)
-    if "spatial_merge_size" not in v and v.get("image_size"):
-        # LLaVA-style (approximate): one token per patch of each image_size tile, a base tile plus the grid
-        side = v["image_size"]
-        tiles = 1 + math.ceil(height / side) * math.ceil(width / side)
-        return tiles * (side // patch) ** 2
-    unit = patch * v.get("spatial_merge_size", 2)
-    return max(1, round(height / unit)) * max(1, round(width / unit))
+    """Language-model tokens of one image of height x width pixels, as the model's family counts them."""
+    from trainer.families import UnsupportedModel, family_of, image_tokens_by_config
+
+    try:
+        return family_of(config).image_tokens(config, height, width)
+    except UnsupportedModel:
+        return image_tokens_by_config(config, height, width)
 
 
 # ------------------------------------------------------------------------------------- the estimate

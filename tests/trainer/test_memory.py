@@ -173,6 +173,14 @@ def test_kv_bytes_per_token():
 
 def test_image_tokens():
     assert memory.image_tokens(QWEN25_VL_3B, 448, 448) == 256  # one token per 28 x 28 pixels
+    # Qwen3-VL: 16-pixel patches, 2x2 merge -> one token per 32 x 32 pixels
+    qwen3 = {"model_type": "qwen3_vl", "vision_config": {"patch_size": 16, "spatial_merge_size": 2}}
+    assert memory.image_tokens(qwen3, 448, 448) == 14 * 14
+    # LLaVA-OneVision: anyres tiles of image_size, a token per patch of each, a base tile plus the grid (2 x 2)
+    llava = {"model_type": "llava_onevision", "vision_config": {"image_size": 384, "patch_size": 14}}
+    assert memory.image_tokens(llava, 700, 700) == (1 + 4) * (384 // 14) ** 2
+    # a model_type no family knows: counted by what its vision config says
+    assert memory.image_tokens({"model_type": "nope", "vision_config": {"image_size": 384}}, 384, 384) == 2 * 27 ** 2
 
 
 def test_plan_accepts_what_fits():
