@@ -40,6 +40,12 @@ class ListPage(BaseModel, Generic[T]):
     first_id: str | None = None
     last_id: str | None = None
 
+    @classmethod
+    def of(cls, data: list[T], has_more: bool) -> ListPage[T]:
+        """A cursor page of `data` (objects with an `id`): first_id and last_id are its ends."""
+        return cls(data=data, has_more=has_more, first_id=data[0].id if data else None,  # type: ignore[attr-defined]
+                   last_id=data[-1].id if data else None)  # type: ignore[attr-defined]
+
 
 class FileObject(BaseModel):
     id: str

@@ -15,9 +15,7 @@ router = APIRouter(prefix="/fine_tuning/checkpoints/{fine_tuned_model_checkpoint
 
 def _page(rows: list, more: bool) -> ListPage[CheckpointPermissionObject]:
     data = [svc.to_wire(p) for p in rows]
-    return ListPage(
-        data=data, has_more=more, first_id=data[0].id if data else None, last_id=data[-1].id if data else None
-    )
+    return ListPage.of(data, more)
 
 
 @router.post("", response_model=ListPage[CheckpointPermissionObject])

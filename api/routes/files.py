@@ -37,9 +37,7 @@ def list_files(session: SessionDep, project: ProjectDep, after: str | None = Non
         stmt = stmt.where(File.purpose == purpose)
     rows, more = page(session, stmt, File, after=after, limit=limit, order=order)
     data = [svc.to_wire(f) for f in rows]
-    return ListPage(
-        data=data, has_more=more, first_id=data[0].id if data else None, last_id=data[-1].id if data else None
-    )
+    return ListPage.of(data, more)
 
 
 @router.get("/files/{file_id}", response_model=FileObject)

@@ -65,6 +65,4 @@ def list_checkpoints(
         session, svc.get_job(session, project, fine_tuning_job_id), after=after, limit=limit
     )
     data = [svc.checkpoint_to_wire(c) for c in rows]
-    return ListPage(
-        data=data, has_more=more, first_id=data[0].id if data else None, last_id=data[-1].id if data else None
-    )
+    return ListPage.of(data, more)

@@ -33,6 +33,4 @@ def list_rollouts(
     rows, more = svc.list_rollouts(session, job, after=after, limit=limit, order=order, step=step, split=split,
                                    grader=grader, min_reward=min_reward, max_reward=max_reward)
     data = [svc.to_wire(r, job) for r in rows]
-    return ListPage(
-        data=data, has_more=more, first_id=data[0].id if data else None, last_id=data[-1].id if data else None
-    )
+    return ListPage.of(data, more)
