@@ -178,6 +178,7 @@ class Engine:
                 env=engine_env(settings),
                 start_new_session=True,
                 cwd=settings.home,
+                preexec_fn=_die_with_the_api,
             )
         return cls(
             key=str(model_path),
@@ -239,6 +240,19 @@ class Engine:
         if proc.poll() is None:
             _signal_group(proc, signal.SIGKILL)
             await asyncio.to_thread(proc.wait)
+
+
+def _die_with_the_api() -> None:
+    """In the engine's process, before it runs vLLM: SIGTERM when the API that started it dies (Linux's
+    PR_SET_PDEATHSIG), so an API killed outright (SIGKILL, the OOM killer) leaves no engine holding its memory and
+    GPU; on SIGTERM vLLM's server stops its engine core too. The signal follows the thread that started the
+    engine: the API's event loop thread, which lives as long as the API."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
