@@ -83,6 +83,18 @@ def checkpoint_to_wire(c: Checkpoint) -> FineTuningJobCheckpoint:
 # ---------------------------------------------------------------- creation
 
 
+ROW_KINDS = {
+    "reinforcement": ("rl_rows", "ending with an assistant message",
+                      "reinforcement rows must end with the user's message (the model writes the answer)"),
+    "supervised": ("sft_rows", "whose last message is not the assistant's",
+                   "supervised rows must end with the assistant message to learn"),
+    "dpo": ("dpo_rows", "that are not preference rows",
+            "DPO rows are {'input': {'messages': [...]}, 'preferred_output': [...], 'non_preferred_output': [...]}"),
+}
+"""Per method: the file statistic counting the rows it can train on (api/validation.py), what the other rows are,
+and what its rows must be."""
+
+
 def _check_training_file(session: Session, project: Project, file_id: str, param: str, method: str) -> File:
     f = session.exec(select(File).where(File.id == file_id, File.project_id == project.id)).first()
     if f is None:
@@ -107,30 +119,10 @@ def _check_training_file(session: Session, project: Project, file_id: str, param
         raise APIError(400, f"File '{file_id}' failed validation: {f.status_details}", param=param, code="invalid_file")
     stats = f.stats or {}
     rows = stats.get("rows", 0)
-    if method == "reinforcement" and stats.get("rl_rows", 0) != rows:
-        raise APIError(
-            400,
-            f"File '{file_id}' has {rows - stats.get('rl_rows', 0)} row(s) ending with an assistant message; "
-            "reinforcement rows must end with the user's message (the model writes the answer).",
-            param=param,
-            code="invalid_file",
-        )
-    if method == "supervised" and stats.get("sft_rows", 0) != rows:
-        raise APIError(
-            400,
-            f"File '{file_id}' has {rows - stats.get('sft_rows', 0)} row(s) whose last message is not the assistant's; "
-            "supervised rows must end with the assistant message to learn.",
-            param=param,
-            code="invalid_file",
-        )
-    if method == "dpo" and stats.get("dpo_rows", 0) != rows:
-        raise APIError(
-            400,
-            f"File '{file_id}' has {rows - stats.get('dpo_rows', 0)} row(s) that are not preference rows; DPO rows "
-            "are {'input': {'messages': [...]}, 'preferred_output': [...], 'non_preferred_output': [...]}.",
-            param=param,
-            code="invalid_file",
-        )
+    count, wrong, rule = ROW_KINDS[method]
+    if stats.get(count, 0) != rows:
+        raise APIError(400, f"File '{file_id}' has {rows - stats.get(count, 0)} row(s) {wrong}; {rule}.", param=param,
+                       code="invalid_file")
     return f
 
 
