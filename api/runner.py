@@ -381,8 +381,8 @@ class JobRunner:
     def _apply(self, s: Session, job: Job, ev: dict, out_dir: Path) -> None:
         kind = ev["type"]
         self._to_report.clear()
-        if kind == "message":
-            svc.add_event(s, job, ev["message"], level=ev.get("level", "info"))
+        if kind == "message":  # with its data: the resolved config, the box convention of the IoU grader's "auto"
+            svc.add_event(s, job, ev["message"], level=ev.get("level", "info"), data=ev.get("data"))
         elif kind == "metrics":
             if ev["step"] <= (job.progress or {}).get("metrics_step", 0):
                 return  # the step was re-run after a resume from an earlier checkpoint: keep the first report

@@ -297,7 +297,7 @@ def main(job, events, dist, signals) -> str:
         f"GRPO: {cfg.total_steps} steps, {cfg.batch_size} prompts x {cfg.num_generations} samples per step, "
         f"lr {peak_lr:g}, beta {cfg.beta}, loss {cfg.loss_type}, ZeRO-{cfg.zero_stage}, {dist.world} rank(s), "
         f"rollouts by {job.rollout_engine}, {n_params:,} parameters; setup {time.perf_counter() - t_setup:.1f} s",
-        data={"config": asdict(cfg), "learning_rate": peak_lr})
+        data={"config": asdict(cfg), "learning_rate": peak_lr, "box_convention": boxes})
 
     aggregate = AGGREGATIONS[cfg.loss_type]
     eps_high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high

@@ -239,7 +239,14 @@ class JobState {
     return [...byStep.values()].sort((a, b) => a.step - b.step);
   }
   get isRft() { return ((this.job.method || {}).type) === "reinforcement"; }
-  get grader() { return this.isRft ? this.job.method.reinforcement.grader : null; }
+  /** The job's grader, with the IoU graders' input_format "auto" replaced by the convention the trainer resolved
+   * for the job's model (the data.box_convention of its start message), so boxes are drawn as the model meant them. */
+  get grader() {
+    if (!this.isRft) return null;
+    const spec = this.job.method.reinforcement.grader;
+    const start = this.events.find((e) => e.data && e.data.box_convention);
+    return start ? withConvention(spec, start.data.box_convention) : spec;
+  }
 }
 
 async function renderJob(id, tab, token) {
@@ -573,6 +580,25 @@ function iouGraders(spec) {
     return Object.entries(gs).filter(([, g]) => g.type === "iou").map(([k, g]) => ({ key: k, spec: g }));
   }
   return [];
+}
+
+/** `spec` with every iou grader's input_format "auto" replaced by `convention` (grader/types/iou.py does the same
+ * in the trainer). */
+function withConvention(spec, convention) {
+  if (!spec || typeof spec !== "object") return spec;
+  if (spec.type === "iou") {
+    return spec.input_format === "auto"  // the dataset's boxes stay in the default convention
+      ? { ...spec, input_format: convention, reference_format: spec.reference_format || { box_format: "xyxy", coordinates: "norm1000" } }
+      : spec;
+  }
+  if (spec.type === "multi" && spec.graders) {
+    const gs = spec.graders;
+    const graders = Array.isArray(gs) ? gs.map((g) => withConvention(g, convention))
+      : gs.type ? withConvention(gs, convention)
+      : Object.fromEntries(Object.entries(gs).map(([k, g]) => [k, withConvention(g, convention)]));
+    return { ...spec, graders };
+  }
+  return spec;
 }
 
 function conventions(spec) {

@@ -144,6 +144,18 @@ def test_records_match_the_trainers_events(server, job):
     assert stored == from_events
 
 
+def test_start_event_names_the_box_convention_the_trainer_resolved(server, job):
+    """The trainer's start message keeps its data in the job's events: the resolved config, and the boxes the
+    model's family answers in (what an IoU grader's input_format "auto" means; the dashboard draws with it)."""
+    from trainer.families import FAMILIES
+
+    with http(server) as c:
+        events = c.get(f"/fine_tuning/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]
+    (start,) = [e for e in events if e["message"].startswith("GRPO:")]
+    assert start["data"]["box_convention"] == FAMILIES["qwen2_vl"].box_convention
+    assert start["data"]["config"]["num_generations"] >= 2
+
+
 def test_rewards_are_what_the_grader_gives_each_completion(server, job):
     """Each record's reward and sub-rewards are what `alpha/graders/run` gives its text on its row."""
     rows = {"train": job["train_rows"], "validation": job["valid_rows"]}

@@ -192,6 +192,24 @@ def test_inspector_draws_boxes_and_scores(ui: UI, finished_job: dict, browser, a
     shot(browser, artifacts, "05-rollout-inspector")
 
 
+def test_auto_box_format_is_drawn_in_the_convention_the_trainer_resolved(ui: UI, finished_job: dict,
+                                                                         browser) -> None:  # noqa: ANN001
+    """An IoU grader's input_format "auto" is drawn as the job's start event says the model answers (Qwen2.5-VL:
+    pixels of the resized image), not as the default norm1000; the dataset's boxes stay norm1000."""
+    sign_in(browser, ui)
+    convention = {"box_format": "xyxy", "coordinates": "pixel", "resize": {"factor": 28}}
+    spec = {"type": "multi", "graders": {
+        "iou": {"type": "iou", "name": "iou", "input_format": "auto"},
+        "kept": {"type": "iou", "name": "kept", "input_format": {"box_format": "xywh", "coordinates": "norm1"}},
+        "f": {"type": "format", "name": "f"}}}
+    out = browser.execute_script("return withConvention(arguments[0], arguments[1])", spec, convention)
+    assert out["graders"]["iou"]["input_format"] == convention
+    assert out["graders"]["iou"]["reference_format"] == {"box_format": "xyxy", "coordinates": "norm1000"}
+    assert out["graders"]["kept"] == spec["graders"]["kept"] and out["graders"]["f"] == spec["graders"]["f"]
+    conv = browser.execute_script("return conventions(arguments[0])", out["graders"]["iou"])
+    assert conv["input"]["coordinates"] == "pixel" and conv["ref"]["coordinates"] == "norm1000"
+
+
 def test_inspector_filter(ui: UI, finished_job: dict, browser, artifacts: Path) -> None:  # noqa: ANN001
     sign_in(browser, ui)
     open_tab(browser, ui, finished_job["id"], "rollouts")
