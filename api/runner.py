@@ -239,6 +239,10 @@ class JobRunner:
 
     def _launch(self, job_dir: Path) -> subprocess.Popen:
         st = self.settings
+        if st.trainer_launcher == "kubernetes":  # a batch/v1 Job in the cluster, watched as a process is
+            from api import k8s_launcher
+
+            return k8s_launcher.launch(st, job_dir, self.worker_id)  # type: ignore[return-value]
         job_file = str(job_dir / "JOB.json")
         if st.trainer_num_ranks > 1 or st.trainer_hostfile:
             cmd = [sys.executable, "-m", "deepspeed.launcher.runner"]
@@ -300,6 +304,9 @@ class JobRunner:
     def _pause(self, proc: subprocess.Popen, out_dir: Path) -> None:
         """SIGUSR1 to rank 0 (its pid is in trainer.pid): DeepSpeed's launcher would not forward it and dies
         of it. Rank 0 tells the other ranks to checkpoint at the next step boundary."""
+        if not isinstance(proc, subprocess.Popen):  # a Kubernetes Job (api/k8s_launcher.py): a pause request file
+            proc.pause()
+            return
         try:
             os.kill(int((out_dir / "trainer.pid").read_text().strip()), signal.SIGUSR1)
         except (OSError, ValueError):
@@ -307,6 +314,9 @@ class JobRunner:
 
     @staticmethod
     def _signal(proc: subprocess.Popen, sig: int) -> None:
+        if not isinstance(proc, subprocess.Popen):  # a Kubernetes Job: SIGTERM and SIGKILL delete it
+            proc.signal(sig)
+            return
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
@@ -511,6 +521,11 @@ class JobRunner:
                 if job.status == "cancelled":
                     svc.add_event(s, job, "Training process stopped")
                     s.commit()
+                svc.release(s, job, worker_id=self.worker_id)
+                return
+            if outcome == "paused" and code == 0 and job.status == "queued":
+                # resumed while the trainer was stopping at its pause checkpoint (a Kubernetes Job's end is seen
+                # seconds after its `paused` event): the next run starts from that checkpoint
                 svc.release(s, job, worker_id=self.worker_id)
                 return
             if outcome == "shutdown" and code == 0:

@@ -110,6 +110,59 @@ class Settings(BaseSettings):
     trainer_stop_seconds: float = 20.0
     """How long a cancelled or pausing trainer gets before it is killed."""
 
+    # ---- where the trainer runs (api/runner.py, api/k8s_launcher.py)
+    trainer_launcher: Literal["process", "kubernetes"] = "process"
+    """`process`: the worker starts the trainer as its own child process (DeepSpeed's launcher for several ranks),
+    on the worker's host and GPUs. `kubernetes`: the worker hands each training job to the cluster as a batch/v1
+    Job sized from the job's memory plan (GPUs = `trainer_num_ranks`), so GPUs are held only while a job trains;
+    `home` must then be a ReadWriteMany volume mounted at the same path in the worker and in the Job's pod
+    (`k8s_home_claim`). infra/README.md, "Kubernetes"."""
+    k8s_kubeconfig: str | None = None
+    """`kubernetes` launcher: a kubeconfig file to reach the cluster with. Unset: the in-cluster service account
+    (`KUBERNETES_SERVICE_HOST`), else `$KUBECONFIG` or `~/.kube/config`."""
+    k8s_namespace: str | None = None
+    """Namespace of the training Jobs. Unset: the worker's own (in-cluster), else the kubeconfig context's, else
+    `default`."""
+    k8s_image: str | None = None
+    """Image of the training Jobs: the worker's own image (it holds the trainer); required by that launcher."""
+    k8s_image_pull_policy: str | None = None
+    """`imagePullPolicy` of the training container (unset: the cluster's default)."""
+    k8s_home_claim: str = "vrft-home"
+    """The ReadWriteMany PersistentVolumeClaim holding `home`, mounted at `home` in the training pod."""
+    k8s_env_from: list[str] = []
+    """Environment of the training container, as JSON: `configmap:NAME` and `secret:NAME` entries (the trainer's
+    `VRFT_*` knobs, e.g. the ConfigMap that sets the hardware; a Secret with the grader settings)."""
+    k8s_service_account: str | None = None
+    """Service account of the training pods (unset: the namespace's default; they call no Kubernetes API)."""
+    k8s_gpu_resource: str = "nvidia.com/gpu"
+    """The extended resource a GPU is requested as (one per rank)."""
+    k8s_cpu_per_rank: float = 4.0
+    """CPU cores requested per rank."""
+    k8s_host_memory_per_rank_gib: float = 12.0
+    """Host memory per rank besides what the memory plan counts in host memory (the interpreter, torch, CUDA and
+    vLLM's imports, the data loader): the pod requests ranks x (this + offloaded optimizer/parameters + the
+    weights a sleeping vLLM keeps in host memory)."""
+    k8s_memory_limit_factor: float | None = 1.5
+    """The pod's memory limit is its request times this (None: no limit)."""
+    k8s_shm_gib: float = 16.0
+    """Size of the pod's memory-backed /dev/shm (NCCL between the ranks of a pod)."""
+    k8s_node_selector: dict[str, str] = {}
+    """nodeSelector of the training pods, as JSON (`{"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}`)."""
+    k8s_tolerations: list[dict] = []
+    """Tolerations of the training pods, as JSON (Kubernetes' own field names: key, operator, value, effect)."""
+    k8s_labels: dict[str, str] = {}
+    """More labels of the training Jobs, as JSON (`{"kueue.x-k8s.io/queue-name": "gpu"}`: queued by Kueue)."""
+    k8s_priority_class: str | None = None
+    """priorityClassName of the training pods."""
+    k8s_active_deadline_seconds: int | None = None
+    """A training Job still running after this long is stopped by Kubernetes and the job fails (unset: none)."""
+    k8s_ttl_seconds_after_finished: int = 3600
+    """A finished training Job (and its pod, with its log) is deleted by Kubernetes after this long."""
+    k8s_termination_grace_seconds: int = 60
+    """How long a cancelled trainer's pod gets from SIGTERM to SIGKILL."""
+    k8s_poll_seconds: float = 2.0
+    """How often the worker reads its training Job's status (events are read from the shared folder as always)."""
+
     # ---- serving (serving/, /v1/chat/completions): vLLM OpenAI servers per model
     serving_mode: Literal["managed", "external"] = "managed"
     """`managed`: the API starts a vLLM server per model on first use and stops the least recently used one
