@@ -122,6 +122,7 @@ class JobRunner:
             if job.integrations:
                 self.reports = integrations.JobIntegrations(
                     job, job_dir, self.storage, floor=(job.progress or {}).get("metrics_step", 0))
+        _continue_numbering(out_dir / "events.jsonl", (job.progress or {}).get("trainer_seq", 0))
         spec.write(job_dir / "JOB.json")
         proc = self._launch(job_dir)
         outcome = self._watch(job_id, proc, out_dir)
@@ -528,7 +529,8 @@ class JobRunner:
                 # seconds after its `paused` event): the next run starts from that checkpoint
                 svc.release(s, job, worker_id=self.worker_id)
                 return
-            if outcome == "shutdown" and code == 0:
+            # -SIGUSR1: the pause reached a trainer still starting, before its handler was set (it died of it)
+            if outcome == "shutdown" and code in (0, -signal.SIGUSR1):
                 svc.transition(
                     s,
                     job,
@@ -552,6 +554,32 @@ class JobRunner:
             else:
                 self._fail(s, job, "trainer_exited_early", "The trainer exited without producing a model.")
             svc.release(s, job, worker_id=self.worker_id)
+
+
+def _continue_numbering(path: Path, applied: int) -> None:
+    """Make the trainer number its events after `applied`, the last `seq` the database took. A job taken over from
+    a worker on another host finds here no events.jsonl, or one from an earlier turn on this host that ends before
+    `applied`: the trainer would number its events from that file's end and the runner skip them as applied, the
+    final one included. A line at `applied` (the runner skips it) makes the trainer continue after it."""
+    last, good = 0, 0
+    if path.exists():
+        with path.open("rb") as f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break  # a line cut short by a crash (the trainer drops it too)
+                try:
+                    last = max(last, int(json.loads(line)["seq"]))
+                except (ValueError, KeyError, TypeError):
+                    pass
+                good += len(line)
+    if last >= applied:
+        return
+    if path.exists() and good != path.stat().st_size:
+        with path.open("r+b") as f:
+            f.truncate(good)
+    with path.open("a") as f:
+        f.write(json.dumps({"seq": applied, "type": "message", "created_at": int(time.time()), "level": "info",
+                            "message": f"Events up to {applied} were applied by another worker"}) + "\n")
 
 
 def _metrics_message(ev: dict) -> str:

@@ -27,15 +27,21 @@ def add_rollouts(session: Session, job: Job, *, step: int, split: str, records: 
     if done is not None:
         return 0
     t = now()
+    text = _no_nul if session.get_bind().dialect.name == "postgresql" else (lambda s: s)
     for r in records:
         session.add(Rollout(
             id=new_id("ftrollout-"), job_id=job.id, created_at=t, step=step, split=split, line=r.get("line"),
-            group_index=r["group"], sample_index=r["sample"], completion=r.get("completion") or "",
+            group_index=r["group"], sample_index=r["sample"], completion=text(r.get("completion") or ""),
             reward=r.get("reward"), sub_rewards=r.get("sub_rewards") or {}, advantage=r.get("advantage"),
-            errors=list(r.get("errors") or []), error_message=r.get("error_message"),
+            errors=list(r.get("errors") or []), error_message=text(r.get("error_message")),
             completion_tokens=int(r.get("completion_tokens") or 0), truncated=bool(r.get("truncated")),
         ))
     return len(records)
+
+
+def _no_nul(s: str | None) -> str | None:
+    """A model may sample a NUL character, which PostgreSQL's text columns refuse: stored there as U+FFFD."""
+    return s.replace("\x00", "\ufffd") if s else s
 
 
 def grader_names(job: Job) -> list[str]:
