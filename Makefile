@@ -20,8 +20,10 @@ sysdeps:
 	@command -v bwrap >/dev/null || { echo "installing bubblewrap"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq bubblewrap >/dev/null; }
 
 # chromium and chromium-driver: the dashboard's browser tests (tests/ui; Debian packages), for `make test` only.
+# pdsh and openssh-server: the multi-host tests (tests/multihost: DeepSpeed's launcher over ssh to namespace hosts).
 testdeps:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { echo "installing chromium and chromium-driver"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; }
+	@command -v pdsh >/dev/null && test -x /usr/sbin/sshd || { echo "installing pdsh and openssh-server"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq pdsh openssh-server >/dev/null; }
 
 $(VENV)/.stamp-base: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)

@@ -45,6 +45,10 @@ STAGING_CHECK_SECONDS = 1.0
 """How often staging renews the lease and looks for the user's cancel or pause."""
 
 
+PAUSING_ERRORS = ("host_lost", "resume_world_size_changed")
+"""Trainer errors that pause the job instead of failing it: the hosts failed, not the job (`_pause_lost`)."""
+
+
 class JobStopped(Exception):
     """Staging stopped before the trainer started: why is the message (`shutdown`, `lost`, or the job's new
     status, `cancelled` or `paused`)."""
@@ -185,7 +189,7 @@ class JobRunner:
             grader=params.get("grader"), response_format=params.get("response_format"), seed=job.seed,
             resume_from=resume_from, grader_url=st.grader_url,
             rollout_engine=st.rollout_engine, rollout_compile=st.rollout_compile,
-            num_ranks=st.trainer_num_ranks,
+            num_ranks=st.trainer_num_ranks, collective_timeout_seconds=st.trainer_collective_timeout_seconds,
         )
 
     def _download_model(self, job_id: str, model_id: str, pin: dict, heartbeat: Callable[[], None]) -> Path:
@@ -417,6 +421,8 @@ class JobRunner:
             svc.add_event(s, job, f"Training stopped at step {ev['step']}; resuming continues from there")
         elif kind == "final":
             self._succeed(s, job, ev, out_dir)
+        elif kind == "error" and ev.get("code") in PAUSING_ERRORS:
+            self._pause_lost(s, job, ev["message"])
         elif kind == "error":
             self._fail(s, job, ev.get("code", "training_error"), ev.get("message", "The trainer failed."))
 
@@ -509,6 +515,20 @@ class JobRunner:
                            error={"code": code, "message": message, "param": None})
         except APIError as e:
             log.warning("job %s: could not fail it: %s", job.id, e.message)
+
+    def _pause_lost(self, s: Session, job: Job, message: str) -> None:
+        """A rank lost its peers (a host of the hostfile died or left the network), or a resume found fewer or more
+        ranks than its checkpoint was written by: the job is paused, not failed. Nothing is wrong with the job, its
+        last checkpoint stands, and the same hostfile may not work until an operator looks, so no automatic retry:
+        the user's resume continues from that checkpoint."""
+        s.refresh(job)
+        if job.status != "running":
+            return
+        try:
+            svc.transition(s, job, "paused", f"Training stopped: {message} The job is paused; resume it to continue "
+                           "from its last checkpoint.", level="error")
+        except APIError as e:
+            log.warning("job %s: could not pause it: %s", job.id, e.message)
 
     def _finish(self, job_id: str, proc: subprocess.Popen, out_dir: Path, job_dir: Path, outcome: str) -> None:
         code = proc.wait()

@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     """Training processes per job. 1 runs `python -m trainer`; more go through DeepSpeed's launcher."""
     trainer_hostfile: str | None = None
     """A DeepSpeed hostfile: the trainer then spans the nodes it lists."""
+    trainer_collective_timeout_seconds: float = 600.0
+    """Longest time a rank waits for the others in one collective (and at start-up). A host that dies or drops
+    off the network mid-job then ends it within this time: the job is paused at its last checkpoint with an
+    error event (`host_lost`), to be resumed once the hostfile's hosts are sound. Keep it above the slowest
+    step's wait (rank 0 saving a checkpoint, generating rollouts)."""
     accelerator: Literal["auto", "cpu", "cuda"] = "auto"
     """What training runs on, for the memory plan: auto is a GPU where `nvidia-smi` is found on this host. Set it
     when workers run on other machines than the API. (The install reads the same `VRFT_ACCELERATOR` to pick the

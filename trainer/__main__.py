@@ -35,6 +35,15 @@ def _error_code(e: BaseException) -> tuple[str, str]:
             "The trainer ran out of memory. Lower batch_size, num_generations or "
             f"max_completion_length, use LoRA, or a higher zero_stage with offload. ({text[:300]})"
         )
+    from trainer.process import is_peer_lost
+
+    if is_peer_lost(e):
+        world = os.environ.get("WORLD_SIZE", "?")
+        return "host_lost", (
+            f"Rank {os.environ.get('RANK', '?')} of {world} lost contact with the other ranks: a host of the job "
+            "stopped, or its network failed, or a collective waited longer than "
+            f"VRFT_TRAINER_COLLECTIVE_TIMEOUT_SECONDS. ({text[:400]})"
+        )
     if isinstance(e, FileNotFoundError):
         return "file_not_found", f"A file the job needs is missing: {e}"
     return "internal_error", f"The trainer failed: {text[:500]}"
@@ -65,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if rank == 0:
         write_pid(output_dir)
     try:
-        dist = init_distributed()
+        dist = init_distributed(job.collective_timeout_seconds)
         if dist.main:
             events.message(f"Trainer started: job {job.job_id}, method {job.method}, {dist.world} rank(s) on "
                            f"{dist.device.type}" + (f", resuming from {job.resume_from}" if job.resume_from else ""))

@@ -111,7 +111,8 @@ def save_trainer_state(engine, state: TrainState, ckpt_dir: Path) -> None:
     engine.save_checkpoint(str(ckpt_dir / "trainer_state"), tag="ds", client_state=client,
                            save_latest=False, exclude_frozen_parameters=True)
     if torch.distributed.get_rank() == 0:
-        (ckpt_dir / "trainer_state" / "state.json").write_text(json.dumps(state.__dict__, indent=2))
+        layout = {"world_size": torch.distributed.get_world_size(), "zero_stage": engine.zero_optimization_stage()}
+        (ckpt_dir / "trainer_state" / "state.json").write_text(json.dumps({**state.__dict__, **layout}, indent=2))
 
 
 def load_trainer_state(engine, ckpt_dir: Path) -> TrainState:
@@ -121,6 +122,7 @@ def load_trainer_state(engine, ckpt_dir: Path) -> TrainState:
     if not (ts / "ds").exists():
         raise TrainerError("invalid_resume", f"{ckpt_dir} has no trainer_state/ to resume from (only the latest "
                                              "checkpoint and paused checkpoints keep it)")
+    _check_same_ranks(engine, ts)
     _, client = engine.load_checkpoint(str(ts), tag="ds", load_module_strict=False,
                                        load_optimizer_states=True, load_lr_scheduler_states=False)
     rng = client["rng"]
@@ -130,6 +132,30 @@ def load_trainer_state(engine, ckpt_dir: Path) -> TrainState:
     if rng.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     return TrainState(**client["train_state"])
+
+
+def _check_same_ranks(engine, ts: Path) -> None:
+    """ZeRO (stage 1 and up) splits the optimizer state into one file per rank, and DeepSpeed reloads it only into
+    as many ranks as wrote it, with ZeRO again (its elastic and universal checkpoints are not used here). A resume
+    on another number of ranks (a host of the hostfile lost) gets this error, which says what to do, rather than
+    DeepSpeed's failure half-way through the load. (Checkpoints from before `world_size` was recorded: unchecked.)"""
+    try:
+        saved = json.loads((ts / "state.json").read_text())
+    except (OSError, ValueError):
+        return
+    if "world_size" not in saved:
+        return
+    world, stage = torch.distributed.get_world_size(), engine.zero_optimization_stage()
+    was_world, was_stage = saved["world_size"], saved["zero_stage"]
+    split, was_split = stage >= 1, was_stage >= 1
+    if split == was_split and (world == was_world or not split):
+        return
+    raise TrainerError(
+        "resume_world_size_changed",
+        f"The checkpoint {ts.parent.name} was written by {was_world} rank(s) with ZeRO stage {was_stage}, and this run "
+        f"has {world} rank(s) with stage {stage}: its optimizer state cannot be split again. Resume it with "
+        f"{was_world} rank(s) in all (a hostfile whose slots add up to {was_world}, or VRFT_TRAINER_NUM_RANKS)."
+    )
 
 
 class Checkpointer:

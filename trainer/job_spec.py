@@ -68,6 +68,9 @@ class JobSpec:
     rollout_compile: bool = False
     """`hf` engine: torch.compile its decode step (see trainer/README.md for what it costs and saves)."""
     num_ranks: int = 1
+    collective_timeout_seconds: float = 600.0
+    """Longest wait of one rank for the others in a collective (and at start-up), `trainer_collective_timeout_seconds`:
+    a rank whose host died or whose network failed ends the job with a `host_lost` error instead of a hang."""
 
     def write(self, path: Path) -> None:
         tmp = Path(path).with_suffix(".tmp")

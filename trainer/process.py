@@ -46,10 +46,16 @@ def setup_environment() -> None:
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(local_world, 1))))
 
 
-def init_distributed() -> Dist:
+def init_distributed(timeout_seconds: float = 600.0) -> Dist:
     """The process group (gloo on CPU, NCCL on GPUs). A world of one meets nobody: its group is set up on an
-    in-memory store, with no address or port; several ranks meet at the launcher's MASTER_ADDR:MASTER_PORT."""
+    in-memory store, with no address or port; several ranks meet at the launcher's MASTER_ADDR:MASTER_PORT.
+    `timeout_seconds` bounds every collective and the rendezvous: a rank whose peer's host is gone raises
+    (`is_peer_lost` says so) instead of waiting for ever."""
+    from datetime import timedelta
+
     import deepspeed
+
+    timeout = timedelta(seconds=timeout_seconds)
 
     cpu = not torch.cuda.is_available()
     backend = "gloo" if cpu else "nccl"
@@ -58,8 +64,9 @@ def init_distributed() -> Dist:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     if os.environ.get("WORLD_SIZE", "1") == "1":
-        torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+        torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1,
+                                             timeout=timeout)
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, timeout=timeout)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if cpu:
@@ -68,6 +75,20 @@ def init_distributed() -> Dist:
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     return Dist(rank, world, local_rank, device)
+
+
+PEER_LOST_SIGNS = ("connection closed by peer", "connection reset by peer", "timed out", "timeout", "broken pipe",
+                   "connection refused", "no route to host", "watchdog", "socket closed")
+
+
+def is_peer_lost(e: BaseException) -> bool:
+    """True when `e` is the process group failing: a peer rank died, its host or the network went away, or a
+    collective outwaited `init_distributed`'s timeout (gloo and NCCL say it in their own words)."""
+    dist_errors = tuple(getattr(torch.distributed, n) for n in ("DistError", "DistBackendError", "DistNetworkError")
+                        if hasattr(torch.distributed, n))
+    text = f"{type(e).__name__}: {e}".lower()
+    in_group = isinstance(e, dist_errors) or "gloo" in text or "nccl" in text or "c10d" in text
+    return in_group and any(sign in text for sign in PEER_LOST_SIGNS)
 
 
 def all_reduce(x: torch.Tensor, op: str = "sum") -> torch.Tensor:
