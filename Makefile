@@ -60,8 +60,10 @@ test: install testdeps
 test-fast: sysdeps $(VENV)/.stamp-base sdk3
 	$(PY) -m pytest -q tests/api
 
-# SFT then RFT of the tiny model through the API, base / SFT / RFT evaluated; uses the service on --url or
-# starts one there. `make demo DEMO_ARGS=--quick` for the short version; outputs in $(VRFT_HOME)/demo.
+# The learning demo through the API: builds once (cached in $(VRFT_HOME)/models/vrft-demo-base) a small pretrained
+# base, then few-shot grounding on one seed: SFT warm start, +SFT, +RFT, scored on held-out rows (README: Demo).
+# Uses the service on --url or starts one there; outputs in $(VRFT_HOME)/demo.
+# `make demo DEMO_ARGS=--quick`: the plumbing-only run (SFT then RFT of the random tiny model, a few minutes).
 .PHONY: demo
 demo: install
 	$(PY) -m demo $(DEMO_ARGS)

@@ -1,8 +1,13 @@
-"""The demo, through the openai SDK only: on a synthetic task, an SFT job on tiny-qwen2-vl, then an RFT job
-from the SFT model; base, SFT and RFT evaluated on a held-out set (graded locally), a table, `results.json` and
-`curves.png` in --out. It starts `vrft serve` on --url unless one answers there.
+"""The demo, through the openai SDK only; it starts `vrft serve` on --url unless one answers there.
 
-The tiny model has random weights: the numbers say what was measured, not that anything was learned.
+By default, the learning demo (`demo.learn`): it builds once (cached in $VRFT_HOME) a small pretrained base, then
+runs the few-shot grounding comparison on one seed (SFT warm start, +SFT, +RFT), scored on held-out rows; a table,
+`results.json` and `learning.png` in --out, and the dashboard address of the RFT job.
+
+--quick (or --plumbing for a longer one): the plumbing-only run. On a synthetic task, an SFT job on tiny-qwen2-vl,
+then an RFT job from the SFT model; base, SFT and RFT evaluated on a held-out set (graded locally), a table,
+`results.json` and `curves.png` in --out. The tiny model has random weights: the numbers say what was measured,
+not that anything was learned.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import openai
 from tqdm import tqdm
 
 import synthetic
+from demo import learn
 from demo.client import BASE, api_key, follow, healthy, start_server, stop_server, upload, vrft_home
 
 # ---------------------------------------------------------------- evaluation
@@ -142,13 +148,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--api-key", default=None, help="default: VRFT_API_KEY, then $VRFT_HOME/api_key, then OPENAI_API_KEY"
     )
-    ap.add_argument("--task", choices=("grounding", "classification"), default="grounding")
-    ap.add_argument("--quick", action="store_true", help="the shortest run: 2 SFT steps, 2 RFT steps, 3 held-out rows")
-    ap.add_argument("--steps", type=int, default=None, help="RFT optimizer steps (1 epoch of 2*steps rows; default: 8)")
-    ap.add_argument("--eval-rows", type=int, default=None, help="held-out rows (default 16, --quick 3)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="output folder (default $VRFT_HOME/demo)")
+    learn.add_arguments(ap)
+    g = ap.add_argument_group("the plumbing-only run (--quick or --plumbing)")
+    g.add_argument("--quick", action="store_true",
+                   help="the plumbing-only run, shortest: 2 SFT steps, 2 RFT steps, 3 held-out rows")
+    g.add_argument("--plumbing", action="store_true", help="the plumbing-only run, 8 RFT steps, 16 held-out rows")
+    g.add_argument("--task", choices=("grounding", "classification"), default="grounding")
+    g.add_argument("--steps", type=int, default=None, help="RFT optimizer steps (1 epoch of 2*steps rows; default: 8)")
+    g.add_argument("--eval-rows", type=int, default=None, help="held-out rows (default 16, --quick 3)")
     args = ap.parse_args(argv)
+    if not (args.quick or args.plumbing):
+        return learn.run(args)
 
     t_start = time.time()
     home = vrft_home()

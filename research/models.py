@@ -1,9 +1,11 @@
-"""The studies' model sizes and number tokens, built by the product's `trainer.tiny_model.build_tiny_model`.
+"""The studies' model sizes, with the demo's number tokens, built by the product's `demo.base.build_init`
+(`trainer.tiny_model.build_tiny_model`).
 
-The product needs one model, the tiny one. The learning studies also tried larger ones (`small`, `base`) and a
-vocabulary with one token for each integer 0..999 (``number_tokens``): a coordinate is then one token instead
-of one token a digit (Llama 3 splits numbers in runs of up to 3 digits; PaliGemma has location tokens), so a
-small model predicts a box coordinate as one choice instead of a digit decomposition.
+The product needs the tiny size. The learning studies also tried larger ones (`small`, `base`). The vocabulary
+with one token for each integer 0..999 (``number_tokens``, `demo.base.NUMBER_TOKENS`) began here and is now the
+learning demo's: a coordinate is then one token instead of one token a digit (Llama 3 splits numbers in runs of
+up to 3 digits; PaliGemma has location tokens), so a small model predicts a box coordinate as one choice instead
+of a digit decomposition.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from trainer.tiny_model import Dimensions, build_tiny_model
+from demo.base import NUMBER_TOKENS, build_init
+from trainer.tiny_model import Dimensions
+
+__all__ = ["NUMBER_TOKENS", "SIZES", "build_base"]
 
 SIZES = {
     "tiny": Dimensions(),
@@ -21,8 +26,6 @@ SIZES = {
                        vision_depth=6, vision_embed=192, vision_heads=6),
 }
 """Model sizes by name; each keeps the tiny model's head size (32), so vLLM's CPU backend loads it."""
-NUMBER_TOKENS = tuple(str(i) for i in range(1000))
-"""Added after the tags with ``number_tokens``: one token for each integer 0..999."""
 
 
 def build_base(out_dir: str | os.PathLike, seed: int = 0, family: str = "qwen2_vl", size: str = "tiny",
@@ -31,5 +34,4 @@ def build_base(out_dir: str | os.PathLike, seed: int = 0, family: str = "qwen2_v
     (returned, absolute); what `trainer.tiny_model` builds when size is tiny and there are no number tokens."""
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {tuple(SIZES)}")
-    return build_tiny_model(out_dir, seed=seed, family=family, force=force, dims=SIZES[size],
-                            added_tokens=NUMBER_TOKENS if number_tokens else ())
+    return build_init(out_dir, seed=seed, family=family, number_tokens=number_tokens, dims=SIZES[size], force=force)

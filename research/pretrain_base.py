@@ -17,13 +17,16 @@ order, fixed step count; torch CPU kernels).
         --tasks grounding --rows 16000 --steps 1500
 
 Writes `<folder>/vrft_pretrain.json` (the options, the loss curve and the held-out scores at each eval).
+
+The corpus, its encoding, the training loop and the saving are the learning demo's (`demo.base`, which builds the
+demo's base with one fixed recipe); this script adds the studies' options (sizes, scenes, --init-from,
+--deepen, a time budget, kept evaluations).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import statistics
@@ -36,61 +39,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import synthetic  # noqa: E402
+from demo import base as demo_base  # noqa: E402
+from demo.base import EVAL_SEED, MARKER, PRETRAIN_SEED, PRETRAIN_SPLIT, encode, save  # noqa: E402, F401
 from research import scenes  # noqa: E402
 from research.learning import add_scene_arguments, generate_answers, task_grader, task_options  # noqa: E402
 from research.models import SIZES, build_base  # noqa: E402
-from trainer.tiny_model import FAMILIES, swap_into  # noqa: E402
-from trainer.tiny_model import MARKER as MODEL_MARKER  # noqa: E402
-
-PRETRAIN_SPLIT = "pretrain"
-PRETRAIN_SEED = 7_000
-EVAL_SEED = 30_000  # its own held-out rows (split "valid"; the benchmark's are seeds 10_000 + seed)
-MARKER = "vrft_pretrain.json"
+from trainer.tiny_model import FAMILIES  # noqa: E402
 
 
 def corpus(args: argparse.Namespace) -> list[dict]:
-    """args.rows SFT rows, spread evenly over the tasks, interleaved."""
-    opts = task_options(args)
-    per = [args.rows // len(args.tasks) + (i < args.rows % len(args.tasks)) for i in range(len(args.tasks))]
-    parts = [scenes.generate(t, n, seed=args.data_seed, split=PRETRAIN_SPLIT, sft=True, **opts)
-             for t, n in zip(args.tasks, per)]
-    out = []
-    for i in range(max(per)):
-        out += [p[i] for p in parts if i < len(p)]
-    return out
-
-
-def _encode_rows(init: str, rows: list[dict], first: int) -> list:
-    """SFT examples of `rows` (numbered from `first`, for error messages)."""
-    from trainer.data import ChatData
-    from trainer.model import load_processor
-
-    data = ChatData(rows, list(range(first, first + len(rows))), load_processor(init, True), True, "pretraining corpus")
-    return [data.sft_example(i) for i in range(len(rows))]
-
-
-def _encode_chunk(job: tuple[str, list[dict], int]) -> bytes:
-    """`_encode_rows` in a worker process of `encode`, as plain pickle bytes: torch's own pickler would send
-    each tensor as a shared-memory file descriptor."""
-    import pickle
-
-    return pickle.dumps(_encode_rows(*job))
-
-
-def encode(init: Path, rows: list[dict], workers: int, chunk: int = 500) -> list:
-    """The SFT examples of the corpus (the processor costs about 5 ms a row), in `workers` processes that
-    take `chunk` rows at a time; in order, and the same as one process makes."""
-    if workers <= 1:
-        return _encode_rows(str(init), rows, 1)
-    import multiprocessing
-    import pickle
-    from concurrent.futures import ProcessPoolExecutor
-
-    # spawn, not fork: the parent's torch thread pool is already up, and a forked copy of it can hang; an
-    # executor, not multiprocessing.Pool: a worker that dies raises here instead of being replaced forever
-    jobs = [(str(init), rows[a:a + chunk], a + 1) for a in range(0, len(rows), chunk)]
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return [e for chunk in pool.map(_encode_chunk, jobs) for e in pickle.loads(chunk)]
+    """args.rows SFT rows, spread evenly over the tasks, interleaved (`demo.base.corpus` on the studies' scenes)."""
+    return demo_base.corpus(args.tasks, args.rows, args.data_seed, scenes.generate, task_options(args))
 
 
 def evaluate(folder: Path, args: argparse.Namespace) -> dict:
@@ -108,19 +67,6 @@ def evaluate(folder: Path, args: argparse.Namespace) -> dict:
                      "format": statistics.fmean(batch.sub_rewards.get("format", [0])),
                      "samples": [[r["solution"], a] for r, a in list(zip(rows, answers))[:4]]}
     return out
-
-
-def save(model, init: Path, out: Path, info: dict) -> None:
-    """Atomically replace `out` with the model's weights plus the tokenizer / processor files of `init`."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    for f in init.iterdir():
-        if f.is_file() and f.name not in ("model.safetensors", MODEL_MARKER):
-            shutil.copy2(f, tmp / f.name)
-    model.save_pretrained(tmp)
-    (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
-    tmp.chmod(0o755)
-    swap_into(tmp, out)
 
 
 def deepen(model) -> None:
@@ -202,7 +148,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from trainer.model import load_model, load_processor
-    from trainer.sft import collate, token_loss_sums
 
     torch.set_num_threads(args.threads)
     home = Path(os.environ.get("VRFT_HOME", REPO / ".vrft"))
@@ -224,65 +169,38 @@ def main(argv: list[str] | None = None) -> int:
     model.to(args.device)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    gen = torch.Generator().manual_seed(args.seed)
-    order: list[int] = []
-    history, evals, losses = [], [], []
+    evals: list[dict] = []
     info = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "split": PRETRAIN_SPLIT, "eval_seed": EVAL_SEED, "parameters": n_params, "options": task_options(args)}
     if args.init_from:
         marker = Path(args.init_from) / MARKER
         info["init_from"] = json.loads(marker.read_text()) if marker.exists() else str(args.init_from)
-    t_train = time.time()
-    last = min(args.stop_after or args.steps, args.steps) if args.budget_seconds is None else math.inf
-    step = 0
-    while step < last:
-        step += 1
-        if len(order) < args.batch_size:
-            order += torch.randperm(len(examples), generator=gen).tolist()
-        batch, order = [examples[i] for i in order[:args.batch_size]], order[args.batch_size:]
-        # how far along the schedule: steps, or seconds on a time budget (its last step is the one that ends it)
-        done = ((step - args.warmup) / max(args.steps - args.warmup, 1) if args.budget_seconds is None
-                else (time.time() - t_train) / args.budget_seconds)
-        if args.budget_seconds is not None and done >= 1:
-            last = step
-        lr = args.lr * (step / args.warmup if step <= args.warmup else
-                        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(done, 1.0))))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        ids, att, labels, mm = collate(batch, tok.pad_token_id, args.device)
-        ce, correct, count = token_loss_sums(model, ids, att, labels, mm)
-        loss = ce / count
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if step % 50 == 0:
-            history.append({"step": step, "loss": statistics.fmean(losses[-50:]), "lr": lr,
-                            "seconds": round(time.time() - t_train, 1)})
-            of = args.steps if args.budget_seconds is None else "-"
-            print(f"step {step}/{of}  loss {history[-1]['loss']:.4f}  lr {lr:.2e}  "
-                  f"{time.time() - t_train:.0f} s", flush=True)
-        if step % args.eval_every == 0 or step == last:
-            model.eval()
-            save(model, init, out, {**info, "step": step, "history": history, "evals": evals})
-            try:
-                e = evaluate(out, args)
-            except Exception as exc:  # noqa: BLE001 (an evaluation failure must not lose the training run)
-                print(f"eval step {step} failed: {type(exc).__name__}: {exc}", flush=True)
-                model.train()
-                continue
-            evals.append({"step": step, **{t: {"score": v["score"], "format": v["format"]} for t, v in e.items()}})
-            save(model, init, out, {**info, "step": step, "history": history, "evals": evals,
-                                    "samples": {t: v["samples"] for t, v in e.items()},
-                                    "seconds": round(time.time() - t0, 1)})
-            if args.keep_evals:  # a copy per eval, so a base can be picked at a chosen level of skill
-                shutil.copytree(out, out.parent / f"{out.name}-s{step}", dirs_exist_ok=True)
-            print(f"eval step {step}: "
-                  + ", ".join(f"{t} {v['score']:.3f} (format {v['format']:.2f})" for t, v in e.items())
-                  + f"  samples {e[args.tasks[0]]['samples'][:2]}", flush=True)
-            model.train()
+
+    def on_log(entry: dict, schedule) -> None:
+        print(f"step {entry['step']}/{schedule}  loss {entry['loss']:.4f}  lr {entry['lr']:.2e}  "
+              f"{entry['seconds']:.0f} s", flush=True)
+
+    def on_eval(step: int, history: list[dict]) -> None:
+        save(model, init, out, {**info, "step": step, "history": history, "evals": evals})
+        try:
+            e = evaluate(out, args)
+        except Exception as exc:  # noqa: BLE001 (an evaluation failure must not lose the training run)
+            print(f"eval step {step} failed: {type(exc).__name__}: {exc}", flush=True)
+            return
+        evals.append({"step": step, **{t: {"score": v["score"], "format": v["format"]} for t, v in e.items()}})
+        save(model, init, out, {**info, "step": step, "history": history, "evals": evals,
+                                "samples": {t: v["samples"] for t, v in e.items()},
+                                "seconds": round(time.time() - t0, 1)})
+        if args.keep_evals:  # a copy per eval, so a base can be picked at a chosen level of skill
+            shutil.copytree(out, out.parent / f"{out.name}-s{step}", dirs_exist_ok=True)
+        print(f"eval step {step}: "
+              + ", ".join(f"{t} {v['score']:.3f} (format {v['format']:.2f})" for t, v in e.items())
+              + f"  samples {e[args.tasks[0]]['samples'][:2]}", flush=True)
+
+    last, _ = demo_base.train(model, examples, tok.pad_token_id, steps=args.steps, batch_size=args.batch_size,
+                              lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay, seed=args.seed,
+                              device=args.device, stop_after=args.stop_after, budget_seconds=args.budget_seconds,
+                              eval_every=args.eval_every, on_eval=on_eval, on_log=on_log)
     print(f"{out}: {n_params:,} parameters, {last} steps, {(time.time() - t0) / 60:.1f} min", flush=True)
     return 0
 

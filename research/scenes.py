@@ -1,10 +1,11 @@
 """The learning studies' scene options: `synthetic`'s scenes, changed through its `Options` hooks.
 
 The product generator (`synthetic`) draws the scenes the service, the demo and the tests use. The studies in
-research/results/ asked it for scenes it has no use for: bigger shapes, a position cue in the background, a
-decoy beside a second anchor, the relations in words a base never read, and answers that reason through the
-anchor first. `StudyOptions` adds them as fields and overrides the hooks that draw them; everything else is the
-product's code. With every study field at its default, a row is byte for byte the product's row.
+research/results/ asked it for scenes it has no use for: a position cue in the background, a decoy beside a
+second anchor, and answers that reason through the anchor first. `StudyOptions` adds them as fields to the
+learning demo's `demo.scenes.SceneOptions` (bigger shapes, the relations in words a base never read: what the
+headline study and the demo share) and overrides the hooks that draw them; everything else is the product's
+code. With every study field at its default, a row is byte for byte the product's row.
 
     from research.scenes import generate
     rows = generate("grounding", 64, seed=0, short=True, sizes=((56, 56),), noise_prob=0.0,
@@ -24,14 +25,12 @@ from typing import Any, Sequence
 import numpy as np
 
 import synthetic
-from synthetic import RELATIONS, Obj, Options, Referent, beyond, holds, shape_box, to_space
+from demo.scenes import RELATION_WORDS, SceneOptions
+from synthetic import Obj, Referent, beyond, holds, shape_box, to_space
 
-RELATION_WORDS = {
-    "plain": RELATIONS,
-    "compass": {"left": "west of", "right": "east of", "above": "north of", "below": "south of"},
-}
-"""How a grounding expression words each relation. ``compass`` says the same relations in words a base
-pretrained on ``plain`` ones has never read: the skill is there, the vocabulary is new (the eleventh try)."""
+__all__ = ["DECOYS", "GRADIENT_MAX", "IN_LINE", "RELATION_WORDS", "StudyOptions", "generate", "holds_in_line",
+           "other_anchor_decoy", "position_ramp"]
+
 DECOYS = ("opposite", "other_anchor")
 IN_LINE = "directly"
 """Word before the relation when relations are in line (``decoy="other_anchor"``)."""
@@ -41,12 +40,10 @@ separates every shape colour's channels, so a background pixel never takes a sha
 
 
 @dataclass(frozen=True)
-class StudyOptions(Options):
-    """`synthetic.Options` plus the studies' scene options (keyword arguments of `generate`)."""
+class StudyOptions(SceneOptions):
+    """`demo.scenes.SceneOptions` (``shape_scale``, ``relation_words``: the relations in words a base never read,
+    the eleventh try) plus the studies' scene options (keyword arguments of `generate`)."""
 
-    shape_scale: tuple[float, float] | None = None
-    """Side of each shape's square as a fraction (lo, hi) of the image's shorter side; None: the task's default
-    (0.16-0.30 for detection and grounding, 0.35-0.70 for classification's single shape)."""
     gradient: int = 0
     """Amplitude (grey levels, 0..GRADIENT_MAX) of an absolute-position cue in every background: the red channel
     ramps by this much from the left edge to the right one, the blue channel from the top edge to the bottom one
@@ -62,22 +59,14 @@ class StudyOptions(Options):
     in the same relation to a SECOND anchor of another class (a red circle directly left of a green square).
     The decoy is farther that way than the target in half of the scenes, nearer in the other half, so only the
     anchor tells which."""
-    relation_words: str = "plain"
-    """Grounding: the words for the relations, a key of ``RELATION_WORDS`` ("left of", or "west of" for compass)."""
     think_anchor: bool = False
     """Grounding, with ``short=False``: the ``<think>`` part names the anchor and gives its box ("The blue star is
     at [x1, y1, x2, y2].") instead of naming where the target is. The reasoning is then a step the answer builds
     on: first find the shape the expression names, then the one beside it. The grader still scores only the
     ``<answer>`` box."""
 
-    def __post_init__(self) -> None:
-        if self.shape_scale is not None:  # a list from argparse or JSON
-            object.__setattr__(self, "shape_scale", tuple(float(v) for v in self.shape_scale))
-
     def check(self) -> "StudyOptions":
         super().check()
-        if self.relation_words not in RELATION_WORDS:
-            raise ValueError(f"relation_words must be one of {', '.join(RELATION_WORDS)}, got {self.relation_words!r}")
         if self.decoy not in DECOYS:
             raise ValueError(f"decoy must be one of {', '.join(DECOYS)}, got {self.decoy!r}")
         if self.in_line and self.max_objects < 4:
@@ -86,8 +75,6 @@ class StudyOptions(Options):
             raise ValueError("think_anchor needs short=False (the anchor's box goes in the <think> part)")
         if not 0 <= self.gradient <= GRADIENT_MAX:
             raise ValueError(f"gradient must be in [0, {GRADIENT_MAX}]")
-        if self.shape_scale is not None and not 0 < self.shape_scale[0] <= self.shape_scale[1] <= 0.9:
-            raise ValueError("shape_scale must be (lo, hi) with 0 < lo <= hi <= 0.9")
         return self
 
     @property
@@ -95,10 +82,7 @@ class StudyOptions(Options):
         """Relations in line, and a decoy beside a second anchor."""
         return self.decoy == "other_anchor"
 
-    # the hooks of synthetic.Options
-
-    def shape_sides(self, lo: float, hi: float) -> tuple[float, float]:
-        return self.shape_scale or (lo, hi)
+    # the hooks of synthetic.Options (SceneOptions draws the shape sides)
 
     def finish_background(self, pixels: np.ndarray, label: str, level: int) -> tuple[np.ndarray, str]:
         if not self.gradient:
@@ -118,7 +102,7 @@ class StudyOptions(Options):
         return super().pick_referent(rng, objects, triples)
 
     def relation_phrase(self, relation: str) -> str:
-        words = RELATION_WORDS[self.relation_words][relation]
+        words = super().relation_phrase(relation)
         return f"{IN_LINE} {words}" if self.in_line else words
 
     def reasoning(self, task: str, info: dict, width: int, height: int) -> str:
