@@ -125,9 +125,15 @@ def test_a_job_trains_as_a_kubernetes_job_pauses_in_its_pod_and_resumes_in_a_sec
     assert steps == list(range(1, steps[-1] + 1)), steps  # each step once, none missing
     log = (job_dir / "trainer.log").read_text()
     assert log.count(f"[vrft kubernetes] created Job {NS}/vrft-{job.id.lower()}-") == 2
-    pod_logs = "".join(p.read_text() for p in fake.log_dir.glob(f"vrft-{job.id.lower()}-*.log"))
-    assert "[vrft k8s_pod] pause requested: SIGUSR1 to rank 0" in pod_logs
-    assert pod_logs.count("[vrft k8s_pod] trainer exited with code 0") == 2
+    def pod_logs() -> str:
+        return "".join(p.read_text() for p in fake.log_dir.glob(f"vrft-{job.id.lower()}-*.log"))
+
+    # the job succeeds on the trainer's final event; its pod writes its last line as it exits, a moment later
+    deadline = time.time() + 60
+    while pod_logs().count("[vrft k8s_pod] trainer exited with code 0") < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    assert "[vrft k8s_pod] pause requested: SIGUSR1 to rank 0" in pod_logs()
+    assert pod_logs().count("[vrft k8s_pod] trainer exited with code 0") == 2
     messages = [e.message for e in events_of(client, job.id)]
     assert "The job has successfully completed" in messages
 
