@@ -24,7 +24,7 @@ import synthetic
 from tests.helpers import LiveServer
 from tests.infra.fake_kube import FakeKube
 from tests.jobs.conftest import training_env
-from tests.jobs.test_training_jobs import TERMINAL, events_of, upload, wait
+from tests.jobs.test_training_jobs import TERMINAL, cancel_and_wait_stopped, events_of, upload, wait
 
 NS = "vrft-test"
 
@@ -73,13 +73,7 @@ def test_cancel_deletes_the_job_and_its_pod_stops(cluster, client: openai.OpenAI
     job = client.fine_tuning.jobs.create(model="tiny-qwen2-vl", training_file=train, method=_sft(50, 1))
     wait(client, job.id, lambda j: any(  # the trainer runs, its signal handlers set
         e.message.startswith("Trainer started") for e in client.fine_tuning.jobs.list_events(j.id, limit=5)))
-    t0 = time.time()
-    assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
-    deadline = time.time() + 30
-    while "Training process stopped" not in [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=5)]:
-        assert time.time() < deadline, "the trainer did not stop within 30 s"
-        time.sleep(0.2)
-    assert time.time() - t0 < 30
+    cancel_and_wait_stopped(client, job.id)
     [body] = _created(fake, job.id)
     [deleted] = [d for d in fake.deleted_jobs if d["name"].startswith(body["metadata"]["generateName"])]
     assert deleted["options"]["propagationPolicy"] == "Foreground"

@@ -16,21 +16,13 @@ from api import k8s_launcher
 from api.settings import Settings
 from tests.helpers import REPO
 from tests.infra.k8s_schema import SchemaError, assert_valid, validate
+from tests.trainer.test_memory import QWEN25_VL_3B  # Qwen/Qwen2.5-VL-3B-Instruct's dimensions
 from trainer import memory
 from trainer.job_spec import JobSpec
 
 GIB = 1 << 30
 MIB = 1 << 20
 
-# Qwen/Qwen2.5-VL-3B-Instruct's dimensions (as tests/trainer/test_memory.py)
-QWEN25_VL_3B = {
-    "model_type": "qwen2_5_vl", "tie_word_embeddings": True,
-    "text_config": {"model_type": "qwen2_5_vl_text", "hidden_size": 2048, "intermediate_size": 11008,
-                    "num_hidden_layers": 36, "num_attention_heads": 16, "num_key_value_heads": 2,
-                    "vocab_size": 151936},
-    "vision_config": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
-                      "out_hidden_size": 2048, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
-}
 SMALL_CONFIG = {  # a text+vision model of a few million parameters
     "model_type": "qwen2_vl",
     "text_config": {"model_type": "qwen2_vl_text", "hidden_size": 64, "intermediate_size": 128,

@@ -197,6 +197,15 @@ def test_sft_extras_train_the_language_model_only(
     assert any(not torch.equal(tuned[k], base[k]) for k in base if k not in vision)
 
 
+def cancel_and_wait_stopped(client: openai.OpenAI, job_id: str, within: float = 30) -> None:
+    """Cancel a running job and wait for the runner's "Training process stopped": within `within` seconds."""
+    t0 = time.time()
+    assert client.fine_tuning.jobs.cancel(job_id).status == "cancelled"
+    while "Training process stopped" not in [e.message for e in client.fine_tuning.jobs.list_events(job_id, limit=5)]:
+        assert time.time() - t0 < within, f"the trainer did not stop within {within:.0f} s"
+        time.sleep(0.2)
+
+
 def test_cancel_stops_the_trainer_within_seconds(
     client: openai.OpenAI, trainer_server: LiveServer, tmp_path: Path
 ) -> None:
@@ -205,13 +214,7 @@ def test_cancel_stops_the_trainer_within_seconds(
         model="tiny-qwen2-vl", training_file=train, method=rft_method(n_epochs=50, batch_size=1)
     )
     wait(client, job.id, lambda j: any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(j.id, limit=5)))
-    t0 = time.time()
-    assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
-    deadline = time.time() + 30
-    while "Training process stopped" not in [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=5)]:
-        assert time.time() < deadline, "the trainer did not stop within 30 s"
-        time.sleep(0.2)
-    assert time.time() - t0 < 30
+    cancel_and_wait_stopped(client, job.id)
     assert not _trainer_processes(job.id)
 
 
