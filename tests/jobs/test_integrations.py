@@ -62,11 +62,15 @@ def wandb_records(path: Path) -> list:
 def wandb_run(wandb_dir: Path, run_id: str) -> tuple[list, dict[int, dict]]:
     """The run records and the history rows by step, over every offline run file of `run_id` (a resumed run
     writes a file of its own)."""
-    files = sorted(wandb_dir.rglob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb"))
-    assert files, list(wandb_dir.rglob("*"))
+    # W&B's core writes the file, and its exit record after finish(), in a process of its own: on a loaded machine
+    # that may come after the job's end (the runner waits only a third of a lease for it)
+    deadline = time.monotonic() + 120
+    while not (files := sorted(wandb_dir.rglob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb"))):
+        assert time.monotonic() < deadline, list(wandb_dir.rglob("*"))
+        time.sleep(0.2)
     runs, history = [], {}
     for f in files:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while not (records := wandb_records(f)) or records[-1].WhichOneof("record_type") != "exit":
             assert time.monotonic() < deadline, f"{f} has no exit record"  # W&B's core writes it after finish()
             time.sleep(0.2)
