@@ -46,7 +46,7 @@ def setup_environment() -> None:
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(local_world, 1))))
 
 
-def init_distributed(timeout_seconds: float = 600.0) -> Dist:
+def init_distributed(timeout_seconds: float) -> Dist:
     """The process group (gloo on CPU, NCCL on GPUs). A world of one meets nobody: its group is set up on an
     in-memory store, with no address or port; several ranks meet at the launcher's MASTER_ADDR:MASTER_PORT.
     `timeout_seconds` bounds every collective and the rendezvous: a rank whose peer's host is gone raises
