@@ -22,25 +22,26 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+from serving.engines import free_port
+
 PAUSE_FILE = "pause.request"
 """In the job's output folder: written by the worker to ask for a pause (api/k8s_launcher.py)."""
 POLL_SECONDS = 0.5
 
 
-def trainer_command(job_file: str, ranks: int, python: str = sys.executable) -> list[str]:
-    """The trainer's command line for `ranks` ranks on this pod (as api/runner.py builds it for a host)."""
-    if ranks > 1:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        return [python, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks), "--master_port", str(port),
+def trainer_command(job_file: str, ranks: int, hostfile: str | None = None, python: str = sys.executable) -> list[str]:
+    """The trainer's command line: `python -m trainer JOB.json` for one rank, else DeepSpeed's launcher for `ranks`
+    ranks here or across the hosts of a DeepSpeed `hostfile`. The worker's process launcher (api/runner.py) runs
+    the same on its host."""
+    if ranks > 1 or hostfile:
+        where = ["--hostfile", hostfile] if hostfile else ["--num_gpus", str(ranks)]
+        return [python, "-m", "deepspeed.launcher.runner", *where, "--master_port", str(free_port()),
                 "--module", "trainer", job_file]
     return [python, "-m", "trainer", job_file]
 

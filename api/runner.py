@@ -18,7 +18,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from api import hub, integrations
+from api import hub, integrations, k8s_pod
 from api.db import session_scope
 from api.errors import APIError
 from api.ids import new_id, now
@@ -36,7 +35,6 @@ from api.settings import Settings
 from api.staging import Stager, StagingError, local_model_path
 from api.storage import delete_tree, get_tree, put_tree, storage_for
 from api.tables import Checkpoint, File, Job, JobEvent, Project
-from serving.engines import free_port
 from trainer.job_spec import JobSpec
 
 log = logging.getLogger("vrft.runner")
@@ -248,17 +246,7 @@ class JobRunner:
             from api import k8s_launcher
 
             return k8s_launcher.launch(st, job_dir, self.worker_id)  # type: ignore[return-value]
-        job_file = str(job_dir / "JOB.json")
-        if st.trainer_num_ranks > 1 or st.trainer_hostfile:
-            cmd = [sys.executable, "-m", "deepspeed.launcher.runner"]
-            cmd += (
-                ["--hostfile", st.trainer_hostfile]
-                if st.trainer_hostfile
-                else ["--num_gpus", str(st.trainer_num_ranks)]
-            )
-            cmd += ["--master_port", str(free_port()), "--module", "trainer", job_file]
-        else:
-            cmd = [sys.executable, "-m", "trainer", job_file]
+        cmd = k8s_pod.trainer_command(str(job_dir / "JOB.json"), st.trainer_num_ranks, st.trainer_hostfile)
         env = {**os.environ}
         # torch.compile's kernels outlive the job (the next trainer start compiles in seconds, not a minute)
         env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(st.cache_dir / "inductor"))
