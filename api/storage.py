@@ -7,7 +7,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import Protocol
+from typing import Any, BinaryIO, Protocol
 
 CHUNK = 1024 * 1024
 S3_PART = 8 * 1024 * 1024
@@ -19,7 +19,9 @@ class Storage(Protocol):
         """Move or upload the local file `path` to `key` (path may be consumed)."""
 
     def iter_bytes(self, key: str) -> Iterator[bytes]:
-        """Stream the object in chunks."""
+        """Stream the object in chunks. The object is opened by the call, not at the first chunk: a missing one
+        raises FileNotFoundError here, before a response has started, and one deleted while it streams still
+        streams whole (an open file on POSIX, an S3 GET in flight)."""
 
     def download(self, key: str, dest: Path) -> None:
         """Copy the object to a local path."""
@@ -35,6 +37,19 @@ class Storage(Protocol):
         """Write the objects `sources`, one after the other, to `key`, streaming (an upload's parts into its
         file), each chunk passed to `on_chunk` on the way (hashing). All or nothing: on an error `key` is not
         left half-written."""
+
+
+def _chunks(f: BinaryIO) -> Iterator[bytes]:
+    with f:
+        while chunk := f.read(CHUNK):
+            yield chunk
+
+
+def _s3_chunks(body: Any) -> Iterator[bytes]:  # noqa: ANN401 - botocore's StreamingBody
+    try:
+        yield from body.iter_chunks(CHUNK)
+    finally:
+        body.close()
 
 
 def put_tree(storage: Storage, prefix: str, folder: Path, *, vanishing_ok: bool = False) -> list[str]:
@@ -96,9 +111,7 @@ class LocalStorage:
         os.replace(tmp, dest)
 
     def iter_bytes(self, key: str) -> Iterator[bytes]:
-        with open(self._path(key), "rb") as f:
-            while chunk := f.read(CHUNK):
-                yield chunk
+        return _chunks(open(self._path(key), "rb"))  # noqa: SIM115 - _chunks closes it
 
     def download(self, key: str, dest: Path) -> None:
         shutil.copyfile(self._path(key), dest)
@@ -152,11 +165,15 @@ class S3Storage:
         path.unlink(missing_ok=True)
 
     def iter_bytes(self, key: str) -> Iterator[bytes]:
-        body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        from botocore.exceptions import ClientError
+
         try:
-            yield from body.iter_chunks(CHUNK)
-        finally:
-            body.close()
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise FileNotFoundError(key) from e
+            raise
+        return _s3_chunks(body)
 
     def download(self, key: str, dest: Path) -> None:
         self.client.download_file(self.bucket, self._key(key), str(dest))

@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 from sqlmodel import select
 
 from api.deps import ProjectDep, SessionDep, SettingsDep, StorageDep
+from api.errors import not_found
 from api.schemas import FileDeleted, FileObject, ListPage
 from api.services import files as svc
 from api.services.pagination import page
@@ -56,8 +57,12 @@ def _content_disposition(filename: str) -> str:
 @router.get("/files/{file_id}/content")
 def file_content(file_id: str, session: SessionDep, project: ProjectDep, storage: StorageDep) -> StreamingResponse:
     f = svc.get_file(session, project, file_id)
+    try:
+        chunks = storage.iter_bytes(f.storage_key)
+    except FileNotFoundError:  # deleted by a concurrent request since get_file: gone, as it now is in the table
+        raise not_found("file", file_id) from None
     return StreamingResponse(
-        storage.iter_bytes(f.storage_key), media_type="application/octet-stream",
+        chunks, media_type="application/octet-stream",
         headers={"content-disposition": _content_disposition(f.filename), "content-length": str(f.bytes)},
     )
 

@@ -34,6 +34,20 @@ def test_put_stream_download_delete(storage, tmp_path) -> None:  # noqa: ANN001
     assert not storage.exists("files/p1/file-1")
 
 
+def test_a_stream_is_opened_by_the_call_and_outlives_a_delete(storage, tmp_path) -> None:  # noqa: ANN001
+    """A missing object fails at iter_bytes, before a response could start (the content route answers 404, not a
+    broken chunked body); an object deleted after the call still streams whole (a concurrent DELETE)."""
+    with pytest.raises(FileNotFoundError):
+        storage.iter_bytes("files/p1/absent")
+    data = os.urandom(2 * 1024 * 1024 + 5)
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    storage.put_file("files/p1/file-1", src)
+    chunks = storage.iter_bytes("files/p1/file-1")
+    storage.delete("files/p1/file-1")
+    assert b"".join(chunks) == data
+
+
 def test_local_storage_refuses_keys_outside_its_root(tmp_path) -> None:  # noqa: ANN001
     s = LocalStorage(tmp_path / "store")
     with pytest.raises(ValueError, match="escapes"):
@@ -94,3 +108,25 @@ def test_upgrade_from_the_first_schema_keeps_rows(tmp_path, pg_database) -> None
             assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == head
             row = conn.execute(text("SELECT id, status, seed, progress, output_key FROM job")).one()
         assert tuple(row) == ("ftjob-old", "queued", 3, None, None)
+
+
+def test_content_of_a_file_whose_blob_went_is_a_404_not_a_broken_body(deployment) -> None:  # noqa: ANN001
+    """A DELETE that lands between the content route's row lookup and its read removes the blob first: the read
+    answers the OpenAI-shaped 404 a deleted file gets, not a 200 whose chunked body breaks off (found by
+    schemathesis with 2 workers)."""
+    from sqlmodel import select
+
+    from api.db import session_scope
+    from api.storage import storage_for
+    from api.tables import File
+    from tests.conftest import make_settings
+    from tests.helpers import assert_openai_error
+
+    settings = make_settings(deployment.env, deployment.server.home)
+    with deployment.http() as h:
+        file_id = h.post("/files", files={"file": ("a.txt", b"hello")}, data={"purpose": "assistants"}).json()["id"]
+        with session_scope(settings) as s:
+            key = s.exec(select(File).where(File.id == file_id)).one().storage_key
+        storage_for(settings.storage_url, settings.s3_endpoint_url).delete(key)
+        r = h.get(f"/files/{file_id}/content")
+    assert assert_openai_error(r, 404, contains="No file found")["code"] == "file_not_found"
