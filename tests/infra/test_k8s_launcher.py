@@ -87,9 +87,11 @@ def test_a_job_trains_as_a_kubernetes_job_pauses_in_its_pod_and_resumes_in_a_sec
     cluster, client: openai.OpenAI, tmp_path: Path
 ) -> None:
     fake, server = cluster
-    rows = synthetic.generate("classification", 8, seed=3, short=True, sft=True)
+    # 96 steps of ~0.1 s: the pause (API, worker poll, pause file, pod poll, SIGUSR1) must reach the trainer before
+    # its last step on a loaded machine too; with 24 it once arrived after it ("finished before it could pause")
+    rows = synthetic.generate("classification", 16, seed=3, short=True, sft=True)
     train = upload(client, tmp_path, rows, "p.jsonl")
-    job = client.fine_tuning.jobs.create(model="tiny-qwen2-vl", training_file=train, method=_sft(3, 1))
+    job = client.fine_tuning.jobs.create(model="tiny-qwen2-vl", training_file=train, method=_sft(6, 1))
     wait(client, job.id, lambda j: any(
         e.type == "metrics" and e.data["step"] >= 2 for e in client.fine_tuning.jobs.list_events(j.id, limit=5)))
     [body] = _created(fake, job.id)
@@ -102,9 +104,8 @@ def test_a_job_trains_as_a_kubernetes_job_pauses_in_its_pod_and_resumes_in_a_sec
     assert [p for m, p, _, _ in fake.requests if m == "GET" and p.endswith("/status")], "no Job status read"
 
     assert client.fine_tuning.jobs.pause(job.id).status == "paused"
-    wait(client, job.id, lambda j: any(
-        "Training stopped at step" in e.message for e in client.fine_tuning.jobs.list_events(j.id, limit=5)),
-        timeout=120)
+    wait(client, job.id, lambda j: any("Training stopped at step" in e.message for e in events_of(client, j.id)),
+         timeout=120)
     # the pause came through the job folder (pause.request -> SIGUSR1 in the pod), not as a deleted Job
     assert not any(d["name"].startswith(body["metadata"]["generateName"]) for d in fake.deleted_jobs)
     assert list(client.fine_tuning.jobs.checkpoints.list(job.id))
