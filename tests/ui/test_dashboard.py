@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -20,6 +21,19 @@ WAIT = 60
 
 def wait_for(driver, css: str, timeout: float = WAIT):  # noqa: ANN001, ANN201
     return WebDriverWait(driver, timeout).until(lambda d: d.find_elements(By.CSS_SELECTOR, css) or None)[0]
+
+
+def live_attribute(driver, css: str, name: str) -> str | None:  # noqa: ANN001
+    """An attribute read in one script call: on a page that polls, the element found a moment ago may have been
+    redrawn since (a stale reference), the selector's current element may not."""
+    return driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e && e.getAttribute(arguments[1]);", css, name)
+
+
+def live_click(driver, element_id: str) -> None:  # noqa: ANN001
+    """Click the element with this id, finding it again if a poll redrew it between the find and the click."""
+    WebDriverWait(driver, 10, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: d.find_element(By.ID, element_id).click() or True)
 
 
 def sign_in(driver, ui: UI, key: str | None = None) -> None:  # noqa: ANN001
@@ -260,18 +274,18 @@ def test_cancel_from_the_page(ui: UI, finished_job: dict, browser, artifacts: Pa
     job_id = ui.box_job(steps=50, seed=4)
     sign_in(browser, ui)
     open_tab(browser, ui, job_id, "overview")
-    chart = wait_for(browser, 'figure.chart[data-chart="reward"] g.series[data-series="train_reward_mean"]', 300)
-    plotted = json.loads(chart.get_attribute("data-points"))
+    series = 'figure.chart[data-chart="reward"] g.series[data-series="train_reward_mean"]'
+    wait_for(browser, series, 300)
+    plotted = json.loads(live_attribute(browser, series, "data-points"))
     train = [[e["data"]["step"], e["data"]["scores"]["train_reward_mean"]]
              for e in all_events(ui, job_id) if e["type"] == "metrics"]
     assert plotted and plotted == train[:len(plotted)]
-    button = browser.find_element(By.ID, "cancel")
-    assert button.is_enabled()
-    button.click()
+    assert live_attribute(browser, "#cancel", "disabled") is None
+    live_click(browser, "cancel")
     WebDriverWait(browser, 10).until(lambda d: d.switch_to.alert).accept()
-    WebDriverWait(browser, WAIT).until(
-        lambda d: d.find_element(By.ID, "job-status").get_attribute("data-status") == "cancelled")
-    assert not browser.find_element(By.ID, "cancel").is_enabled()
+    WebDriverWait(browser, WAIT).until(lambda d: live_attribute(d, "#job-status", "data-status") == "cancelled")
+    # the click's own redraw may come after the poll's: wait for the page to settle on a disabled button
+    WebDriverWait(browser, 10).until(lambda d: live_attribute(d, "#cancel", "disabled") is not None)
     with ui.http() as c:
         assert c.get(f"/fine_tuning/jobs/{job_id}").json()["status"] == "cancelled"
     shot(browser, artifacts, "08-cancelled")
