@@ -25,6 +25,7 @@ from fastapi import APIRouter, Request
 import grader
 from api.deps import ProjectDep, SettingsDep
 from api.errors import APIError
+from api.services.graders import validated_grader
 from api.settings import Settings
 from grader.wire import GraderRunRequest, GraderValidateRequest, RunGraderResponse, ValidateGraderResponse
 
@@ -104,17 +105,10 @@ def judge_endpoint(settings: Settings, request: Request, deadline: float) -> gra
     return grader.ModelEndpoint(base_url=own_v1(settings), api_key=caller_key, deadline=deadline)
 
 
-def _validated(spec: dict[str, Any]) -> grader.GraderSpec:
-    try:
-        return grader.validate_grader(spec, top_level=True)
-    except grader.GraderValidationError as e:
-        raise APIError(400, e.message, param=e.prefixed("grader").param, code="invalid_grader") from None
-
-
 @router.post("/fine_tuning/alpha/graders/validate", response_model=ValidateGraderResponse)
 def validate_grader(body: GraderValidateRequest, project: ProjectDep) -> dict[str, Any]:
     """Validate a grader; the response echoes it (multi graders in their canonical dict form)."""
-    spec = _validated(body.grader)
+    spec = validated_grader(body.grader)
     return {"grader": spec.model_dump(mode="json", exclude_none=True)}
 
 
@@ -122,7 +116,7 @@ def validate_grader(body: GraderValidateRequest, project: ProjectDep) -> dict[st
 async def run_grader(body: GraderRunRequest, request: Request, project: ProjectDep,
                      settings: SettingsDep) -> dict[str, Any]:
     """Run a grader on one sample: {reward, metadata, sub_rewards, model_grader_token_usage_per_model}."""
-    spec = _validated(body.grader)
+    spec = validated_grader(body.grader)
     deadline = time.monotonic() + settings.grader_run_timeout_seconds
     endpoint = judge_endpoint(settings, request, deadline)
 

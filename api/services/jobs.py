@@ -26,6 +26,7 @@ from api.schemas import (
     JobError,
     SupervisedMethod,
 )
+from api.services.graders import validated_grader
 from api.services.pagination import page
 from api.settings import Settings
 from api.tables import Checkpoint, File, Job, JobEvent, Project
@@ -155,7 +156,7 @@ def _resolve_method(body: JobCreate, settings: Settings) -> dict[str, Any]:
             code="missing_required_parameter",
         )
     rl = method.reinforcement
-    _validate_grader(rl.grader)
+    validated_grader(rl.grader, GRADER_PARAM, "Invalid grader: ")
     _validate_response_format(rl.response_format, settings)
     return {"type": "reinforcement", "reinforcement": rl.model_dump(exclude_none=True)}
 
@@ -203,16 +204,6 @@ def _validate_response_format(rf: dict[str, Any] | None, settings: Settings) -> 
             param=P,
             code="unsupported_response_format",
         )
-
-
-def _validate_grader(spec: dict[str, Any]) -> None:
-    import grader
-
-    try:
-        grader.validate_grader(spec, top_level=True)
-    except grader.GraderValidationError as e:
-        param = GRADER_PARAM + (f".{e.param}" if e.param else "")
-        raise APIError(400, f"Invalid grader: {e.message}", param=param, code="invalid_grader") from None
 
 
 def _plan_memory(settings: Settings, model: str, pin: dict | None, method: dict) -> Any:
