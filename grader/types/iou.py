@@ -7,7 +7,7 @@ numpy is imported when a batch is graded, so that `import grader` stays light.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, Optional, Sequence, Union
+from typing import Annotated, Any, Literal, NamedTuple, Optional, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
@@ -15,7 +15,7 @@ from grader.errors import SampleError
 from grader.images import item_image_size, smart_resize
 from grader.registry import Spec, register
 from grader.reward import Col, Reward, resolve_all
-from grader.templates import Template, extract_answer
+from grader.templates import Template, extract_answer, make_sample
 
 BoxFormat = Literal["xyxy", "xywh", "cxcywh"]
 CoordinateSpace = Literal["pixel", "norm1000", "norm1"]
@@ -125,13 +125,67 @@ class Iou(Reward):
         self.texts_only = self.raw and all(ns == "item" for ns, _ in self.reference.vars)
 
     def grade(self, samples, items):
+        rewards, comps, errors = iou_batch(self.spec, *self.inputs(samples, items), items, raw_answers=self.raw)
+        return Col(rewards.tolist(), errors, comps)
+
+    def inputs(self, samples, items) -> tuple[list, list]:
+        """(answers, references) of a batch as iou_batch takes them (with raw_answers=self.raw)."""
         if self.raw:
             answers = samples if self.texts_only else [s["output_text"] for s in samples]
         else:
             answers = resolve_all(self.input, samples, items, raw=True)
-        refs = resolve_all(self.reference, samples, items, raw=True)
-        rewards, comps, errors = iou_batch(self.spec, answers, refs, items, raw_answers=self.raw)
-        return Col(rewards.tolist(), errors, comps)
+        return answers, resolve_all(self.reference, samples, items, raw=True)
+
+
+def iou_graders(spec: Spec) -> list[tuple[str, IouGrader]]:
+    """The iou graders of `spec`, with the key their score has in sub_rewards (a multi grader's child key)."""
+    if isinstance(spec, IouGrader):
+        return [(spec.name, spec)]
+    children = getattr(spec, "graders", None)
+    return [(k, g) for k, g in children.items() if isinstance(g, IouGrader)] if isinstance(children, dict) else []
+
+
+def drawn_boxes(spec: Spec, samples: Sequence[Any], items: Sequence[Any],
+                convention: dict | None = None) -> list[list[dict]]:
+    """The boxes each iou grader of `spec` compares for each (sample, item), as the grader parsed, cleaned and
+    converted them, in fractions of the item's image (x1, y1, x2, y2 in [0, 1] when inside it): what the
+    dashboard draws on the image. `convention` is what input_format "auto" means (a job's model family's; None:
+    xyxy norm1000); a sample None draws the references only. Per row, per iou grader:
+
+        {"grader": "iou", "reference": [[x1, y1, x2, y2], ...],
+         "predicted": [{"box": [x1, y1, x2, y2], "confidence": 1.0}, ...], "error": None or why}
+    """
+    from grader import boxes as B
+
+    spec = resolve_box_convention(spec, convention)
+    answered = [s is not None for s in samples]
+    samples = [make_sample("" if s is None else s) for s in samples]
+    out: list[list[dict]] = [[] for _ in samples]
+    for key, g in iou_graders(spec):
+        reward = Iou(g)
+        texts = [s["output_text"] for s in samples] if reward.texts_only else samples
+        bb = batch_boxes(reward.spec, *reward.inputs(texts, items), items, raw_answers=reward.raw)
+        for i, item in enumerate(items):
+            err = bb.errors.get(i)
+            try:
+                if bb.in_fractions:
+                    sx = sy = 1.0
+                else:
+                    sx, sy = B.scale_for(bb.ref_conv.coordinates, None if bb.ref_conv.coordinates != "pixel"
+                                         else item_image_size(item))
+            except SampleError as e:
+                out[i].append({"grader": key, "reference": [], "predicted": [], "error": e.message})
+                continue
+            scale = [sx, sy, sx, sy]
+            refs = bb.g_box[bb.g_rows == bb.ref_of[i]] / scale
+            mine = bb.p_rows == i
+            preds = [{"box": [float(v) for v in b], "confidence": float(c)}
+                     for b, c in zip(bb.p_box[mine] / scale, bb.p_conf[mine])] if answered[i] else []
+            if err is not None and not answered[i] and err.flag == "sample_parse_error":
+                err = None  # no sample, no answer to find
+            out[i].append({"grader": key, "reference": [[float(v) for v in b] for b in refs], "predicted": preds,
+                           "error": None if err is None else err.message})
+    return out
 
 
 # ------------------------------------------------------------------------------------- the batched reward
@@ -229,6 +283,22 @@ def _parse_texts(texts: list[str], parser: str, max_boxes: int, dedupe: bool = T
     return vals, rows, found, answers
 
 
+class BatchBoxes(NamedTuple):
+    """A batch's boxes as the reward compares them: corners (x1 <= x2, y1 <= y2), in the reference's space, or
+    in fractions of the image when the two conventions needed its size (`in_fractions`)."""
+
+    g_box: Any  # [G, 4] the distinct references' boxes
+    g_rows: Any  # [G] the distinct reference each belongs to
+    ref_of: Any  # [B] sample -> its distinct reference
+    n_refs: int
+    p_box: Any  # [P, 4] the predicted boxes, in the reference's space
+    p_conf: Any  # [P] their confidences (1 where the answer gave none)
+    p_rows: Any  # [P] the sample each belongs to
+    errors: dict  # {sample index: SampleError}
+    ref_conv: BoxConvention
+    in_fractions: bool
+
+
 def iou_batch(spec: IouGrader, answers: Sequence[Any], references: Sequence[Any], items: Sequence[Any],
               raw_answers: bool = False):
     """Score a batch: returns (rewards [B], components {name: [B]}, errors {index: SampleError}).
@@ -243,6 +313,45 @@ def iou_batch(spec: IouGrader, answers: Sequence[Any], references: Sequence[Any]
     from grader import boxes as B
 
     spec = resolve_box_convention(spec, None)  # "auto" outside a job: the default
+    g_box, g_rows, ref_of, n_refs, p_box, p_conf, p_rows, errors, _, _ = batch_boxes(
+        spec, answers, references, items, raw_answers)
+    n = len(answers)
+    giou = spec.iou_type == "giou"
+    if spec.mode == "grounding":
+        p_pad, p_mask = B.pad_rows(p_box, p_rows, n, 4)
+        gt_pad, gt_mask = B.pad_rows(g_box, g_rows, max(n_refs, 1), 4)
+        g, gmask = gt_pad[ref_of], gt_mask[ref_of]
+        rewards = np.zeros(n)
+        for i in np.flatnonzero(~p_mask[:, 0] if p_mask.shape[1] else np.ones(n, bool)).tolist():
+            errors.setdefault(i, SampleError("sample_parse_error", "no box found in the sample"))
+        if p_pad.shape[1]:
+            first = p_pad[:, 0, :4]
+            m = B.iou_matrix(first[:, None, :], g, giou=giou)[:, 0, :] if g.shape[1] else np.zeros((n, 0))
+            if giou:
+                m = (m + 1) / 2
+            m = np.where(gmask, m, -np.inf)
+            best = m.max(1) if m.shape[1] else np.full(n, -np.inf)
+            rewards = np.where(np.isfinite(best), np.clip(best, 0.0, 1.0), 0.0)
+        comp = {"iou": rewards.tolist()}
+    else:
+        it, ct = B.detection_rows(g_box, g_rows, n_refs, ref_of, p_box, p_conf, p_rows, spec.iou_threshold, giou)
+        w = spec.confidence_weight
+        rewards = (1 - w) * it + w * ct
+        comp = {"iou": it.tolist(), "confidence": ct.tolist()}
+    if errors:
+        rewards[list(errors)] = 0.0
+    return rewards, comp, dict(sorted(errors.items()))
+
+
+def batch_boxes(spec: IouGrader, answers: Sequence[Any], references: Sequence[Any], items: Sequence[Any],
+                raw_answers: bool = False) -> BatchBoxes:
+    """The boxes `iou_batch` scores (its arguments; `spec` with a resolved input_format), parsed, cleaned and
+    brought to one space. The dashboard draws these (`drawn_boxes`): what was scored. The arrays may be views of
+    this thread's scratch arrays (see `parse_visual_rft_batch`): read them before its next batch."""
+    import numpy as np
+
+    from grader import boxes as B
+
     n = len(answers)
     ref_conv = spec.reference_format or spec.input_format.model_copy(update={"resize": None})
     need_size = _needs_size(spec, ref_conv)
@@ -328,33 +437,7 @@ def iou_batch(spec: IouGrader, answers: Sequence[Any], references: Sequence[Any]
     if u_bad:
         for i in np.flatnonzero(np.isin(ref_of, list(u_bad))).tolist():
             errors.setdefault(i, u_bad[int(ref_of[i])])
-
-    giou = spec.iou_type == "giou"
-    if spec.mode == "grounding":
-        p_pad, p_mask = B.pad_rows(p_box, p_rows, n, 4)
-        gt_pad, gt_mask = B.pad_rows(g_box, g_rows, max(len(u_refs), 1), 4)
-        g, gmask = gt_pad[ref_of], gt_mask[ref_of]
-        rewards = np.zeros(n)
-        for i in np.flatnonzero(~p_mask[:, 0] if p_mask.shape[1] else np.ones(n, bool)).tolist():
-            errors.setdefault(i, SampleError("sample_parse_error", "no box found in the sample"))
-        if p_pad.shape[1]:
-            first = p_pad[:, 0, :4]
-            m = B.iou_matrix(first[:, None, :], g, giou=giou)[:, 0, :] if g.shape[1] else np.zeros((n, 0))
-            if giou:
-                m = (m + 1) / 2
-            m = np.where(gmask, m, -np.inf)
-            best = m.max(1) if m.shape[1] else np.full(n, -np.inf)
-            rewards = np.where(np.isfinite(best), np.clip(best, 0.0, 1.0), 0.0)
-        comp = {"iou": rewards.tolist()}
-    else:
-        it, ct = B.detection_rows(g_box, g_rows, len(u_refs), ref_of, p_box, p_vals[:, 4], p_rows,
-                                  spec.iou_threshold, giou)
-        w = spec.confidence_weight
-        rewards = (1 - w) * it + w * ct
-        comp = {"iou": it.tolist(), "confidence": ct.tolist()}
-    if errors:
-        rewards[list(errors)] = 0.0
-    return rewards, comp, dict(sorted(errors.items()))
+    return BatchBoxes(g_box, g_rows, ref_of, len(u_refs), p_box, p_vals[:, 4], p_rows, errors, ref_conv, need_size)
 
 
 register(IouGrader, Iou)
