@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from grader.types.iou import BoxConvention
 from grader.wire import GraderObject
 from trainer.hparams import DPOConfig, GRPOConfig, Setting, SFTConfig, check, settings
 
@@ -200,6 +201,37 @@ class UploadPartObject(BaseModel):
     upload_id: str
 
 
+class PredictedBox(BaseModel):
+    box: list[float]
+    """x1, y1, x2, y2 in fractions of the image's width and height."""
+    confidence: float
+    """The answer's confidence for the box (1 where it gave none)."""
+
+
+class GraderBoxes(BaseModel):
+    grader: str
+    """The iou grader: its key in `sub_rewards` (a multi grader's child key, else its name)."""
+    reference: list[list[float]]
+    """The reference boxes, x1, y1, x2, y2 in fractions of the image's width and height."""
+    predicted: list[PredictedBox]
+    """The sample's boxes as the grader parsed, cleaned and converted them; [] without a sample."""
+    error: str | None
+    """Why the grader could not read the boxes (the sample has none, the reference is unreadable, ...)."""
+
+
+class RowBoxes(BaseModel):
+    line: int
+    graders: list[GraderBoxes]
+    """One entry per iou grader of the request's grader (none for a grader without one)."""
+
+
+class ListFileBoxesResponse(BaseModel):
+    """The boxes each iou grader compares, per requested row (our extension: what the dashboard draws)."""
+
+    object: Literal["list"] = "list"
+    data: list[RowBoxes]
+
+
 # ---------------------------------------------------------------- requests
 
 
@@ -370,3 +402,20 @@ class UploadComplete(_Strict):
     """The parts in the order their bytes make the file."""
     md5: str | None = Field(None, json_schema_extra={"pattern": "^[0-9a-fA-F]{32}$"})  # checked by the service
     """The md5 of the whole file (hex); the completion is refused when the assembled bytes differ."""
+
+
+class BoxRow(_Strict):
+    line: int = Field(ge=1, le=2**31 - 1)
+    """The row's line in the file, from 1 (a rollout record's `line`)."""
+    sample: str | None = None
+    """A model sample (its full text) to read predicted boxes from; null: the reference boxes only."""
+
+
+class FileBoxesRequest(_Strict):
+    """POST /v1/files/{file_id}/boxes (ours): the boxes a grader's iou graders compare on rows of a file."""
+
+    grader: GraderObject
+    rows: list[BoxRow] = Field(min_length=1, max_length=500)
+    box_convention: BoxConvention | None = None
+    """What an iou grader's input_format "auto" means: a training job's model family's convention (its GRPO start
+    event's `data.box_convention`); null: xyxy norm1000, as outside a job."""

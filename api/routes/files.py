@@ -11,10 +11,13 @@ from sqlmodel import select
 
 from api.deps import ProjectDep, SessionDep, SettingsDep, StorageDep
 from api.errors import not_found
-from api.schemas import FileDeleted, FileObject, ListPage
+from api.schemas import FileBoxesRequest, FileDeleted, FileObject, ListFileBoxesResponse, ListPage, RowBoxes
 from api.services import files as svc
+from api.services.graders import validated_grader
 from api.services.pagination import page
 from api.tables import File
+from api.validation import DatasetLimits
+from grader.types.iou import drawn_boxes
 
 router = APIRouter(tags=["files"])
 
@@ -72,3 +75,17 @@ def delete_file(file_id: str, session: SessionDep, project: ProjectDep, storage:
     f = svc.get_file(session, project, file_id)
     svc.delete_file(session, storage, f)
     return FileDeleted(id=file_id, deleted=True)
+
+
+@router.post("/files/{file_id}/boxes", response_model=ListFileBoxesResponse)
+def file_boxes(file_id: str, body: FileBoxesRequest, session: SessionDep, project: ProjectDep, storage: StorageDep,
+               settings: SettingsDep) -> ListFileBoxesResponse:
+    """The boxes each iou grader of `grader` compares on these rows of the file, for a sample or none, in
+    fractions of the row's image: computed by the grader's own parsing and conversions (grader.types.iou), so
+    that the dashboard draws what was scored. Our extension."""
+    f = svc.get_file(session, project, file_id)
+    spec = validated_grader(body.grader)
+    rows = svc.rows_at(storage, f, [r.line for r in body.rows], DatasetLimits.of(settings))
+    convention = body.box_convention.model_dump(exclude_none=True) if body.box_convention else None
+    boxes = drawn_boxes(spec, [r.sample for r in body.rows], rows, convention)
+    return ListFileBoxesResponse(data=[RowBoxes(line=r.line, graders=b) for r, b in zip(body.rows, boxes)])

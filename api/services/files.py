@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import tempfile
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -21,7 +23,7 @@ from api.schemas import FILE_PURPOSES, FileObject
 from api.settings import Settings
 from api.storage import Storage, storage_for
 from api.tables import File, Project
-from api.validation import DatasetLimits, validate_jsonl
+from api.validation import DatasetLimits, LineTooLong, iter_lines, validate_jsonl
 
 log = logging.getLogger("vrft.files")
 
@@ -287,3 +289,33 @@ class FileValidator:
                 if f is not None:
                     f.status, f.status_details = "error", "Internal error while validating the file; upload it again."
                     s.add(f)
+
+
+def rows_at(storage: Storage, f: File, lines: list[int], limits: DatasetLimits) -> list[Any]:
+    """The JSON rows at these 1-based `lines` of the file (streamed up to the last one asked for); a 400 naming
+    `rows[i].line` for a line past the end or one that is not a JSON object."""
+    wanted, found = set(lines), {}
+    last = max(wanted)
+    try:
+        for lineno, raw in enumerate(iter_lines(storage.iter_bytes(f.storage_key),
+                                                max_line_bytes=limits.max_line_bytes), start=1):
+            if lineno in wanted:
+                found[lineno] = raw
+            if lineno >= last:
+                break
+    except FileNotFoundError:  # deleted by a concurrent request
+        raise not_found("file", f.id) from None
+    except LineTooLong as e:
+        raise APIError(400, f"File {f.id} cannot be read as rows: {e}.", param="rows") from None
+    rows = []
+    for i, line in enumerate(lines):
+        if line not in found:
+            raise APIError(400, f"Line {line} is past the end of file {f.id}.", param=f"rows[{i}].line")
+        try:
+            row = json.loads(found[line])
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            raise APIError(400, f"Line {line} of file {f.id} is not a JSON object.", param=f"rows[{i}].line")
+        rows.append(row)
+    return rows

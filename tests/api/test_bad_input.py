@@ -56,6 +56,11 @@ def files(deployment) -> dict:  # noqa: ANN001
     return {"rl": rl["id"], "sft": sft["id"], "assistants": other_purpose["id"], "foreign": foreign["id"]}
 
 
+def boxes(**body) -> dict:
+    """A body for POST /files/{id}/boxes: an iou grader on line 1, with `body`'s fields in place."""
+    return {"grader": {"type": "iou", "name": "box"}, "rows": [{"line": 1, "sample": "[1, 2, 3, 4]"}], **body}
+
+
 def rft(grader: dict | None = None, **hp) -> dict:
     body = {"type": "reinforcement", "reinforcement": {"grader": grader or MULTI_GRADER}}
     if hp:
@@ -140,6 +145,22 @@ CASES: list[Case] = [
     ("file-foreign", lambda f: ("GET", f"/files/{f['foreign']}", {}), 404, None, "no file found"),
     ("file-foreign-content", lambda f: ("GET", f"/files/{f['foreign']}/content", {}), 404, None, "no file"),
     ("file-foreign-delete", lambda f: ("DELETE", f"/files/{f['foreign']}", {}), 404, None, "no file"),
+    ("boxes-foreign", lambda f: ("POST", f"/files/{f['foreign']}/boxes", {"json": boxes()}), 404, None, "no file"),
+    ("boxes-no-rows", lambda f: ("POST", f"/files/{f['rl']}/boxes", {"json": boxes(rows=[])}), 400, "rows",
+     "at least 1"),
+    ("boxes-line-zero", lambda f: ("POST", f"/files/{f['rl']}/boxes", {"json": boxes(rows=[{"line": 0}])}), 400,
+     "rows[0].line", "greater than or equal to 1"),
+    ("boxes-past-the-end",
+     lambda f: ("POST", f"/files/{f['rl']}/boxes", {"json": boxes(rows=[{"line": 1}, {"line": 3}])}), 400,
+     "rows[1].line", "past the end"),
+    ("boxes-not-a-row", lambda f: ("POST", f"/files/{f['assistants']}/boxes", {"json": boxes()}), 400, "rows[0].line",
+     "not a JSON object"),
+    ("boxes-bad-grader", lambda f: ("POST", f"/files/{f['rl']}/boxes",
+                                    {"json": boxes(grader={"type": "iou", "name": "b", "mode": "sideways"})}), 400,
+     "grader.mode", "mode"),
+    ("boxes-bad-convention", lambda f: ("POST", f"/files/{f['rl']}/boxes",
+                                        {"json": boxes(box_convention={"coordinates": "inches"})}), 400,
+     "box_convention.coordinates", "coordinates"),
     ("files-limit-zero", lambda f: ("GET", "/files?limit=0", {}), 400, "limit", "between 1 and 10000"),
     ("files-bad-order", lambda f: ("GET", "/files?order=sideways", {}), 400, "order", "order"),
     ("files-bad-after", lambda f: ("GET", "/files?after=file-nope", {}), 400, "after", "file-nope"),

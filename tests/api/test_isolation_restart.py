@@ -34,6 +34,8 @@ def test_other_project_sees_nothing_and_restart_keeps_everything(deployment) -> 
         ("POST", f"/fine_tuning/jobs/{job['id']}/pause"), ("POST", f"/fine_tuning/jobs/{job['id']}/resume"),
     ]:
         assert_openai_error(b.request(method, path), 404)
+    boxes = {"grader": {"type": "iou", "name": "box"}, "rows": [{"line": 1, "sample": "[1, 2, 3, 4]"}]}
+    assert_openai_error(b.post(f"/files/{f['id']}/boxes", json=boxes), 404)
     assert f["id"] not in [x["id"] for x in b.get("/files").json()["data"]]
     assert job["id"] not in [x["id"] for x in b.get("/fine_tuning/jobs").json()["data"]]
     r = b.post("/fine_tuning/jobs", json={"model": "tiny-qwen2-vl", "training_file": f["id"]})
