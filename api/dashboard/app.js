@@ -239,13 +239,12 @@ class JobState {
     return [...byStep.values()].sort((a, b) => a.step - b.step);
   }
   get isRft() { return ((this.job.method || {}).type) === "reinforcement"; }
-  /** The job's grader, with the IoU graders' input_format "auto" replaced by the convention the trainer resolved
-   * for the job's model (the data.box_convention of its start message), so boxes are drawn as the model meant them. */
-  get grader() {
-    if (!this.isRft) return null;
-    const spec = this.job.method.reinforcement.grader;
+  get grader() { return this.isRft ? this.job.method.reinforcement.grader : null; }
+  /** What the IoU graders' input_format "auto" means for this job's model: the convention the trainer resolved (the
+   * data.box_convention of its start message), so boxes are drawn as the model meant them. */
+  get boxConvention() {
     const start = this.events.find((e) => e.data && e.data.box_convention);
-    return start ? withConvention(spec, start.data.box_convention) : spec;
+    return start ? start.data.box_convention : null;
   }
 }
 
@@ -452,161 +451,37 @@ function renderCheckpoints(pane, state) {
         keys.map((k) => h("td", { class: "num" }, fmt(c.metrics[k]))))))));
 }
 
-// ------------------------------------------------------------------ boxes (a port of grader/boxes.py)
+// ------------------------------------------------------------------ boxes (the grader's: POST /files/{id}/boxes)
 
-const NUM = String.raw`(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)`;
-const SEP = String.raw`\s*,\s*`;
-const QUAD = String.raw`\[\s*` + NUM + SEP + NUM + SEP + NUM + SEP + NUM + String.raw`\s*\]`;
-const BOXKEY = String.raw`['"]?(?:Position|position|bbox_2d|bbox|box)['"]?\s*:\s*`;
-const CONFKEY = String.raw`['"]?(?:Confidence|confidence|score)['"]?\s*:\s*`;
-const RX = {
-  jsonObj: () => new RegExp(String.raw`\{[^{}]*?` + BOXKEY + QUAD + String.raw`[^{}]*?\}`, "g"),
-  jsonPos: () => new RegExp(BOXKEY + QUAD),
-  jsonConf: () => new RegExp(CONFKEY + NUM),
-  list: () => new RegExp(QUAD, "g"),
-  tuple: () => new RegExp(String.raw`\(\s*` + NUM + SEP + NUM + String.raw`\s*\)\s*,?\s*\(\s*` + NUM + SEP + NUM + String.raw`\s*\)`, "g"),
-  qwen: () => new RegExp(String.raw`<\|box_start\|>\s*\(\s*` + NUM + SEP + NUM + String.raw`\s*\)\s*,?\s*\(\s*` + NUM + SEP + NUM + String.raw`\s*\)\s*<\|box_end\|>`, "g"),
-};
-const quads = (rx, text) => [...text.matchAll(rx)].map((m) => [[+m[1], +m[2], +m[3], +m[4]], null]);
-const PARSE = {
-  json(text) {
-    if (!text.includes("{")) return null;
-    const out = [...text.matchAll(RX.jsonObj())].map((m) => {
-      const pos = RX.jsonPos().exec(m[0]), conf = RX.jsonConf().exec(m[0]);
-      return [[+pos[1], +pos[2], +pos[3], +pos[4]], conf ? +conf[1] : null];
-    });
-    return out.length ? out : null;
-  },
-  list: (t) => quads(RX.list(), t).length ? quads(RX.list(), t) : null,
-  tuple: (t) => quads(RX.tuple(), t).length ? quads(RX.tuple(), t) : null,
-  qwen: (t) => quads(RX.qwen(), t).length ? quads(RX.qwen(), t) : null,
-};
-
-function parseBoxes(text, parser = "auto") {
-  if (parser !== "auto") return PARSE[parser](text);
-  for (const p of ["qwen", "json", "tuple", "list"]) { const f = PARSE[p](text); if (f) return f; }
-  return null;
+const boxQueue = new Map();
+/** The boxes each iou grader of `spec` compares on line `line` of a file, for `sample` (null: the references
+ * only), in fractions of the row's image: [{grader, reference: [box], predicted: [{box, confidence}], error}].
+ * The server computes them with the grader's own parsing and conventions (grader/types/iou.py, drawn_boxes), so
+ * what is drawn is what was scored. Asks made in the same tick for one file, grader and convention go as one
+ * request. */
+function boxesOf(fileId, line, sample, spec, convention) {
+  const key = JSON.stringify([fileId, spec, convention || null]);
+  let batch = boxQueue.get(key);
+  if (!batch) {
+    batch = { fileId, spec, convention: convention || null, rows: [], waiters: [] };
+    boxQueue.set(key, batch);
+    setTimeout(() => { boxQueue.delete(key); sendBoxes(batch); }, 0);
+  }
+  return new Promise((resolve, reject) => { batch.rows.push({ line, sample }); batch.waiters.push({ resolve, reject }); });
 }
 
-function boxesFromValue(value, parser = "auto") {
-  if (typeof value === "string") {
-    let s = value.trim();
-    const m = /<answer>([\s\S]*?)<\/answer>/.exec(s);
-    if (m) s = m[1].trim();
-    if (s === "" || s === "[]") return [];
-    if ("[{".includes(s[0])) { try { return boxesFromValue(JSON.parse(s), parser); } catch (e) { /* as text */ } }
-    return parseBoxes(s, parser);
-  }
-  if (value && typeof value === "object" && !Array.isArray(value)) value = [value];
-  if (Array.isArray(value)) {
-    if (value.length === 4 && value.every((v) => typeof v === "number")) return [[value.map(Number), null]];
-    const out = [];
-    for (const e of value) {
-      let box = e, conf = null;
-      if (e && typeof e === "object" && !Array.isArray(e)) {
-        box = ["Position", "position", "bbox_2d", "bbox", "box"].map((k) => e[k]).find((v) => v !== undefined);
-        conf = ["Confidence", "confidence", "score"].map((k) => e[k]).find((v) => v !== undefined) ?? null;
-      }
-      if (!Array.isArray(box) || box.length !== 4) return null;
-      out.push([box.map(Number), conf === null ? null : Number(conf)]);
+async function sendBoxes(batch) {
+  const MAX_ROWS = 500;  // the endpoint's limit
+  for (let i = 0; i < batch.rows.length; i += MAX_ROWS) {
+    const rows = batch.rows.slice(i, i + MAX_ROWS), waiters = batch.waiters.slice(i, i + MAX_ROWS);
+    try {
+      const r = await api(`/files/${encodeURIComponent(batch.fileId)}/boxes`, { method: "POST",
+        body: { grader: batch.spec, rows, box_convention: batch.convention } });
+      r.data.forEach((d, k) => waiters[k].resolve(d.graders));
+    } catch (e) {
+      waiters.forEach((w) => w.reject(e));
     }
-    return out;
   }
-  return null;
-}
-
-/** The text inside the last <answer>...</answer> pair ("" when there is none): `{{sample.answer}}`. */
-function extractAnswer(text) {
-  const all = [...text.matchAll(/<answer>([\s\S]*?)<\/answer>/g)];
-  return all.length ? all[all.length - 1][1].trim() : "";
-}
-
-/** A template's value: `{{item.a.b[0]}}`, `{{sample.output_text}}`, `{{sample.answer}}`; undefined otherwise. */
-function resolveTemplate(tpl, row, completion) {
-  const m = /^\s*\{\{\s*([^}]+?)\s*\}\}\s*$/.exec(tpl || "");
-  if (!m) return tpl;
-  const path = m[1].replace(/\[(\d+)\]/g, ".$1").split(".");
-  if (path[0] === "item") return path.slice(1).reduce((o, k) => (o == null ? undefined : o[k]), row);
-  if (path[0] === "sample") {
-    if (path[1] === "output_text") return completion;
-    if (path[1] === "answer") return extractAnswer(completion);
-    if (path[1] === "output_json") { try { return path.slice(2).reduce((o, k) => (o == null ? undefined : o[k]), JSON.parse(completion)); } catch (e) { return undefined; } }
-  }
-  return undefined;
-}
-
-/** Qwen's smart_resize (grader/images.py): the (height, width) the model saw. */
-function smartResize(height, width, factor = 28, minPixels = 56 * 56, maxPixels = 28 * 28 * 16384) {
-  const round = (x) => Math.max(factor, Math.round(x / factor) * factor);
-  let hb = round(height), wb = round(width);
-  if (hb * wb > maxPixels) {
-    const beta = Math.sqrt((height * width) / maxPixels);
-    hb = Math.max(factor, Math.floor(height / beta / factor) * factor);
-    wb = Math.max(factor, Math.floor(width / beta / factor) * factor);
-  } else if (hb * wb < minPixels) {
-    const beta = Math.sqrt(minPixels / (height * width));
-    hb = Math.ceil((height * beta) / factor) * factor;
-    wb = Math.ceil((width * beta) / factor) * factor;
-  }
-  return [hb, wb];
-}
-
-/** Boxes in `conv` -> [x1, y1, x2, y2] in pixels of a `size` = [w, h] image. */
-function toPixels(box, conv, size) {
-  let [a, b, c, d] = box;
-  if (conv.box_format === "xywh") { c = a + c; d = b + d; }
-  else if (conv.box_format === "cxcywh") { const hw = c / 2, hh = d / 2; [a, b, c, d] = [a - hw, b - hh, a + hw, b + hh]; }
-  let sx = 1000, sy = 1000;
-  if (conv.coordinates === "norm1") { sx = sy = 1; }
-  else if (conv.coordinates === "pixel") {
-    if (conv.resize) {
-      const r = conv.resize;
-      const [hh, ww] = smartResize(size[1], size[0], r.factor || 28, r.min_pixels || 56 * 56, r.max_pixels || 28 * 28 * 16384);
-      sx = ww; sy = hh;
-    } else { sx = size[0]; sy = size[1]; }
-  }
-  const x = [a / sx * size[0], c / sx * size[0]], y = [b / sy * size[1], d / sy * size[1]];
-  return [Math.min(...x), Math.min(...y), Math.max(...x), Math.max(...y)];
-}
-
-/** The iou graders of a grader spec, with the key their score has in sub_rewards. */
-function iouGraders(spec) {
-  if (!spec) return [];
-  if (spec.type === "iou") return [{ key: spec.name, spec }];
-  if (spec.type === "multi") {
-    const gs = spec.graders || {};
-    if (Array.isArray(gs)) return gs.filter((g) => g.type === "iou").map((g) => ({ key: g.name, spec: g }));
-    if (gs.type) return gs.type === "iou" ? [{ key: gs.name, spec: gs }] : [];
-    return Object.entries(gs).filter(([, g]) => g.type === "iou").map(([k, g]) => ({ key: k, spec: g }));
-  }
-  return [];
-}
-
-/** `spec` with every iou grader's input_format "auto" replaced by `convention` (grader/types/iou.py does the same
- * in the trainer). */
-function withConvention(spec, convention) {
-  if (!spec || typeof spec !== "object") return spec;
-  if (spec.type === "iou") {
-    return spec.input_format === "auto"  // the dataset's boxes stay in the default convention
-      ? { ...spec, input_format: convention, reference_format: spec.reference_format || { box_format: "xyxy", coordinates: "norm1000" } }
-      : spec;
-  }
-  if (spec.type === "multi" && spec.graders) {
-    const gs = spec.graders;
-    const graders = Array.isArray(gs) ? gs.map((g) => withConvention(g, convention))
-      : gs.type ? withConvention(gs, convention)
-      : Object.fromEntries(Object.entries(gs).map(([k, g]) => [k, withConvention(g, convention)]));
-    return { ...spec, graders };
-  }
-  return spec;
-}
-
-function conventions(spec) {
-  const dflt = { box_format: "xyxy", coordinates: "norm1000" };
-  const input = spec.input_format && spec.input_format !== "auto" ? { ...dflt, ...spec.input_format } : dflt;
-  const ref = spec.reference_format ? { ...dflt, ...spec.reference_format }
-    : spec.input_format === "auto" || !spec.input_format ? dflt : { ...input, resize: null };
-  return { input, ref };
 }
 
 function firstImage(row) {
@@ -617,8 +492,10 @@ function firstImage(row) {
   return null;
 }
 
-/** An image with the row's reference boxes and a completion's parsed boxes drawn over it (SVG). */
-function boxFigure(row, completion, spec) {
+/** An image with the reference boxes of line `line` of file `fileId` (its `row`) and a completion's boxes (null:
+ * none) drawn over it (SVG), as the iou graders of `spec` read them; `convention`: what their input_format "auto"
+ * means (a job's model family's). */
+function boxFigure(row, fileId, line, completion, spec, convention = null) {
   const url = firstImage(row);
   const fig = h("div", { class: "figure" });
   if (!url || !/^(data:image\/|https?:|\/)/.test(url)) {
@@ -627,31 +504,37 @@ function boxFigure(row, completion, spec) {
   }
   const img = h("img", { src: url, alt: "the prompt's image" });
   fig.append(img);
-  const draw = () => {
+  const wrap = h("div", {}, fig);  // notes go under the figure: its SVG covers all of it
+  const draw = (graders) => {
     const W = img.naturalWidth, H = img.naturalHeight;
     const size = Array.isArray(row.image_size) && row.image_size.length === 2 ? row.image_size.map(Number) : [W, H];
     const over = svg("svg", { class: "boxes", viewBox: `0 0 ${size[0]} ${size[1]}`, preserveAspectRatio: "none",
       "data-image-size": JSON.stringify(size) });
-    const rect = (cls, b, label) => svg("rect", { class: cls, x: b[0], y: b[1], width: Math.max(0, b[2] - b[0]),
-      height: Math.max(0, b[3] - b[1]), "data-box": JSON.stringify(b.map((v) => +v.toFixed(4))) }, svg("title", {}, label));
-    for (const { key: k, spec: g } of iouGraders(spec)) {
-      const conv = conventions(g);
-      const refs = boxesFromValue(resolveTemplate(g.reference || "{{item.boxes}}", row, completion)) || [];
-      for (const [b] of refs) over.append(rect("ref-box", toPixels(b, conv.ref, size), `reference (${k})`));
-      if (completion !== null) {
-        const text = resolveTemplate(g.input || "{{sample.answer}}", row, completion);
-        const preds = typeof text === "string" ? parseBoxes(text, g.parser || "auto") || [] : [];
-        for (const [b, c] of preds.slice(0, g.max_boxes || 100)) over.append(rect("pred-box", toPixels(b, conv.input, size),
-          `predicted (${k})` + (c === null ? "" : ` conf ${c}`)));
-      }
+    const rect = (cls, f, label) => {
+      const b = [f[0] * size[0], f[1] * size[1], f[2] * size[0], f[3] * size[1]];
+      return svg("rect", { class: cls, x: b[0], y: b[1], width: Math.max(0, b[2] - b[0]), height: Math.max(0, b[3] - b[1]),
+        "data-box": JSON.stringify(b.map((v) => +v.toFixed(4))) }, svg("title", {}, label));
+    };
+    for (const g of graders) {
+      for (const b of g.reference) over.append(rect("ref-box", b, `reference (${g.grader})`));
+      for (const p of g.predicted) over.append(rect("pred-box", p.box, `predicted (${g.grader}) conf ${p.confidence}`));
     }
     fig.append(over);
+    const errors = graders.filter((g) => g.error && (completion !== null || !g.reference.length)).map((g) => `${g.grader}: ${g.error}`);
+    if (errors.length) wrap.append(h("p", { class: "muted box-error" }, errors.join("; ")));
     fig.dataset.refBoxes = over.querySelectorAll(".ref-box").length;
     fig.dataset.predBoxes = over.querySelectorAll(".pred-box").length;
     fig.dataset.drawn = "true";
   };
-  if (img.complete && img.naturalWidth) draw(); else img.addEventListener("load", draw, { once: true });
-  return fig;
+  const loaded = new Promise((resolve) => {
+    if (img.complete && img.naturalWidth) resolve(); else img.addEventListener("load", resolve, { once: true });
+  });
+  const boxes = spec && fileId && line ? boxesOf(fileId, line, completion, spec, convention) : Promise.resolve([]);
+  Promise.all([boxes, loaded]).then(([graders]) => draw(graders)).catch((e) => {
+    wrap.append(h("p", { class: "error" }, "The boxes could not be read: " + e.message));
+    fig.dataset.drawn = "error";
+  });
+  return wrap;
 }
 
 // ------------------------------------------------------------------ rollout inspector
@@ -682,10 +565,10 @@ function scoreChip(name, v) {
     `${name} ${fmt(v, 3)}`);
 }
 
-function rolloutCard(r, row, spec) {
+function rolloutCard(r, row, spec, convention) {
   return h("div", { class: "rollout", "data-rollout-id": r.id, "data-step": r.step, "data-split": r.split, "data-line": r.line,
     "data-reward": r.reward === null ? "null" : r.reward },
-  h("div", {}, row ? boxFigure(row, r.completion, spec) : h("p", { class: "muted" }, "The prompt's row is not readable."),
+  h("div", {}, row ? boxFigure(row, r.file_id, r.line, r.completion, spec, convention) : h("p", { class: "muted" }, "The prompt's row is not readable."),
     h("div", { class: "box-legend" }, h("span", { class: "r" }, "■ reference"), " ", h("span", { class: "p" }, "▭ predicted"))),
   h("div", {},
     h("div", { class: "muted" }, `${r.split} · step ${r.step} · line ${r.line ?? "?"} · group ${r.group} · sample ${r.sample} · ` +
@@ -755,7 +638,7 @@ async function renderRollouts(pane, state, token) {
       try { rows.set(fid, await fileRows(fid)); } catch (e) { rows.set(fid, new Map()); }
     }
     if (token !== renderToken) return;
-    list.replaceChildren(...cap.map((r) => rolloutCard(r, (rows.get(r.file_id) || new Map()).get(r.line), spec)));
+    list.replaceChildren(...cap.map((r) => rolloutCard(r, (rows.get(r.file_id) || new Map()).get(r.line), spec, state.boxConvention)));
     list.dataset.ready = "true";
   };
   const load = async () => {
@@ -812,13 +695,13 @@ async function renderCompare(pane, state, token) {
     const col = (s, line) => h("div", {}, records.filter((r) => r.step === s && r.line === line).map((r) => h("div", { class: "card", "data-rollout-id": r.id },
       h("pre", { class: "completion" }, r.completion),
       h("div", { class: "scores" }, h("span", { class: "score reward" }, `reward ${fmt(r.reward, 3)}`), Object.entries(r.sub_rewards).map(([k, v]) => scoreChip(k, v))),
-      rows.get(line) ? boxFigure(rows.get(line), r.completion, state.grader) : null)));
+      rows.get(line) ? boxFigure(rows.get(line), fid, line, r.completion, state.grader, state.boxConvention) : null)));
     const mean = (s) => { const v = records.filter((r) => r.step === s && r.reward !== null).map((r) => r.reward); return v.length ? v.reduce((x, y) => x + y, 0) / v.length : null; };
     grid.replaceChildren(h("div", { class: "compare" },
       h("div", { class: "head" }, "Validation row"), h("div", { class: "head" }, `Step ${sa}: mean reward ${fmt(mean(sa), 3)}`),
       h("div", { class: "head" }, `Step ${sb}: mean reward ${fmt(mean(sb), 3)}`),
       lines.flatMap((line) => [
-        h("div", { "data-line": line }, `line ${line}`, rows.get(line) ? boxFigure(rows.get(line), null, state.grader) : null),
+        h("div", { "data-line": line }, `line ${line}`, rows.get(line) ? boxFigure(rows.get(line), fid, line, null, state.grader, state.boxConvention) : null),
         col(sa, line), col(sb, line)])));
   };
   a.addEventListener("change", draw);
@@ -874,8 +757,8 @@ async function renderPlayground(token) {
     run.disabled = true;
     out.replaceChildren(h("p", { class: "muted" }, "Running…"));
     try {
-      const spec = parsed();
-      const rows = [...(await fileRows(fileSel.value)).entries()].slice(0, Math.max(1, +nRows.value || 1));
+      const spec = parsed(), fileId = fileSel.value;
+      const rows = [...(await fileRows(fileId)).entries()].slice(0, Math.max(1, +nRows.value || 1));
       const results = [];
       for (const [line, row] of rows) {
         let sample;
@@ -897,7 +780,7 @@ async function renderPlayground(token) {
       const mean = results.reduce((a, r) => a + (r.g.reward || 0), 0) / results.length;
       out.replaceChildren(h("p", { id: "pg-mean" }, `Mean reward over ${results.length} rows: ${fmt(mean, 4)}`),
         h("div", { class: "rollouts", id: "pg-results" }, results.map((r) => h("div", { class: "rollout", "data-line": r.line, "data-reward": r.g.reward },
-          h("div", {}, boxFigure(r.row, r.sample, spec)),
+          h("div", {}, boxFigure(r.row, fileId, r.line, r.sample, spec)),
           h("div", {}, h("div", { class: "muted" }, `line ${r.line}`), h("pre", { class: "completion" }, r.sample),
             h("div", { class: "scores" }, h("span", { class: "score reward" }, `reward ${fmt(r.g.reward, 3)}`),
               Object.entries(r.g.sub_rewards || {}).map(([k, v]) => scoreChip(k, typeof v === "number" ? v : null))),
