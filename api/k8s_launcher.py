@@ -317,6 +317,10 @@ class KubernetesTrainer:
         """the code the Job ends with because this worker deleted it (SIGTERM: 143, SIGKILL: -9, pause: 0)"""
         self._last = 0.0
         self._waiting_noted = False
+        self._unanswered_since: float | None = None
+        """when the API server stopped answering this worker's deletion of the Job (None: it answers)"""
+        self.abandoned: str | None = None
+        """why the worker let the Job go without seeing it deleted (the runner makes it a warning event)"""
 
     # ---- what the runner calls
 
@@ -325,9 +329,27 @@ class KubernetesTrainer:
             self._last = time.monotonic()
             try:
                 self.returncode = self._check()
+                self._unanswered_since = None
             except Exception as e:  # noqa: BLE001 - the API server is away for a moment: the trainer goes on
                 log.warning("Job %s: could not read its status: %s", self.name, e)
+                self._unanswered(e)
         return self.returncode
+
+    def _unanswered(self, e: Exception) -> None:
+        """The API server did not answer. While the worker waits for a Job it asked to delete, it waits at most
+        `k8s_delete_give_up_seconds` of that silence, then lets the job go (the cancel is the user's word; the
+        worker must not hang on a cluster it cannot reach)."""
+        if self._deleted is None:
+            return  # the trainer runs on; its events come through the shared folder
+        now = time.monotonic()
+        self._unanswered_since = self._unanswered_since or now
+        if self.returncode is None and now - self._unanswered_since >= self.settings.k8s_delete_give_up_seconds:
+            self.abandoned = (f"Gave up deleting the training Job {self.ns}/{self.name} after "
+                              f"{self.settings.k8s_delete_give_up_seconds:.0f} s: the Kubernetes API server does not "
+                              f"answer ({type(e).__name__}). It may still run and hold its GPUs: "
+                              f"kubectl delete job -n {self.ns} {self.name}")
+            _note(self.job_dir, self.abandoned)
+            self.returncode = self._deleted
 
     def wait(self) -> int:
         while self.poll() is None:
@@ -374,6 +396,9 @@ class KubernetesTrainer:
         except client.ApiException as e:
             if e.status != 404:
                 log.warning("Job %s: delete failed: %s", self.name, e)
+        except Exception as e:  # noqa: BLE001 - no answer: the runner asks again, poll() bounds the wait
+            log.warning("Job %s: delete failed, the API server does not answer: %s", self.name, e)
+            self._unanswered(e)
         self._last = 0.0
 
     def _pods(self) -> list:

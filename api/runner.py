@@ -526,6 +526,8 @@ class JobRunner:
             job = self._job(s, job_id)
             if outcome == "lost":
                 return
+            if abandoned := getattr(proc, "abandoned", None):  # a Kubernetes Job the worker could not delete
+                svc.add_event(s, job, abandoned, level="warn")
             if job.status in svc.TERMINAL or job.status == "paused":
                 if job.status == "cancelled":
                     svc.add_event(s, job, "Training process stopped")

@@ -123,6 +123,8 @@ class FakeKube:
         self.schema_errors: list[str] = []
         self.start_pods = True
         self.waiting_reason: str | None = None
+        self.unreachable = False
+        """While set, every request's connection is closed unanswered (an API server that is down or cut off)."""
         self.lock = threading.RLock()
         fake = self
 
@@ -139,6 +141,9 @@ class FakeKube:
                 self.wfile.write(data)
 
             def _handle(self, method: str) -> None:
+                if fake.unreachable:
+                    self.close_connection = True
+                    return
                 url = urlparse(self.path)
                 query = {k: v[-1] for k, v in parse_qs(url.query).items()}
                 n = int(self.headers.get("Content-Length") or 0)

@@ -37,7 +37,8 @@ def cluster(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     env = training_env(home, tiny_model, VRFT_TRAINER_LAUNCHER="kubernetes",
                        VRFT_K8S_KUBECONFIG=str(fake.kubeconfig(root / "kubeconfig", NS)),
                        VRFT_K8S_IMAGE="registry.example/vrft:test", VRFT_K8S_POLL_SECONDS="0.3",
-                       VRFT_K8S_TERMINATION_GRACE_SECONDS="20", VRFT_K8S_ENV_FROM='["configmap:vrft-gpu"]')
+                       VRFT_K8S_TERMINATION_GRACE_SECONDS="20", VRFT_K8S_ENV_FROM='["configmap:vrft-gpu"]',
+                       VRFT_K8S_DELETE_GIVE_UP_SECONDS="5")
     server = LiveServer(env, home).start()
     try:
         yield fake, server
@@ -81,6 +82,38 @@ def test_cancel_deletes_the_job_and_its_pod_stops(cluster, client: openai.OpenAI
     assert not [k for k in fake.jobs if k[1] == deleted["name"]]  # the Job is gone, its pod first
     assert not _pod_processes(job.id)
     assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
+
+
+def test_a_cancel_the_api_server_does_not_answer_lets_the_job_go_with_a_warning(
+    cluster, client: openai.OpenAI, tmp_path: Path
+) -> None:
+    """The API server goes silent while the job trains; the user cancels: the worker tries to delete the Job for
+    k8s_delete_give_up_seconds (5 s here), then lets the job go, with a warning event naming the Job to delete by
+    hand, instead of waiting on the cluster forever (its job slot held)."""
+    fake, _ = cluster
+    train = upload(client, tmp_path, synthetic.generate("classification", 8, seed=5, short=True, sft=True), "u.jsonl")
+    job = client.fine_tuning.jobs.create(model="tiny-qwen2-vl", training_file=train, method=_sft(50, 1))
+    wait(client, job.id, lambda j: any(
+        e.message.startswith("Trainer started") for e in client.fine_tuning.jobs.list_events(j.id, limit=5)))
+    [body] = _created(fake, job.id)
+    fake.unreachable = True
+    try:
+        t0 = time.time()
+        assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+        wait(client, job.id, lambda j: any(e.message == "Training process stopped" for e in events_of(client, j.id)),
+             timeout=90)
+        took = time.time() - t0
+        assert not [d for d in fake.deleted_jobs if d["name"].startswith(body["metadata"]["generateName"])]
+    finally:
+        fake.unreachable = False
+    assert took >= 5, took  # it tried for the time it was given
+    [warning] = [e for e in events_of(client, job.id) if e.message.startswith("Gave up deleting the training Job")]
+    assert warning.level == "warn"
+    name = next(n for (_, n) in fake.jobs if n.startswith(body["metadata"]["generateName"]))
+    assert f"kubectl delete job -n {NS} {name}" in warning.message
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
+    with fake.lock:  # what the warning asks of the operator
+        fake.delete_job(NS, name, {}, {"propagationPolicy": "Background"})
 
 
 def test_a_job_trains_as_a_kubernetes_job_pauses_in_its_pod_and_resumes_in_a_second_job(
