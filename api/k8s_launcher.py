@@ -220,7 +220,17 @@ def api_client(settings: Settings) -> Any:
         config.load_incluster_config(client_configuration=cfg)
     else:
         config.load_kube_config(client_configuration=cfg)
-    return client.ApiClient(cfg)
+
+    class TimedApiClient(client.ApiClient):
+        """Every call bounded by `k8s_request_timeout_seconds` (the client has no default: an API server that
+        accepts the connection and never answers would hold the worker's thread)."""
+
+        def call_api(self, method, url, header_params=None, body=None, post_params=None,  # noqa: ANN001, ANN202
+                     _request_timeout=None):
+            timeout = settings.k8s_request_timeout_seconds if _request_timeout is None else _request_timeout
+            return super().call_api(method, url, header_params, body, post_params, _request_timeout=timeout)
+
+    return TimedApiClient(cfg)
 
 
 def namespace(settings: Settings) -> str:

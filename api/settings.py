@@ -167,6 +167,8 @@ class Settings(BaseSettings):
     """How long a cancelled trainer's pod gets from SIGTERM to SIGKILL."""
     k8s_poll_seconds: float = 2.0
     """How often the worker reads its training Job's status (events are read from the shared folder as always)."""
+    k8s_request_timeout_seconds: float = 30.0
+    """How long one call to the Kubernetes API server may take (connect and read) before it counts as unanswered."""
     k8s_delete_give_up_seconds: float = 300.0
     """How long a worker keeps trying to delete a training Job (a cancel, a container that cannot start) while the
     Kubernetes API server does not answer; past it the worker lets the job go, with a line in the job's log naming

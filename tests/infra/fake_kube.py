@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -123,8 +124,9 @@ class FakeKube:
         self.schema_errors: list[str] = []
         self.start_pods = True
         self.waiting_reason: str | None = None
-        self.unreachable = False
-        """While set, every request's connection is closed unanswered (an API server that is down or cut off)."""
+        self.unreachable: str | None = None
+        """While set, no request is answered: "drop" closes each connection (an API server that is down), "silent"
+        holds it open until this is unset (one cut off behind a firewall that drops packets)."""
         self.lock = threading.RLock()
         fake = self
 
@@ -141,6 +143,9 @@ class FakeKube:
                 self.wfile.write(data)
 
             def _handle(self, method: str) -> None:
+                if fake.unreachable == "silent":
+                    while fake.unreachable and not fake._stop.is_set():
+                        time.sleep(0.1)
                 if fake.unreachable:
                     self.close_connection = True
                     return
