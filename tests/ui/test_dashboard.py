@@ -1,7 +1,7 @@
 """The dashboard in headless Chromium against a live server that trains the tiny model: sign-in, a finished RFT
 job's curves equal to its events, the rollout inspector's image, boxes and scores equal to the records and
-their rows, its filter, comparing two evaluations, cancel from the page, and another project's job never
-shown. Screenshots: see conftest.py."""
+their rows, its filter, comparing two evaluations, cancel, pause and resume from the page, and another
+project's job never shown. Screenshots: see conftest.py."""
 
 from __future__ import annotations
 
@@ -299,6 +299,32 @@ def test_cancel_from_the_page(ui: UI, finished_job: dict, browser, artifacts: Pa
     with ui.http() as c:
         assert c.get(f"/fine_tuning/jobs/{job_id}").json()["status"] == "cancelled"
     shot(browser, artifacts, "08-cancelled")
+
+
+def test_pause_and_resume_from_the_page(ui: UI, finished_job: dict, browser, artifacts: Path) -> None:  # noqa: ANN001
+    """Pause, enabled only while the job runs, stops it at a step boundary (the page shows it paused, Pause off and
+    Resume on); Resume continues it from its checkpoint to the end, each step trained once, the page following."""
+    job_id = ui.box_job(steps=30, seed=5)
+    sign_in(browser, ui)
+    open_tab(browser, ui, job_id, "overview")
+    assert live_attribute(browser, "#resume", "disabled") is not None
+    wait_for(browser, 'figure.chart[data-chart="reward"] g.series[data-series="train_reward_mean"]', 300)
+    live_click(browser, "pause")
+    WebDriverWait(browser, WAIT).until(lambda d: live_attribute(d, "#job-status", "data-status") == "paused")
+    WebDriverWait(browser, 10).until(lambda d: live_attribute(d, "#resume", "disabled") is None)
+    assert live_attribute(browser, "#pause", "disabled") is not None
+    ui.wait(job_id, lambda j: any(e["message"].startswith("Training stopped at step") for e in all_events(ui, job_id)),
+            timeout=120)
+    with ui.http() as c:
+        assert c.get(f"/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]
+    shot(browser, artifacts, "09-paused")
+    paused_at = max(e["data"]["step"] for e in all_events(ui, job_id) if e["type"] == "metrics")
+    live_click(browser, "resume")
+    WebDriverWait(browser, 600).until(lambda d: live_attribute(d, "#job-status", "data-status") == "succeeded")
+    steps = [e["data"]["step"] for e in all_events(ui, job_id) if e["type"] == "metrics"]
+    assert paused_at < steps[-1] and steps == list(range(1, steps[-1] + 1)), (paused_at, steps)
+    WebDriverWait(browser, 10).until(lambda d: live_attribute(d, "#resume", "disabled") is not None)
+    shot(browser, artifacts, "10-resumed-to-the-end")
 
 
 def test_another_projects_job_is_never_shown(ui: UI, finished_job: dict, browser, artifacts: Path) -> None:  # noqa: ANN001
