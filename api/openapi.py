@@ -100,6 +100,7 @@ OPERATIONS: dict[str, dict[str, Any]] = {
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
     },
     "POST /v1/files/{file_id}/boxes": {"operationId": "listFileBoxes"},  # ours
+    "GET /v1/files/{file_id}/rows": {"operationId": "listFileRows"},  # ours
     "POST /v1/fine_tuning/jobs": {"operationId": "createFineTuningJob"},
     "GET /v1/fine_tuning/jobs": {"operationId": "listPaginatedFineTuningJobs"},
     "GET /v1/fine_tuning/jobs/{fine_tuning_job_id}": {"operationId": "retrieveFineTuningJob"},

@@ -232,6 +232,23 @@ class ListFileBoxesResponse(BaseModel):
     data: list[RowBoxes]
 
 
+class FileRow(BaseModel):
+    object: Literal["file.row"] = "file.row"
+    line: int
+    """The row's line in the file, from 1; blank lines count (as a rollout record's `line`)."""
+    row: dict[str, Any]
+    """The line's JSON object, as uploaded."""
+
+
+class ListFileRowsResponse(BaseModel):
+    """Rows of a JSONL file by line (our extension: what the dashboard shows without downloading the file)."""
+
+    object: Literal["list"] = "list"
+    data: list[FileRow]
+    has_more: bool
+    """Paging by `after`: whether rows follow the last one returned."""
+
+
 # ---------------------------------------------------------------- requests
 
 

@@ -539,17 +539,34 @@ function boxFigure(row, fileId, line, completion, spec, convention = null) {
 
 // ------------------------------------------------------------------ rollout inspector
 
-const fileCache = new Map();
-/** The rows of a file by line number (1-based, as the records' `line`). */
-function fileRows(fileId) {
-  if (!fileCache.has(fileId)) {
-    fileCache.set(fileId, api(`/files/${encodeURIComponent(fileId)}/content`, { text: true }).then((text) => {
-      const rows = new Map();
-      text.split("\n").forEach((line, i) => { if (line.trim()) { try { rows.set(i + 1, JSON.parse(line)); } catch (e) { /* skipped */ } } });
-      return rows;
-    }).catch((e) => { fileCache.delete(fileId); throw e; }));
+const ROWS_PER_REQUEST = 100;  // GET /files/{id}/rows answers at most this many
+const rowCache = new Map();  // "fileId:line" -> Promise of the row
+/** The rows at these lines of a file (1-based, as the records' `line`), Map line -> row: read with
+ *  GET /files/{id}/rows, each line once a page, never the whole file (a dataset may be gigabytes). */
+async function rowsAt(fileId, lines) {
+  const key = (n) => fileId + ":" + n;
+  const wanted = [...new Set(lines.filter((n) => Number.isInteger(n)))];
+  const missing = wanted.filter((n) => !rowCache.has(key(n)));
+  for (let i = 0; i < missing.length; i += ROWS_PER_REQUEST) {
+    const chunk = missing.slice(i, i + ROWS_PER_REQUEST);
+    const got = api(`/files/${encodeURIComponent(fileId)}/rows?` + chunk.map((n) => "line=" + n).join("&"))
+      .then((b) => new Map(b.data.map((d) => [d.line, d.row])));
+    for (const n of chunk) rowCache.set(key(n), got.then((m) => m.get(n)).catch((e) => { rowCache.delete(key(n)); throw e; }));
   }
-  return fileCache.get(fileId);
+  const rows = await Promise.all(wanted.map((n) => rowCache.get(key(n))));
+  return new Map(wanted.map((n, i) => [n, rows[i]]));
+}
+
+/** The first `n` rows of a file, [[line, row]], a page of GET /files/{id}/rows at a time. */
+async function firstRows(fileId, n) {
+  const out = [];
+  for (let after = 0; out.length < n;) {
+    const page = await api(`/files/${encodeURIComponent(fileId)}/rows${qs({ after, limit: Math.min(ROWS_PER_REQUEST, n - out.length) })}`);
+    out.push(...page.data.map((d) => [d.line, d.row]));
+    if (!page.has_more || !page.data.length) break;
+    after = page.data[page.data.length - 1].line;
+  }
+  return out;
 }
 
 function graderNames(spec) {
@@ -635,7 +652,7 @@ async function renderRollouts(pane, state, token) {
     const cap = shown.slice(0, 200);
     const rows = new Map();
     for (const fid of new Set(cap.map((r) => r.file_id).filter(Boolean))) {
-      try { rows.set(fid, await fileRows(fid)); } catch (e) { rows.set(fid, new Map()); }
+      try { rows.set(fid, await rowsAt(fid, cap.filter((r) => r.file_id === fid).map((r) => r.line))); } catch (e) { rows.set(fid, new Map()); }
     }
     if (token !== renderToken) return;
     list.replaceChildren(...cap.map((r) => rolloutCard(r, (rows.get(r.file_id) || new Map()).get(r.line), spec, state.boxConvention)));
@@ -690,7 +707,7 @@ async function renderCompare(pane, state, token) {
     const lines = [...new Set(records.filter((r) => r.step === sa || r.step === sb).map((r) => r.line))].sort((x, y) => x - y);
     const fid = state.job.validation_file;
     let rows = new Map();
-    try { rows = await fileRows(fid); } catch (e) { /* cards without images */ }
+    try { rows = await rowsAt(fid, lines); } catch (e) { /* cards without images */ }
     if (token !== renderToken) return;
     const col = (s, line) => h("div", {}, records.filter((r) => r.step === s && r.line === line).map((r) => h("div", { class: "card", "data-rollout-id": r.id },
       h("pre", { class: "completion" }, r.completion),
@@ -758,7 +775,7 @@ async function renderPlayground(token) {
     out.replaceChildren(h("p", { class: "muted" }, "Running…"));
     try {
       const spec = parsed(), fileId = fileSel.value;
-      const rows = [...(await fileRows(fileId)).entries()].slice(0, Math.max(1, +nRows.value || 1));
+      const rows = await firstRows(fileId, Math.max(1, +nRows.value || 1));
       const results = [];
       for (const [line, row] of rows) {
         let sample;

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlmodel import select
 
 from api.deps import ProjectDep, SessionDep, SettingsDep, StorageDep
 from api.errors import not_found
-from api.schemas import FileBoxesRequest, FileDeleted, FileObject, ListFileBoxesResponse, ListPage, RowBoxes
+from api.schemas import (
+    FileBoxesRequest,
+    FileDeleted,
+    FileObject,
+    FileRow,
+    ListFileBoxesResponse,
+    ListFileRowsResponse,
+    ListPage,
+    RowBoxes,
+)
 from api.services import files as svc
 from api.services.graders import validated_grader
 from api.services.pagination import page
@@ -89,3 +98,27 @@ def file_boxes(file_id: str, body: FileBoxesRequest, session: SessionDep, projec
     convention = body.box_convention.model_dump(exclude_none=True) if body.box_convention else None
     boxes = drawn_boxes(spec, [r.sample for r in body.rows], rows, convention)
     return ListFileBoxesResponse(data=[RowBoxes(line=r.line, graders=b) for r, b in zip(body.rows, boxes)])
+
+
+MAX_ROWS = 100
+"""The most rows one GET /files/{id}/rows answers (a row may hold inline images)."""
+
+
+@router.get("/files/{file_id}/rows", response_model=ListFileRowsResponse)
+def file_rows(
+    file_id: str, session: SessionDep, project: ProjectDep, storage: StorageDep, settings: SettingsDep,
+    line: Annotated[list[Annotated[int, Query(ge=1, le=2**31 - 1)]] | None, Query(
+        max_length=MAX_ROWS, description="these lines (from 1, repeated: line=3&line=9), in this order; "
+                                         "without it, the rows after `after`")] = None,
+    after: Annotated[int, Query(ge=0, le=2**31 - 1, description="paging: the rows after this line")] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_ROWS, description="paging: at most this many rows")] = 20,
+) -> ListFileRowsResponse:
+    """Rows of a JSONL file by line number, read from storage without sending the file: the lines asked for
+    (a rollout record's `line`), or a page of rows. Our extension."""
+    f = svc.get_file(session, project, file_id)
+    limits = DatasetLimits.of(settings)
+    if line:
+        rows = svc.rows_at(storage, f, line, limits, param="line", line_param="line[{i}]")
+        return ListFileRowsResponse(data=[FileRow(line=n, row=r) for n, r in zip(line, rows)], has_more=False)
+    found, more = svc.rows_after(storage, f, after, limit, limits)
+    return ListFileRowsResponse(data=[FileRow(line=n, row=r) for n, r in found], has_more=more)

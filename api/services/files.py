@@ -8,6 +8,7 @@ import logging
 import os
 import tempfile
 import unicodedata
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -291,31 +292,56 @@ class FileValidator:
                     s.add(f)
 
 
-def rows_at(storage: Storage, f: File, lines: list[int], limits: DatasetLimits) -> list[Any]:
-    """The JSON rows at these 1-based `lines` of the file (streamed up to the last one asked for); a 400 naming
-    `rows[i].line` for a line past the end or one that is not a JSON object."""
-    wanted, found = set(lines), {}
-    last = max(wanted)
+def _lines(storage: Storage, f: File, limits: DatasetLimits, param: str) -> Iterator[tuple[int, bytes]]:
+    """(line number from 1, raw line) of the stored file, streamed; a deleted blob is a 404, an over-long line a
+    400 naming `param`."""
     try:
-        for lineno, raw in enumerate(iter_lines(storage.iter_bytes(f.storage_key),
-                                                max_line_bytes=limits.max_line_bytes), start=1):
-            if lineno in wanted:
-                found[lineno] = raw
-            if lineno >= last:
-                break
+        yield from enumerate(iter_lines(storage.iter_bytes(f.storage_key), max_line_bytes=limits.max_line_bytes),
+                             start=1)
     except FileNotFoundError:  # deleted by a concurrent request
         raise not_found("file", f.id) from None
     except LineTooLong as e:
-        raise APIError(400, f"File {f.id} cannot be read as rows: {e}.", param="rows") from None
+        raise APIError(400, f"File {f.id} cannot be read as rows: {e}.", param=param) from None
+
+
+def _row(f: File, lineno: int, raw: bytes, param: str) -> dict[str, Any]:
+    try:
+        row = json.loads(raw)
+    except ValueError:
+        row = None
+    if not isinstance(row, dict):
+        raise APIError(400, f"Line {lineno} of file {f.id} is not a JSON object.", param=param)
+    return row
+
+
+def rows_at(storage: Storage, f: File, lines: list[int], limits: DatasetLimits, *, param: str = "rows",
+            line_param: str = "rows[{i}].line") -> list[dict[str, Any]]:
+    """The JSON rows at these 1-based `lines` of the file (streamed up to the last one asked for); a 400 naming
+    `line_param` (formatted with the line's index i in `lines`) for a line past the end or one that is not a JSON
+    object, `param` for a file whose lines cannot be read."""
+    wanted, found = set(lines), {}
+    last = max(wanted)
+    for lineno, raw in _lines(storage, f, limits, param):
+        if lineno in wanted:
+            found[lineno] = raw
+        if lineno >= last:
+            break
     rows = []
     for i, line in enumerate(lines):
         if line not in found:
-            raise APIError(400, f"Line {line} is past the end of file {f.id}.", param=f"rows[{i}].line")
-        try:
-            row = json.loads(found[line])
-        except ValueError:
-            row = None
-        if not isinstance(row, dict):
-            raise APIError(400, f"Line {line} of file {f.id} is not a JSON object.", param=f"rows[{i}].line")
-        rows.append(row)
+            raise APIError(400, f"Line {line} is past the end of file {f.id}.", param=line_param.format(i=i))
+        rows.append(_row(f, line, found[line], line_param.format(i=i)))
     return rows
+
+
+def rows_after(storage: Storage, f: File, after: int, limit: int,
+               limits: DatasetLimits) -> tuple[list[tuple[int, dict[str, Any]]], bool]:
+    """Up to `limit` rows after line `after` (blank lines skipped: they are no rows), and whether more follow."""
+    out: list[tuple[int, dict[str, Any]]] = []
+    for lineno, raw in _lines(storage, f, limits, "after"):
+        if lineno <= after or not raw.strip():
+            continue
+        if len(out) == limit:
+            return out, True
+        out.append((lineno, _row(f, lineno, raw, "after")))
+    return out, False

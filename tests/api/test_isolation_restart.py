@@ -27,7 +27,8 @@ def test_other_project_sees_nothing_and_restart_keeps_everything(deployment) -> 
 
     # B: every read and write on A's objects is a 404, and A's objects are in none of B's lists.
     for method, path in [
-        ("GET", f"/files/{f['id']}"), ("GET", f"/files/{f['id']}/content"), ("DELETE", f"/files/{f['id']}"),
+        ("GET", f"/files/{f['id']}"), ("GET", f"/files/{f['id']}/content"), ("GET", f"/files/{f['id']}/rows"),
+        ("GET", f"/files/{f['id']}/rows?line=1"), ("DELETE", f"/files/{f['id']}"),
         ("GET", f"/fine_tuning/jobs/{job['id']}"), ("GET", f"/fine_tuning/jobs/{job['id']}/events"),
         ("GET", f"/fine_tuning/jobs/{job['id']}/checkpoints"), ("GET", f"/fine_tuning/jobs/{job['id']}/rollouts"),
         ("POST", f"/fine_tuning/jobs/{job['id']}/cancel"),

@@ -263,7 +263,7 @@ def test_creates_link_to_what_they_made(doc: dict[str, Any]) -> None:
     """Each create links to the operations on the object it returns, for a fuzzer's stateful phase."""
     ops = operations(doc)
     links = ops["POST /v1/files"]["responses"]["200"]["links"]
-    assert set(links) == {"retrieveFile", "deleteFile", "downloadFile", "listFileBoxes"}
+    assert set(links) == {"retrieveFile", "deleteFile", "downloadFile", "listFileBoxes", "listFileRows"}
     assert links["deleteFile"] == {"operationId": "deleteFile", "parameters": {"file_id": "$response.body#/id"}}
     job_links = ops["POST /v1/fine_tuning/jobs"]["responses"]["200"]["links"]
     assert {"retrieveFineTuningJob", "cancelFineTuningJob", "listFineTuningEvents"} <= set(job_links)

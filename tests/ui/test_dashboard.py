@@ -36,6 +36,13 @@ def live_click(driver, element_id: str) -> None:  # noqa: ANN001
         lambda d: d.find_element(By.ID, element_id).click() or True)
 
 
+def fetched(driver, part: str) -> list[str]:  # noqa: ANN001
+    """The URLs this page has requested that contain `part` (the browser's resource timing entries)."""
+    return driver.execute_script(
+        "return performance.getEntriesByType('resource').map((e) => e.name).filter((n) => n.includes(arguments[0]))",
+        part)
+
+
 def sign_in(driver, ui: UI, key: str | None = None) -> None:  # noqa: ANN001
     driver.get(ui.url + "/dashboard#/")
     driver.execute_script("sessionStorage.clear()")
@@ -204,6 +211,7 @@ def test_inspector_draws_boxes_and_scores(ui: UI, finished_job: dict, browser, a
         assert preds == [b for i, b in enumerate(parsed) if b not in parsed[:i]]  # the grader drops repeats
         boxes_seen += len(preds)
     assert boxes_seen > 0  # the constrained samples do carry boxes
+    assert not fetched(browser, "/content")  # the rows came by line (GET /files/{id}/rows), not the whole file
     shot(browser, artifacts, "05-rollout-inspector")
 
 
@@ -317,14 +325,14 @@ def test_pause_and_resume_from_the_page(ui: UI, finished_job: dict, browser, art
             timeout=120)
     with ui.http() as c:
         assert c.get(f"/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]
-    shot(browser, artifacts, "09-paused")
+    shot(browser, artifacts, "08-paused")
     paused_at = max(e["data"]["step"] for e in all_events(ui, job_id) if e["type"] == "metrics")
     live_click(browser, "resume")
     WebDriverWait(browser, 600).until(lambda d: live_attribute(d, "#job-status", "data-status") == "succeeded")
     steps = [e["data"]["step"] for e in all_events(ui, job_id) if e["type"] == "metrics"]
     assert paused_at < steps[-1] and steps == list(range(1, steps[-1] + 1)), (paused_at, steps)
     WebDriverWait(browser, 10).until(lambda d: live_attribute(d, "#resume", "disabled") is not None)
-    shot(browser, artifacts, "10-resumed-to-the-end")
+    shot(browser, artifacts, "08-resumed-to-the-end")
 
 
 def test_another_projects_job_is_never_shown(ui: UI, finished_job: dict, browser, artifacts: Path) -> None:  # noqa: ANN001
@@ -381,6 +389,7 @@ def test_grader_playground(ui: UI, finished_job: dict, browser, artifacts: Path)
             .json()["reward"] for i in (1, 2, 3)]
     assert [float(c.get_attribute("data-reward")) for c in cards] == want
     assert want[0] == 1.0  # the first row's own box: full IoU and the right form
+    assert fetched(browser, "/rows?after=0&limit=3") and not fetched(browser, "/content")
     shot(browser, artifacts, "10-grader-playground")
 
 
