@@ -526,12 +526,16 @@ function boxFigure(row, fileId, line, completion, spec, convention = null) {
     fig.dataset.predBoxes = over.querySelectorAll(".pred-box").length;
     fig.dataset.drawn = "true";
   };
-  const loaded = new Promise((resolve) => {
-    if (img.complete && img.naturalWidth) resolve(); else img.addEventListener("load", resolve, { once: true });
+  const loaded = new Promise((resolve, reject) => {
+    if (img.complete && img.naturalWidth) return resolve();
+    img.addEventListener("load", resolve, { once: true });
+    // an http(s) image elsewhere: the page's Content-Security-Policy loads images from this server only
+    img.addEventListener("error", () => reject(new Error(/^https?:/.test(url)
+      ? `the image at ${url} is not on this server (the dashboard shows data: URL images only)` : "the image does not load")), { once: true });
   });
   const boxes = spec && fileId && line ? boxesOf(fileId, line, completion, spec, convention) : Promise.resolve([]);
   Promise.all([boxes, loaded]).then(([graders]) => draw(graders)).catch((e) => {
-    wrap.append(h("p", { class: "error" }, "The boxes could not be read: " + e.message));
+    wrap.append(h("p", { class: "error" }, "The boxes could not be drawn: " + e.message));
     fig.dataset.drawn = "error";
   });
   return wrap;

@@ -6,6 +6,8 @@ project's job never shown. Screenshots: see conftest.py."""
 from __future__ import annotations
 
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from selenium.common.exceptions import StaleElementReferenceException
@@ -448,3 +450,42 @@ def test_sft_curves_equal_the_events(ui: UI, browser, artifacts: Path) -> None: 
     assert plotted == {k: v for k, v in expected.items() if v}
     assert {"train_loss", "valid_loss", "train_mean_token_accuracy"} <= {k for _, k in plotted}
     shot(browser, artifacts, "12-sft-curves")
+
+
+def test_an_image_on_another_host_is_named_not_fetched(ui: UI, browser, artifacts: Path) -> None:  # noqa: ANN001
+    """A row whose image is an http(s) URL elsewhere: the page's Content-Security-Policy keeps the browser from
+    fetching it (nothing but this server is contacted: the other host sees no request), and the figure says why
+    it shows no image."""
+    asked: list[str] = []
+
+    class Host(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            asked.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:  # noqa: ANN002
+            pass
+
+    host = ThreadingHTTPServer(("127.0.0.1", 0), Host)
+    threading.Thread(target=host.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{host.server_address[1]}/cat.png"
+        row = {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is it?"},
+                                                         {"type": "image_url", "image_url": {"url": url}}]},
+                            {"role": "assistant", "content": "a cat"}], "solution": "a cat"}
+        file_id = ui.upload([row], "remote-image.jsonl")
+        sign_in(browser, ui)
+        browser.get(ui.url + "/dashboard#/playground")
+        browser.refresh()
+        wait_for(browser, f'#pg-file option[value="{file_id}"]').click()
+        browser.find_element(By.CSS_SELECTOR, '#pg-source option[value="assistant"]').click()
+        browser.find_element(By.ID, "pg-run").click()
+        card = wait_for(browser, "#pg-results .rollout")
+        assert float(card.get_attribute("data-reward")) == 1.0  # graded all the same
+        WebDriverWait(browser, WAIT).until(lambda d: live_attribute(d, "#pg-results .figure", "data-drawn") == "error")
+        assert f"the image at {url} is not on this server" in card.text
+        assert asked == []
+        shot(browser, artifacts, "13-image-elsewhere")
+    finally:
+        host.shutdown()
