@@ -125,6 +125,7 @@ class JobRunner:
                 self.reports = integrations.JobIntegrations(
                     job, job_dir, self.storage, floor=(job.progress or {}).get("metrics_step", 0))
         _continue_numbering(out_dir / "events.jsonl", (job.progress or {}).get("trainer_seq", 0))
+        self._events_read.pop(str(out_dir / "events.jsonl"), None)  # the file may have been cut: read it anew
         spec.write(job_dir / "JOB.json")
         proc = self._launch(job_dir)
         outcome = self._watch(job_id, proc, out_dir)
@@ -567,29 +568,36 @@ class JobRunner:
 
 
 def _continue_numbering(path: Path, applied: int) -> None:
-    """Make the trainer number its events after `applied`, the last `seq` the database took. A job taken over from
-    a worker on another host finds here no events.jsonl, or one from an earlier turn on this host that ends before
-    `applied`: the trainer would number its events from that file's end and the runner skip them as applied, the
-    final one included. A line at `applied` (the runner skips it) makes the trainer continue after it."""
-    last, good = 0, 0
+    """Make the trainer number its events after `applied`, the last `seq` the database took, with nothing in the
+    file past it. A job taken over finds one of three things here:
+    - no events.jsonl (a worker on another host), or one from an earlier turn on this host that ends before
+      `applied`: the trainer would number its events from that file's end and the runner skip them as applied,
+      the final one included. A line at `applied` (the runner skips it) makes the trainer continue after it.
+    - events past `applied`: the dead worker's trainer wrote them here and the worker died before applying them
+      (the trainer may even have finished). For the job they did not happen (no checkpoint of theirs is stored),
+      so they are cut off and the new trainer redoes that work from the job's last stored checkpoint. Applied
+      as well, beside the new trainer's, they ended the job twice (the soak test's third find).
+    - a line cut short by a crash: dropped (the trainer drops it too)."""
+    keep, last = 0, 0
     if path.exists():
         with path.open("rb") as f:
             for line in f:
                 if not line.endswith(b"\n"):
-                    break  # a line cut short by a crash (the trainer drops it too)
+                    break
                 try:
-                    last = max(last, int(json.loads(line)["seq"]))
+                    seq = int(json.loads(line)["seq"])
                 except (ValueError, KeyError, TypeError):
-                    pass
-                good += len(line)
-    if last >= applied:
-        return
-    if path.exists() and good != path.stat().st_size:
-        with path.open("r+b") as f:
-            f.truncate(good)
-    with path.open("a") as f:
-        f.write(json.dumps({"seq": applied, "type": "message", "created_at": int(time.time()), "level": "info",
-                            "message": f"Events up to {applied} were applied by another worker"}) + "\n")
+                    seq = last
+                if seq > applied:
+                    break
+                last, keep = max(last, seq), keep + len(line)
+        if keep != path.stat().st_size:
+            with path.open("r+b") as f:
+                f.truncate(keep)
+    if last < applied:
+        with path.open("a") as f:
+            f.write(json.dumps({"seq": applied, "type": "message", "created_at": int(time.time()), "level": "info",
+                                "message": f"Events up to {applied} were applied by another worker"}) + "\n")
 
 
 def _metrics_message(ev: dict) -> str:

@@ -427,7 +427,12 @@ def check(res: Result, db_url: str, s3, bucket: str, prefix: str, job_ids: list[
             events.setdefault(job_id, []).append((seq, level, message, type_, data))
         ckpts = conn.execute("SELECT job_id, step_number, storage_key FROM checkpoint").fetchall()
         file_keys = {r[0]: r[1] for r in conn.execute("SELECT storage_key, id FROM file").fetchall()}
+        repeated_records = conn.execute(
+            "SELECT job_id, step, split, group_index, sample_index, count(*) FROM rollout "
+            "GROUP BY 1, 2, 3, 4, 5 HAVING count(*) > 1").fetchall()
     res.events = sum(len(v) for v in events.values())
+    for job_id, step, split, group, sample, n in repeated_records:
+        bad(f"{job_id}: rollout record {split} step {step} group {group} sample {sample} stored {n} times")
     res.checkpoints = len(ckpts)
     if set(jobs) != set(job_ids):
         bad(f"jobs in the database {len(jobs)} != jobs created {len(job_ids)}")

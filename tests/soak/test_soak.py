@@ -54,8 +54,23 @@ def test_a_takeover_on_another_host_numbers_the_trainer_events_after_the_applied
     events.write_bytes(b'{"seq": 1, "type": "message"}\n{"seq": 2, "type": "message"}\n{"seq": 3, "ty')
     _continue_numbering(events, 9)  # an earlier turn here, cut short: the torn line goes, then 9
     assert _seqs(events) == [1, 2, 9]
-    _continue_numbering(events, 5)  # the file is ahead of the database (events not yet applied): left alone
+    _continue_numbering(events, 9)  # the same again: nothing to do
     assert _seqs(events) == [1, 2, 9]
+
+
+def test_a_takeover_on_the_same_host_drops_the_events_the_dead_worker_never_applied(tmp_path: Path) -> None:
+    """The soak's third find: a worker was killed after its trainer had written its last steps and its final event
+    but before it applied them; the worker that took the job over in the same folder applied them (the job
+    succeeded) while its own trainer redid the work from the last stored checkpoint and ended the job again
+    ("New fine-tuned model created" twice). The unapplied events are now cut off: the new trainer's count."""
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(json.dumps({"seq": n, "type": "final" if n == 11 else "metrics"}) + "\n"
+                              for n in range(1, 12)))
+    _continue_numbering(events, 7)
+    assert _seqs(events) == [1, 2, 3, 4, 5, 6, 7]
+    events.write_text(events.read_text() + '{"seq": 8, "type": "metrics"}\n{"seq": 9, "ty')
+    _continue_numbering(events, 7)  # a torn line after an unapplied one: both go
+    assert _seqs(events) == [1, 2, 3, 4, 5, 6, 7]
 
 
 def test_a_sampled_nul_character_is_stored_on_postgresql(tmp_path: Path, pg_database) -> None:  # noqa: ANN001
