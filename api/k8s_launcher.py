@@ -28,6 +28,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,8 +254,11 @@ def _note(job_dir: Path, line: str) -> None:
         f.write(f"[vrft kubernetes] {line}\n")
 
 
-def launch(settings: Settings, job_dir: Path, worker_id: str = "") -> KubernetesTrainer:
-    """Create the training Job of the job in `job_dir` (its JOB.json written) and return its handle."""
+def launch(settings: Settings, job_dir: Path, worker_id: str = "",
+           before_create: Callable[[], None] = lambda: None) -> KubernetesTrainer:
+    """Create the training Job of the job in `job_dir` (its JOB.json written) and return its handle.
+    `before_create` runs once the Jobs an earlier worker left are gone (no trainer of theirs writes to the job's
+    folder any more), before the new one is created."""
     from kubernetes import client
 
     if settings.trainer_hostfile:
@@ -267,6 +271,7 @@ def launch(settings: Settings, job_dir: Path, worker_id: str = "") -> Kubernetes
     ns = namespace(settings)
     batch = client.BatchV1Api(api)
     _delete_leftovers(batch, client.CoreV1Api(api), ns, spec.job_id, settings)
+    before_create()
     size = sizing(spec, settings)
     body = job_manifest(spec, job_dir, settings, size, worker_id)
     created = batch.create_namespaced_job(ns, client.V1Job.from_dict(body), field_validation="Strict")

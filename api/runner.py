@@ -28,7 +28,7 @@ from sqlmodel import Session, select
 from api import hub, integrations, k8s_pod
 from api.db import session_scope
 from api.errors import APIError
-from api.ids import new_id, now
+from api.ids import derived_id, now
 from api.services import jobs as svc
 from api.services import rollouts
 from api.settings import Settings
@@ -124,10 +124,8 @@ class JobRunner:
             if job.integrations:
                 self.reports = integrations.JobIntegrations(
                     job, job_dir, self.storage, floor=(job.progress or {}).get("metrics_step", 0))
-        _continue_numbering(out_dir / "events.jsonl", (job.progress or {}).get("trainer_seq", 0))
-        self._events_read.pop(str(out_dir / "events.jsonl"), None)  # the file may have been cut: read it anew
         spec.write(job_dir / "JOB.json")
-        proc = self._launch(job_dir)
+        proc = self._launch(job_dir, applied=(job.progress or {}).get("trainer_seq", 0))
         outcome = self._watch(job_id, proc, out_dir)
         self._finish(job_id, proc, out_dir, job_dir, outcome)
 
@@ -241,12 +239,21 @@ class JobRunner:
                 return str(local)
         return None
 
-    def _launch(self, job_dir: Path) -> subprocess.Popen:
+    def _launch(self, job_dir: Path, applied: int) -> subprocess.Popen:
+        """Start the job's trainer; `applied`: the last trainer event the database took."""
         st = self.settings
+        events = job_dir / "output" / "events.jsonl"
+
+        def continue_events() -> None:  # once no earlier trainer of the job is left to write to the folder
+            _continue_numbering(events, applied)
+            self._events_read.pop(str(events), None)  # the file may have been cut: read it anew
+
         if st.trainer_launcher == "kubernetes":  # a batch/v1 Job in the cluster, watched as a process is
             from api import k8s_launcher
 
-            return k8s_launcher.launch(st, job_dir, self.worker_id)  # type: ignore[return-value]
+            return k8s_launcher.launch(st, job_dir, self.worker_id,  # type: ignore[return-value]
+                                       before_create=continue_events)
+        continue_events()  # an earlier trainer of this worker's died with it (PR_SET_PDEATHSIG)
         cmd = k8s_pod.trainer_command(str(job_dir / "JOB.json"), st.trainer_num_ranks, st.trainer_hostfile)
         env = {**os.environ}
         # torch.compile's kernels outlive the job (the next trainer start compiles in seconds, not a minute)
@@ -475,7 +482,9 @@ class JobRunner:
         return self._result_file(s, job, "step_metrics.csv", buf.getvalue().encode())
 
     def _result_file(self, s: Session, job: Job, filename: str, data: bytes) -> File:
-        file_id = new_id("file-")
+        # One id per job and name: the blob is stored before its row commits, and a worker killed in between
+        # must leave nothing the next one does not overwrite (a random id left an orphan blob; soak test).
+        file_id = derived_id("file-", f"{job.id}/results/{filename}")
         tmp = self.settings.tmp_dir / f"results-{file_id}"
         self.settings.tmp_dir.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(data)

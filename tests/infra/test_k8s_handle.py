@@ -122,7 +122,9 @@ def test_a_job_deleted_by_someone_else_fails(fake: FakeKube, setup) -> None:
 def test_a_new_launch_first_deletes_the_jobs_an_earlier_worker_left(fake: FakeKube, setup) -> None:
     st, job_dir = setup
     first = k8s_launcher.launch(st, job_dir)
-    second = k8s_launcher.launch(st, job_dir)
+    jobs_then: list[list] = []
+    second = k8s_launcher.launch(st, job_dir, before_create=lambda: jobs_then.append(list(fake.jobs)))
+    assert jobs_then == [[]]  # the hook (the runner cuts events.jsonl there) ran once the old Job was gone
     assert first.name != second.name
     assert [d["name"] for d in fake.deleted_jobs] == [first.name]
     assert fake.deleted_jobs[0]["options"]["preconditions"]["uid"] == first.uid

@@ -96,3 +96,38 @@ def test_a_sampled_nul_character_is_stored_on_postgresql(tmp_path: Path, pg_data
     with session_scope(settings) as s:
         (row,) = s.exec(select(Rollout)).all()
         assert row.completion == 'black {"\ufffd\x0b' and row.error_message == "a\ufffdb"
+
+
+def test_a_result_file_stored_again_after_a_crash_is_one_blob(tmp_path: Path) -> None:
+    """The soak's fourth find: a worker killed after storing a finished job's metrics CSV and before committing its
+    row left a blob no row names (its id was random); the worker that took over stored another. The id is now
+    derived from the job and the file's name, so the second store overwrites the first."""
+    import threading
+
+    from api.auth import get_or_create_project
+    from api.db import migrate, session_scope
+    from api.ids import new_id, now
+    from api.runner import JobRunner
+    from api.settings import Settings
+    from api.tables import File, Job
+
+    settings = Settings(home=tmp_path / "home")
+    migrate(settings)
+    runner = JobRunner(settings, "w", threading.Event())
+    with session_scope(settings) as s:
+        p = get_or_create_project(s, "results")
+        job = Job(id=new_id("ftjob-"), project_id=p.id, created_at=now(), model="m", training_file="f",
+                  status="running", method={"type": "supervised"}, hyperparameters={}, seed=0, result_files=[])
+        s.add(job)
+        s.commit()
+        project_id = p.id
+        first = runner._result_file(s, job, "step_metrics.csv", b"step\n1\n")
+        s.rollback()  # the worker died before the commit: the blob is stored, its row is not
+        second = runner._result_file(s, job, "step_metrics.csv", b"step\n1\n")
+        s.commit()
+        other = runner._result_file(s, job, "events.out.tfevents.1", b"x")
+        s.commit()
+    assert first.id == second.id != other.id
+    assert sorted(runner.storage.list_keys(f"files/{project_id}/")) == sorted([second.id, other.id])
+    with session_scope(settings) as s:
+        assert {f.id for f in s.exec(select(File)).all()} == {second.id, other.id}
